@@ -1,0 +1,85 @@
+// backend.h - the compute interface the model code talks to.
+//
+// A backend owns device buffers (vm_buf) and runs ops on them. The CPU backend
+// runs each op when called; a GPU backend records the same calls into a
+// command list and submits at vm_backend->sync(). Only the model runner moves
+// data across (buf_write / buf_read): token ids and metadata in, logits (or
+// sampled ids) out. Activations are f32 rows unless said otherwise.
+#ifndef VM_BACKEND_H
+#define VM_BACKEND_H
+
+#include "../loader/weights.h"
+
+typedef struct vm_buf vm_buf;
+typedef struct vm_backend vm_backend;
+
+// Rotary embedding parameters (per-pair inverse frequencies precomputed by the model).
+typedef struct vm_rope {
+    int rot_dim;            // rotated dims per head (== head_dim for our models)
+    const float *inv_freq;  // [rot_dim/2]
+    int interleaved;        // 1: rotate pairs (2i, 2i+1) (GGUF llama layout);
+                            // 0: rotate (i, i+rot_dim/2) (HF "rotate_half" layout)
+} vm_rope;
+
+// One step's flat batch, as attention sees it. Tokens of a sequence are
+// contiguous in the batch; the KV cache holds blocks of block_size positions.
+typedef struct vm_attn_meta {
+    int n_tokens, n_seqs;
+    int block_size, max_blocks_per_seq;
+    int max_ctx_len;
+    const vm_buf *positions;    // i32 [n_tokens]
+    const vm_buf *seq_start;    // i32 [n_seqs+1]: tokens of seq s are [seq_start[s], seq_start[s+1])
+    const vm_buf *ctx_len;      // i32 [n_seqs]: KV length of seq s including this step's tokens
+    const vm_buf *block_table;  // i32 [n_seqs * max_blocks_per_seq]
+    const vm_buf *slot_mapping; // i32 [n_tokens]: block*block_size + offset, or -1 to skip
+} vm_attn_meta;
+
+// KV cache layer layout: [num_blocks][n_kv_heads][block_size][head_dim] f32.
+
+struct vm_backend {
+    const char *name;
+    void *impl;
+
+    vm_buf *(*buf_alloc)(vm_backend *be, size_t bytes, vm_err *e);
+    void (*buf_free)(vm_backend *be, vm_buf *b);
+    void (*buf_write)(vm_backend *be, vm_buf *b, size_t off, const void *src, size_t n);
+    void (*buf_read)(vm_backend *be, const vm_buf *b, size_t off, void *dst, size_t n);
+    // Make a weight usable by this backend (GPU: upload; CPU: check the dtype is supported).
+    int (*weight_prepare)(vm_backend *be, vm_weight *w, vm_err *e);
+
+    // out (n, dim) = rows of table for tokens (i32 [n])
+    void (*embed)(vm_backend *be, const vm_weight *table, const vm_buf *tokens, int n, vm_buf *out);
+    // out (rows, dim) = x / rms(x) * w   (w: F32/F16/BF16 vector [dim]); out may equal x
+    void (*rmsnorm)(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
+                    int dim, vm_buf *out);
+    // out (n, W.rows) = x (n, W.cols) @ W^T
+    void (*matmul)(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out);
+    // x (n, dim) += bias [dim]
+    void (*add_bias)(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n, int dim);
+    // rotate x (n, n_heads, head_dim) in place at positions (i32 [n])
+    void (*rope)(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads,
+                 int head_dim, const vm_rope *r);
+    // write k, v (n_tokens, n_kv_heads, head_dim) into the caches at slot_mapping
+    void (*cache_write)(vm_backend *be, const vm_buf *k, const vm_buf *v, const vm_attn_meta *m,
+                        vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim);
+    // causal paged attention: out (n_tokens, n_heads, head_dim); query token t of seq s
+    // at position p attends cache positions [0, p] of s. GQA: head h reads kv head h/(n_heads/n_kv_heads).
+    void (*attention)(vm_backend *be, const vm_buf *q, const vm_buf *k_cache, const vm_buf *v_cache,
+                      const vm_attn_meta *m, int n_heads, int n_kv_heads, int head_dim, float scale,
+                      vm_buf *out);
+    // out (n) = silu(gate) * up
+    void (*swiglu)(vm_backend *be, const vm_buf *gate, const vm_buf *up, size_t n, vm_buf *out);
+    // x (n) += y (n)
+    void (*add)(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n);
+    // out (n_rows, dim) = x[rows[i]]   (rows: i32 [n_rows])
+    void (*get_rows)(vm_backend *be, const vm_buf *x, const vm_buf *rows, int n_rows, int dim,
+                     vm_buf *out);
+    // Finish everything queued so far.
+    int (*sync)(vm_backend *be, vm_err *e);
+    void (*destroy)(vm_backend *be);
+};
+
+// CPU backend; n_threads <= 0 picks the number of online cores.
+vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e);
+
+#endif

@@ -1,0 +1,346 @@
+// cpu_backend.c - the CPU implementation of vm_backend: every op runs when
+// called, threaded over output rows / attention heads with vm_parallel_for.
+#include "../backend.h"
+#include "kernels.h"
+#include "thread_pool.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct vm_buf {
+    void *data;
+    size_t size;
+};
+
+typedef struct cpu_impl {
+    vm_thread_pool *pool;
+    const vm_cpu_kernels *k;
+    float *scratch;        // per-op temporary (group sums, attention scores)
+    size_t scratch_floats;
+} cpu_impl;
+
+static cpu_impl *impl_of(vm_backend *be) { return be->impl; }
+
+static float *scratch_get(cpu_impl *c, size_t floats) {
+    if (floats > c->scratch_floats) {
+        float *p = realloc(c->scratch, floats * sizeof(float));
+        if (!p) return NULL;
+        c->scratch = p;
+        c->scratch_floats = floats;
+    }
+    return c->scratch;
+}
+
+static vm_buf *cpu_buf_alloc(vm_backend *be, size_t bytes, vm_err *e) {
+    vm_buf *b = calloc(1, sizeof *b);
+    if (!b) { vm_errf(e, "out of memory"); return NULL; }
+    // 64-byte alignment for SIMD loads; zeroed so unused KV slots read as 0.
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (rounded == 0) rounded = 64;
+    b->data = aligned_alloc(64, rounded);
+    if (!b->data) {
+        free(b);
+        vm_errf(e, "cannot allocate %zu bytes on the CPU", bytes);
+        return NULL;
+    }
+    memset(b->data, 0, rounded);
+    b->size = bytes;
+    return b;
+}
+
+static void cpu_buf_free(vm_backend *be, vm_buf *b) {
+    if (!b) return;
+    free(b->data);
+    free(b);
+}
+
+static void cpu_buf_write(vm_backend *be, vm_buf *b, size_t off, const void *src, size_t n) {
+    memcpy((char *)b->data + off, src, n);
+}
+
+static void cpu_buf_read(vm_backend *be, const vm_buf *b, size_t off, void *dst, size_t n) {
+    memcpy(dst, (const char *)b->data + off, n);
+}
+
+static int cpu_weight_prepare(vm_backend *be, vm_weight *w, vm_err *e) {
+    switch (w->dtype) {
+    case VM_DTYPE_F32: case VM_DTYPE_F16: case VM_DTYPE_BF16:
+    case VM_DTYPE_Q4_0: case VM_DTYPE_Q4_1: case VM_DTYPE_Q8_0:
+        return 0;
+    case VM_DTYPE_MLX_AFFINE:
+        if (w->bits != 2 && w->bits != 4 && w->bits != 8)
+            return vm_errf(e, "%s: MLX %d-bit weights are not supported (2, 4 or 8)", w->name, w->bits);
+        if (w->group_size <= 0 || w->cols % w->group_size || w->group_size % (32 / w->bits))
+            return vm_errf(e, "%s: MLX group_size %d does not divide %lld columns", w->name,
+                           w->group_size, (long long)w->cols);
+        return 0;
+    default:
+        return vm_errf(e, "%s: dtype %s cannot be used as a matrix", w->name, vm_dtype_name(w->dtype));
+    }
+}
+
+// ---- embedding ------------------------------------------------------------
+
+static void cpu_embed(vm_backend *be, const vm_weight *table, const vm_buf *tokens, int n, vm_buf *out) {
+    const int32_t *ids = tokens->data;
+    float *o = out->data;
+    for (int t = 0; t < n; t++) {
+        int32_t id = ids[t];
+        if (id < 0 || id >= table->rows) { memset(o + (size_t)t * table->cols, 0, (size_t)table->cols * 4); continue; }
+        vm_dequant_row(table, id, o + (size_t)t * table->cols);
+    }
+}
+
+// ---- RMSNorm: out = x / sqrt(mean(x^2) + eps) * w --------------------------
+
+static float vec_get(const vm_tensor *t, int i) { return vm_load_scale(t->dtype, t->data, i); }
+
+static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
+                        int dim, vm_buf *out) {
+    const float *xi = x->data;
+    float *o = out->data;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = xi + (size_t)r * dim;
+        float *orow = o + (size_t)r * dim;
+        double ss = 0;
+        for (int i = 0; i < dim; i++) ss += (double)xr[i] * xr[i];
+        float inv = 1.0f / sqrtf((float)(ss / dim) + eps);
+        for (int i = 0; i < dim; i++) orow[i] = xr[i] * inv * vec_get(w, i);
+    }
+}
+
+// ---- matmul: out (n, rows) = x (n, cols) @ W^T -----------------------------
+
+typedef struct matmul_job {
+    const vm_cpu_kernels *k;
+    const vm_weight *w;
+    const float *x;
+    const float *gsum;   // [n][cols/group]
+    int n, groups;
+    float *out;
+} matmul_job;
+
+static float row_dot(const matmul_job *j, int64_t r, const vm_xrow *xr) {
+    const vm_weight *w = j->w;
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * vm_weight_row_bytes(w);
+    switch (w->dtype) {
+    case VM_DTYPE_F32: return j->k->dot_f32(row, xr, (int)w->cols);
+    case VM_DTYPE_F16: return j->k->dot_f16(row, xr, (int)w->cols);
+    case VM_DTYPE_BF16: return j->k->dot_bf16(row, xr, (int)w->cols);
+    case VM_DTYPE_Q4_0: return j->k->dot_q4_0(row, xr, (int)w->cols);
+    case VM_DTYPE_Q4_1: return j->k->dot_q4_1(row, xr, (int)w->cols);
+    case VM_DTYPE_Q8_0: return j->k->dot_q8_0(row, xr, (int)w->cols);
+    case VM_DTYPE_MLX_AFFINE: return j->k->dot_mlx(w, r, xr);
+    default: return 0;
+    }
+}
+
+static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
+    const matmul_job *j = ctx;
+    const int64_t cols = j->w->cols, rows = j->w->rows;
+    for (int r = begin; r < end; r++) {
+        for (int t = 0; t < j->n; t++) {
+            vm_xrow xr = { j->x + (size_t)t * cols, j->gsum ? j->gsum + (size_t)t * j->groups : NULL };
+            j->out[(size_t)t * rows + r] = row_dot(j, r, &xr);
+        }
+    }
+}
+
+static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
+    cpu_impl *c = impl_of(be);
+    matmul_job j = { c->k, w, x->data, NULL, n, 0, out->data };
+    int group = 0;
+    if (w->dtype == VM_DTYPE_Q4_1) group = VM_QK;
+    else if (w->dtype == VM_DTYPE_MLX_AFFINE) group = w->group_size;
+    if (group) {
+        j.groups = (int)(w->cols / group);
+        float *gs = scratch_get(c, (size_t)n * j.groups);
+        if (!gs) { memset(out->data, 0, (size_t)n * w->rows * 4); return; }
+        for (int t = 0; t < n; t++) {
+            const float *xr = j.x + (size_t)t * w->cols;
+            for (int g = 0; g < j.groups; g++) {
+                float s = 0;
+                for (int i = 0; i < group; i++) s += xr[g * group + i];
+                gs[(size_t)t * j.groups + g] = s;
+            }
+        }
+        j.gsum = gs;
+    }
+    vm_parallel_for(c->pool, (int)w->rows, 16, matmul_rows, &j);
+}
+
+static void cpu_add_bias(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n, int dim) {
+    float *xi = x->data;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < dim; i++) xi[(size_t)t * dim + i] += vec_get(bias, i);
+}
+
+// ---- RoPE --------------------------------------------------------------------
+
+static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads,
+                     int head_dim, const vm_rope *r) {
+    float *xi = x->data;
+    const int32_t *pos = positions->data;
+    const int half = r->rot_dim / 2;
+    for (int t = 0; t < n; t++) {
+        for (int i = 0; i < half; i++) {
+            float angle = (float)pos[t] * r->inv_freq[i];
+            float cs = cosf(angle), sn = sinf(angle);
+            for (int h = 0; h < n_heads; h++) {
+                float *v = xi + ((size_t)t * n_heads + h) * head_dim;
+                int a = r->interleaved ? 2 * i : i, b = r->interleaved ? 2 * i + 1 : i + half;
+                float x0 = v[a], x1 = v[b];
+                v[a] = x0 * cs - x1 * sn;
+                v[b] = x1 * cs + x0 * sn;
+            }
+        }
+    }
+}
+
+// ---- KV cache and paged attention ---------------------------------------------
+
+static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, const vm_attn_meta *m,
+                            vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
+    const int32_t *slots = m->slot_mapping->data;
+    const int bs = m->block_size;
+    for (int t = 0; t < m->n_tokens; t++) {
+        int32_t slot = slots[t];
+        if (slot < 0) continue;
+        int block = slot / bs, off = slot % bs;
+        for (int h = 0; h < n_kv_heads; h++) {
+            size_t dst = (((size_t)block * n_kv_heads + h) * bs + off) * head_dim;
+            size_t src = ((size_t)t * n_kv_heads + h) * head_dim;
+            memcpy((float *)k_cache->data + dst, (const float *)k->data + src, (size_t)head_dim * 4);
+            memcpy((float *)v_cache->data + dst, (const float *)v->data + src, (size_t)head_dim * 4);
+        }
+    }
+}
+
+typedef struct attn_job {
+    const vm_attn_meta *m;
+    const float *q, *kc, *vc;
+    const int32_t *pos, *seq_of_token, *table;
+    int n_heads, n_kv_heads, head_dim;
+    float scale;
+    float *scores;     // [n_threads][max_ctx_len]
+    float *out;
+} attn_job;
+
+static void attn_items(void *ctx, int begin, int end, int thread_index) {
+    const attn_job *j = ctx;
+    const vm_attn_meta *m = j->m;
+    const int hd = j->head_dim, bs = m->block_size, group = j->n_heads / j->n_kv_heads;
+    float *sc = j->scores + (size_t)thread_index * m->max_ctx_len;
+    for (int item = begin; item < end; item++) {
+        int t = item / j->n_heads, h = item % j->n_heads, kvh = h / group;
+        int s = j->seq_of_token[t];
+        const int32_t *blocks = j->table + (size_t)s * m->max_blocks_per_seq;
+        const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
+        int n_ctx = j->pos[t] + 1;
+        float mx = -INFINITY;
+        for (int p = 0; p < n_ctx; p++) {
+            const float *k = j->kc + (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+            float d = 0;
+            for (int i = 0; i < hd; i++) d += q[i] * k[i];
+            sc[p] = d * j->scale;
+            if (sc[p] > mx) mx = sc[p];
+        }
+        float sum = 0;
+        for (int p = 0; p < n_ctx; p++) { sc[p] = expf(sc[p] - mx); sum += sc[p]; }
+        float inv = 1.0f / sum;
+        float *o = j->out + ((size_t)t * j->n_heads + h) * hd;
+        memset(o, 0, (size_t)hd * 4);
+        for (int p = 0; p < n_ctx; p++) {
+            const float *v = j->vc + (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+            float wgt = sc[p] * inv;
+            for (int i = 0; i < hd; i++) o[i] += wgt * v[i];
+        }
+    }
+}
+
+static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache, const vm_buf *v_cache,
+                          const vm_attn_meta *m, int n_heads, int n_kv_heads, int head_dim, float scale,
+                          vm_buf *out) {
+    cpu_impl *c = impl_of(be);
+    int nt = vm_thread_pool_size(c->pool);
+    size_t need = (size_t)nt * m->max_ctx_len + (size_t)m->n_tokens;
+    float *scratch = scratch_get(c, need);
+    if (!scratch) { memset(out->data, 0, (size_t)m->n_tokens * n_heads * head_dim * 4); return; }
+    int32_t *seq_of_token = (int32_t *)(scratch + (size_t)nt * m->max_ctx_len);
+    const int32_t *starts = m->seq_start->data;
+    for (int s = 0; s < m->n_seqs; s++)
+        for (int t = starts[s]; t < starts[s + 1]; t++) seq_of_token[t] = s;
+    attn_job j = { m, q->data, k_cache->data, v_cache->data, m->positions->data, seq_of_token,
+                   m->block_table->data, n_heads, n_kv_heads, head_dim, scale, scratch, out->data };
+    vm_parallel_for(c->pool, m->n_tokens * n_heads, 1, attn_items, &j);
+}
+
+// ---- elementwise ---------------------------------------------------------------
+
+static void cpu_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size_t n, vm_buf *out) {
+    const float *g = gate->data, *u = up->data;
+    float *o = out->data;
+    for (size_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void cpu_add(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n) {
+    float *a = x->data;
+    const float *b = y->data;
+    for (size_t i = 0; i < n; i++) a[i] += b[i];
+}
+
+static void cpu_get_rows(vm_backend *be, const vm_buf *x, const vm_buf *rows, int n_rows, int dim,
+                         vm_buf *out) {
+    const int32_t *r = rows->data;
+    for (int i = 0; i < n_rows; i++)
+        memmove((float *)out->data + (size_t)i * dim, (const float *)x->data + (size_t)r[i] * dim,
+                (size_t)dim * 4);
+}
+
+static int cpu_sync(vm_backend *be, vm_err *e) { return 0; }
+
+static void cpu_destroy(vm_backend *be) {
+    if (!be) return;
+    cpu_impl *c = be->impl;
+    if (c) {
+        vm_thread_pool_free(c->pool);
+        free(c->scratch);
+        free(c);
+    }
+    free(be);
+}
+
+vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    vm_backend *be = calloc(1, sizeof *be);
+    cpu_impl *c = calloc(1, sizeof *c);
+    if (!be || !c) { free(be); free(c); vm_errf(e, "out of memory"); return NULL; }
+    c->pool = vm_thread_pool_create(n_threads);
+    if (!c->pool) { free(be); free(c); vm_errf(e, "cannot start %d threads", n_threads); return NULL; }
+    c->k = vm_cpu_kernels_select();
+    be->name = "cpu";
+    be->impl = c;
+    be->buf_alloc = cpu_buf_alloc;
+    be->buf_free = cpu_buf_free;
+    be->buf_write = cpu_buf_write;
+    be->buf_read = cpu_buf_read;
+    be->weight_prepare = cpu_weight_prepare;
+    be->embed = cpu_embed;
+    be->rmsnorm = cpu_rmsnorm;
+    be->matmul = cpu_matmul;
+    be->add_bias = cpu_add_bias;
+    be->rope = cpu_rope;
+    be->cache_write = cpu_cache_write;
+    be->attention = cpu_attention;
+    be->swiglu = cpu_swiglu;
+    be->add = cpu_add;
+    be->get_rows = cpu_get_rows;
+    be->sync = cpu_sync;
+    be->destroy = cpu_destroy;
+    return be;
+}

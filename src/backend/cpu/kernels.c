@@ -1,0 +1,163 @@
+// kernels.c - generic C reference kernels: plain loops, one value at a time.
+#include "kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static float dot_f32(const void *w, const vm_xrow *x, int n) {
+    const uint8_t *p = w;
+    float s = 0;
+    for (int i = 0; i < n; i++) { float v; memcpy(&v, p + 4 * (size_t)i, 4); s += v * x->x[i]; }
+    return s;
+}
+
+static float dot_f16(const void *w, const vm_xrow *x, int n) {
+    const uint8_t *p = w;
+    float s = 0;
+    for (int i = 0; i < n; i++) s += vm_f16_to_f32(vm_load_u16(p + 2 * (size_t)i)) * x->x[i];
+    return s;
+}
+
+static float dot_bf16(const void *w, const vm_xrow *x, int n) {
+    const uint8_t *p = w;
+    float s = 0;
+    for (int i = 0; i < n; i++) s += vm_bf16_to_f32(vm_load_u16(p + 2 * (size_t)i)) * x->x[i];
+    return s;
+}
+
+// Q4_0: byte j of a block holds element j (low nibble) and j+16 (high nibble); w = d*(q-8)
+static float dot_q4_0(const void *w, const vm_xrow *x, int n) {
+    const vm_block_q4_0 *b = w;
+    float s = 0;
+    for (int ib = 0; ib < n / VM_QK; ib++) {
+        const float *xb = x->x + ib * VM_QK;
+        float acc = 0;
+        for (int j = 0; j < 16; j++) {
+            acc += (float)((b[ib].qs[j] & 0x0f) - 8) * xb[j];
+            acc += (float)((b[ib].qs[j] >> 4) - 8) * xb[j + 16];
+        }
+        s += vm_f16_to_f32(b[ib].d) * acc;
+    }
+    return s;
+}
+
+// Q4_1: w = d*q + m  ->  dot = d*(q.x) + m*sum(x)
+static float dot_q4_1(const void *w, const vm_xrow *x, int n) {
+    const vm_block_q4_1 *b = w;
+    float s = 0;
+    for (int ib = 0; ib < n / VM_QK; ib++) {
+        const float *xb = x->x + ib * VM_QK;
+        float acc = 0;
+        for (int j = 0; j < 16; j++) {
+            acc += (float)(b[ib].qs[j] & 0x0f) * xb[j];
+            acc += (float)(b[ib].qs[j] >> 4) * xb[j + 16];
+        }
+        s += vm_f16_to_f32(b[ib].d) * acc + vm_f16_to_f32(b[ib].m) * x->gsum[ib];
+    }
+    return s;
+}
+
+static float dot_q8_0(const void *w, const vm_xrow *x, int n) {
+    const vm_block_q8_0 *b = w;
+    float s = 0;
+    for (int ib = 0; ib < n / VM_QK; ib++) {
+        const float *xb = x->x + ib * VM_QK;
+        float acc = 0;
+        for (int j = 0; j < 32; j++) acc += (float)b[ib].qs[j] * xb[j];
+        s += vm_f16_to_f32(b[ib].d) * acc;
+    }
+    return s;
+}
+
+// MLX affine: values packed LSB-first in u32 words; w = scale*q + bias per group.
+static float dot_mlx(const vm_weight *w, int64_t row, const vm_xrow *x) {
+    const int bits = w->bits, gs = w->group_size;
+    const int64_t n = w->cols, groups = n / gs;
+    const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row * (size_t)(n * bits / 8);
+    const uint32_t mask = (1u << bits) - 1;
+    const int per_word = 32 / bits;
+    float s = 0;
+    for (int64_t g = 0; g < groups; g++) {
+        float acc = 0;
+        for (int64_t i = g * gs; i < (g + 1) * gs; i += per_word) {
+            uint32_t word = vm_load_u32(rowp + (size_t)(i / per_word) * 4);
+            for (int k = 0; k < per_word; k++) acc += (float)((word >> (k * bits)) & mask) * x->x[i + k];
+        }
+        float sc = vm_load_scale(w->scale_dtype, w->scales, row * groups + g);
+        float bi = vm_load_scale(w->scale_dtype, w->biases, row * groups + g);
+        s += sc * acc + bi * x->gsum[g];
+    }
+    return s;
+}
+
+const vm_cpu_kernels vm_kernels_generic = {
+    "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
+};
+
+void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {
+    const int64_t n = w->cols;
+    const uint8_t *p = (const uint8_t *)w->data + (size_t)row * vm_weight_row_bytes(w);
+    switch (w->dtype) {
+    case VM_DTYPE_F32: memcpy(out, p, (size_t)n * 4); break;
+    case VM_DTYPE_F16: for (int64_t i = 0; i < n; i++) out[i] = vm_f16_to_f32(vm_load_u16(p + 2 * i)); break;
+    case VM_DTYPE_BF16: for (int64_t i = 0; i < n; i++) out[i] = vm_bf16_to_f32(vm_load_u16(p + 2 * i)); break;
+    case VM_DTYPE_Q4_0: {
+        const vm_block_q4_0 *b = (const void *)p;
+        for (int64_t ib = 0; ib < n / VM_QK; ib++) {
+            float d = vm_f16_to_f32(b[ib].d);
+            for (int j = 0; j < 16; j++) {
+                out[ib * 32 + j] = d * (float)((b[ib].qs[j] & 0x0f) - 8);
+                out[ib * 32 + j + 16] = d * (float)((b[ib].qs[j] >> 4) - 8);
+            }
+        }
+        break;
+    }
+    case VM_DTYPE_Q4_1: {
+        const vm_block_q4_1 *b = (const void *)p;
+        for (int64_t ib = 0; ib < n / VM_QK; ib++) {
+            float d = vm_f16_to_f32(b[ib].d), m = vm_f16_to_f32(b[ib].m);
+            for (int j = 0; j < 16; j++) {
+                out[ib * 32 + j] = d * (float)(b[ib].qs[j] & 0x0f) + m;
+                out[ib * 32 + j + 16] = d * (float)(b[ib].qs[j] >> 4) + m;
+            }
+        }
+        break;
+    }
+    case VM_DTYPE_Q8_0: {
+        const vm_block_q8_0 *b = (const void *)p;
+        for (int64_t ib = 0; ib < n / VM_QK; ib++) {
+            float d = vm_f16_to_f32(b[ib].d);
+            for (int j = 0; j < 32; j++) out[ib * 32 + j] = d * (float)b[ib].qs[j];
+        }
+        break;
+    }
+    case VM_DTYPE_MLX_AFFINE: {
+        const int bits = w->bits, gs = w->group_size, per_word = 32 / bits;
+        const uint32_t mask = (1u << bits) - 1;
+        const int64_t groups = n / gs;
+        for (int64_t i = 0; i < n; i += per_word) {
+            uint32_t word = vm_load_u32(p + (size_t)(i / per_word) * 4);
+            for (int k = 0; k < per_word; k++) {
+                int64_t g = (i + k) / gs;
+                float sc = vm_load_scale(w->scale_dtype, w->scales, row * groups + g);
+                float bi = vm_load_scale(w->scale_dtype, w->biases, row * groups + g);
+                out[i + k] = sc * (float)((word >> (k * bits)) & mask) + bi;
+            }
+        }
+        break;
+    }
+    default: memset(out, 0, (size_t)n * 4); break;
+    }
+}
+
+const vm_cpu_kernels *vm_cpu_kernels_select(void) {
+    const char *force = getenv("VLLM_METAL_KERNELS");
+    if (force && strcmp(force, "generic") == 0) return &vm_kernels_generic;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        return &vm_kernels_avx2;
+#endif
+    return &vm_kernels_generic;
+}

@@ -1,0 +1,51 @@
+// kernels.h - CPU row kernels. Each has a generic C version (kernels.c) and,
+// where it pays, a SIMD version (kernels_avx2.c, ...) chosen at run time.
+// tests/c/test_kernels.c holds every SIMD path to its generic reference.
+#ifndef VM_CPU_KERNELS_H
+#define VM_CPU_KERNELS_H
+
+#include "../../loader/weights.h"
+
+// Per-activation-row precomputation shared by all output rows of a matmul:
+// the sum of x over each group (32 for GGUF blocks, group_size for MLX),
+// so affine formats (w = d*q + m) dot as d*(q.x) + m*sum(x).
+typedef struct vm_xrow {
+    const float *x;     // [n]
+    const float *gsum;  // [n / group] sums of x per group, or NULL when not needed
+} vm_xrow;
+
+typedef struct vm_cpu_kernels {
+    const char *name;
+    // dot of one weight row (n logical elements) with x
+    float (*dot_f32)(const void *w, const vm_xrow *x, int n);
+    float (*dot_f16)(const void *w, const vm_xrow *x, int n);
+    float (*dot_bf16)(const void *w, const vm_xrow *x, int n);
+    float (*dot_q4_0)(const void *w, const vm_xrow *x, int n);
+    float (*dot_q4_1)(const void *w, const vm_xrow *x, int n);   // needs gsum (group 32)
+    float (*dot_q8_0)(const void *w, const vm_xrow *x, int n);
+    // MLX affine: needs gsum over group_size
+    float (*dot_mlx)(const vm_weight *w, int64_t row, const vm_xrow *x);
+} vm_cpu_kernels;
+
+extern const vm_cpu_kernels vm_kernels_generic;
+#if defined(__x86_64__)
+extern const vm_cpu_kernels vm_kernels_avx2;
+#endif
+
+// Best kernel set for this CPU (VLLM_METAL_KERNELS=generic forces the reference).
+const vm_cpu_kernels *vm_cpu_kernels_select(void);
+
+// Dequantize row `row` of w into out[w->cols] (any matrix dtype).
+void vm_dequant_row(const vm_weight *w, int64_t row, float *out);
+
+// Unaligned little-endian loads (MLX files need not be aligned).
+static inline uint16_t vm_load_u16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t vm_load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline float vm_load_scale(vm_dtype t, const void *base, int64_t i) {
+    const uint8_t *p = base;
+    if (t == VM_DTYPE_F32) { float f; memcpy(&f, p + i * 4, 4); return f; }
+    if (t == VM_DTYPE_BF16) return vm_bf16_to_f32(vm_load_u16(p + i * 2));
+    return vm_f16_to_f32(vm_load_u16(p + i * 2));
+}
+
+#endif

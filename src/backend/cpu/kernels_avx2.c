@@ -1,0 +1,154 @@
+// kernels_avx2.c - x86-64 AVX2+FMA+F16C versions of the row kernels in kernels.c.
+// Compiled with -mavx2 -mfma -mf16c; only called when the CPU has all three.
+#if defined(__x86_64__)
+#include "kernels.h"
+
+#include <immintrin.h>
+
+static inline float hsum8(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+static float dot_f32(const void *w, const vm_xrow *x, int n) {
+    const float *p = w;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i), _mm256_loadu_ps(x->x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i + 8), _mm256_loadu_ps(x->x + i + 8), a1);
+    }
+    float s = hsum8(_mm256_add_ps(a0, a1));
+    for (; i < n; i++) { float v; memcpy(&v, p + i, 4); s += v * x->x[i]; }
+    return s;
+}
+
+static float dot_f16(const void *w, const vm_xrow *x, int n) {
+    const uint8_t *p = w;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
+        __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i + 16)));
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x->x + i), a0);
+        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x->x + i + 8), a1);
+    }
+    float s = hsum8(_mm256_add_ps(a0, a1));
+    for (; i < n; i++) s += vm_f16_to_f32(vm_load_u16(p + 2 * i)) * x->x[i];
+    return s;
+}
+
+static inline __m256 bf16x8_to_f32(const uint8_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static float dot_bf16(const void *w, const vm_xrow *x, int n) {
+    const uint8_t *p = w;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(bf16x8_to_f32(p + 2 * i), _mm256_loadu_ps(x->x + i), a0);
+        a1 = _mm256_fmadd_ps(bf16x8_to_f32(p + 2 * i + 16), _mm256_loadu_ps(x->x + i + 8), a1);
+    }
+    float s = hsum8(_mm256_add_ps(a0, a1));
+    for (; i < n; i++) s += vm_bf16_to_f32(vm_load_u16(p + 2 * i)) * x->x[i];
+    return s;
+}
+
+// 16 packed bytes -> 32 nibble values as floats, in element order:
+// elements 0..15 are the low nibbles, 16..31 the high nibbles.
+static inline void nibbles_to_f32(const uint8_t *qs, __m256 out[4]) {
+    __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
+    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+static inline __m256 block_dot32(const __m256 q[4], const float *xb) {
+    __m256 acc = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
+    acc = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), acc);
+    acc = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), acc);
+    return _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), acc);
+}
+
+static float dot_q4_0(const void *w, const vm_xrow *x, int n) {
+    const vm_block_q4_0 *b = w;
+    __m256 total = _mm256_setzero_ps();
+    const __m256 eight = _mm256_set1_ps(8.0f);
+    for (int ib = 0; ib < n / VM_QK; ib++) {
+        __m256 q[4];
+        nibbles_to_f32(b[ib].qs, q);
+        for (int k = 0; k < 4; k++) q[k] = _mm256_sub_ps(q[k], eight);
+        __m256 d = _mm256_set1_ps(vm_f16_to_f32(b[ib].d));
+        total = _mm256_fmadd_ps(d, block_dot32(q, x->x + ib * VM_QK), total);
+    }
+    return hsum8(total);
+}
+
+static float dot_q4_1(const void *w, const vm_xrow *x, int n) {
+    const vm_block_q4_1 *b = w;
+    __m256 total = _mm256_setzero_ps();
+    float msum = 0;
+    for (int ib = 0; ib < n / VM_QK; ib++) {
+        __m256 q[4];
+        nibbles_to_f32(b[ib].qs, q);
+        __m256 d = _mm256_set1_ps(vm_f16_to_f32(b[ib].d));
+        total = _mm256_fmadd_ps(d, block_dot32(q, x->x + ib * VM_QK), total);
+        msum += vm_f16_to_f32(b[ib].m) * x->gsum[ib];
+    }
+    return hsum8(total) + msum;
+}
+
+static float dot_q8_0(const void *w, const vm_xrow *x, int n) {
+    const vm_block_q8_0 *b = w;
+    __m256 total = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / VM_QK; ib++) {
+        __m256 q[4];
+        for (int k = 0; k < 4; k++)
+            q[k] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b[ib].qs + 8 * k))));
+        __m256 d = _mm256_set1_ps(vm_f16_to_f32(b[ib].d));
+        total = _mm256_fmadd_ps(d, block_dot32(q, x->x + ib * VM_QK), total);
+    }
+    return hsum8(total);
+}
+
+// MLX affine 4- and 8-bit; other widths fall back to the generic kernel.
+static float dot_mlx(const vm_weight *w, int64_t row, const vm_xrow *x) {
+    const int bits = w->bits, gs = w->group_size;
+    if ((bits != 4 && bits != 8) || gs % 32) return vm_kernels_generic.dot_mlx(w, row, x);
+    const int64_t n = w->cols, groups = n / gs;
+    const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row * (size_t)(n * bits / 8);
+    float s = 0;
+    for (int64_t g = 0; g < groups; g++) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = g * gs; i < (g + 1) * gs; i += 8) {
+            __m256i v;
+            if (bits == 4) {
+                // 8 nibbles in one u32, element k at bits 4k..4k+3
+                uint32_t word = vm_load_u32(rowp + (size_t)i / 2);
+                __m256i wv = _mm256_set1_epi32((int)word);
+                v = _mm256_and_si256(_mm256_srlv_epi32(wv, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                     _mm256_set1_epi32(0xf));
+            } else {
+                v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rowp + (size_t)i)));
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(x->x + i), acc);
+        }
+        float sc = vm_load_scale(w->scale_dtype, w->scales, row * groups + g);
+        float bi = vm_load_scale(w->scale_dtype, w->biases, row * groups + g);
+        s += sc * hsum8(acc) + bi * x->gsum[g];
+    }
+    return s;
+}
+
+const vm_cpu_kernels vm_kernels_avx2 = {
+    "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
+};
+#endif

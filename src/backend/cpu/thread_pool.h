@@ -1,0 +1,18 @@
+// thread_pool.h - a persistent pool of worker threads for data-parallel loops.
+#ifndef VM_THREAD_POOL_H
+#define VM_THREAD_POOL_H
+
+typedef struct vm_thread_pool vm_thread_pool;
+
+// fn(ctx, begin, end, thread_index) processes items [begin, end).
+typedef void (*vm_parallel_fn)(void *ctx, int begin, int end, int thread_index);
+
+vm_thread_pool *vm_thread_pool_create(int n_threads);
+void vm_thread_pool_free(vm_thread_pool *p);
+int vm_thread_pool_size(const vm_thread_pool *p);
+
+// Splits [0, n) into chunks of at least `grain` items and runs them on all
+// threads (the caller's thread included); returns when every chunk is done.
+void vm_parallel_for(vm_thread_pool *p, int n, int grain, vm_parallel_fn fn, void *ctx);
+
+#endif

@@ -1,0 +1,115 @@
+// test_kernels.c - every SIMD kernel against the generic C reference on random
+// rows of every dtype, plus the thread pool.
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/thread_pool.h"
+
+static uint32_t rng = 12345;
+static float frand(void) { rng = rng * 1664525u + 1013904223u; return (float)(rng >> 8) / (1 << 24) * 2 - 1; }
+static uint8_t brand(void) { rng = rng * 1664525u + 1013904223u; return (uint8_t)(rng >> 24); }
+
+// Fills a weight of the given dtype with random content (valid scales).
+static void *random_rows(vm_dtype t, int rows, int cols, vm_weight *w, int bits, int gs) {
+    memset(w, 0, sizeof *w);
+    w->dtype = t; w->rows = rows; w->cols = cols; w->name = "test";
+    size_t row_bytes = t == VM_DTYPE_MLX_AFFINE ? (size_t)cols * bits / 8 : vm_dtype_row_bytes(t, cols);
+    uint8_t *d = malloc(row_bytes * rows + 1);
+    uint8_t *p = d + 1; // deliberately unaligned, as MLX files may be
+    for (size_t i = 0; i < row_bytes * rows; i++) p[i] = brand();
+    if (t == VM_DTYPE_F32) for (int i = 0; i < rows * cols; i++) { float f = frand(); memcpy(p + 4 * i, &f, 4); }
+    if (t == VM_DTYPE_F16) for (int i = 0; i < rows * cols; i++) { uint16_t h = vm_f32_to_f16(frand()); memcpy(p + 2 * i, &h, 2); }
+    if (t == VM_DTYPE_BF16) for (int i = 0; i < rows * cols; i++) { uint16_t h = vm_f32_to_bf16(frand()); memcpy(p + 2 * i, &h, 2); }
+    if (t == VM_DTYPE_Q4_0 || t == VM_DTYPE_Q4_1 || t == VM_DTYPE_Q8_0) {
+        size_t bsz = vm_dtype_row_bytes(t, 32);
+        for (size_t b = 0; b < row_bytes * rows / bsz; b++) {
+            uint16_t d16 = vm_f32_to_f16(frand() * 0.1f), m16 = vm_f32_to_f16(frand() * 0.1f);
+            memcpy(p + b * bsz, &d16, 2);
+            if (t == VM_DTYPE_Q4_1) memcpy(p + b * bsz + 2, &m16, 2);
+        }
+    }
+    if (t == VM_DTYPE_MLX_AFFINE) {
+        w->bits = bits; w->group_size = gs; w->scale_dtype = VM_DTYPE_BF16;
+        int groups = cols / gs;
+        uint16_t *sc = malloc(2 * rows * groups), *bi = malloc(2 * rows * groups);
+        for (int i = 0; i < rows * groups; i++) { sc[i] = vm_f32_to_bf16(frand() * 0.1f); bi[i] = vm_f32_to_bf16(frand()); }
+        w->scales = sc; w->biases = bi;
+    }
+    w->data = p;
+    return d;
+}
+
+static float ref_dot(const vm_cpu_kernels *k, const vm_weight *w, int r, const vm_xrow *x) {
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * vm_weight_row_bytes(w);
+    switch (w->dtype) {
+    case VM_DTYPE_F32: return k->dot_f32(row, x, (int)w->cols);
+    case VM_DTYPE_F16: return k->dot_f16(row, x, (int)w->cols);
+    case VM_DTYPE_BF16: return k->dot_bf16(row, x, (int)w->cols);
+    case VM_DTYPE_Q4_0: return k->dot_q4_0(row, x, (int)w->cols);
+    case VM_DTYPE_Q4_1: return k->dot_q4_1(row, x, (int)w->cols);
+    case VM_DTYPE_Q8_0: return k->dot_q8_0(row, x, (int)w->cols);
+    default: return k->dot_mlx(w, r, x);
+    }
+}
+
+static void check_dtype(vm_dtype t, int bits, int gs) {
+    const vm_cpu_kernels *simd = vm_cpu_kernels_select();
+    const int rows = 7, cols = 256 + 32 * (t == VM_DTYPE_F32); // odd tails for the float paths
+    vm_weight w;
+    void *mem = random_rows(t, rows, cols, &w, bits, gs);
+    float x[512], gsum[64], deq[512];
+    for (int i = 0; i < cols; i++) x[i] = frand();
+    int group = t == VM_DTYPE_MLX_AFFINE ? gs : 32;
+    for (int g = 0; g < cols / group; g++) { gsum[g] = 0; for (int i = 0; i < group; i++) gsum[g] += x[g * group + i]; }
+    vm_xrow xr = { x, gsum };
+    for (int r = 0; r < rows; r++) {
+        float a = ref_dot(&vm_kernels_generic, &w, r, &xr), b = ref_dot(simd, &w, r, &xr);
+        // dequantize + plain dot: a third, independent route
+        vm_dequant_row(&w, r, deq);
+        double c = 0, mag = 0;
+        for (int i = 0; i < cols; i++) { c += (double)deq[i] * x[i]; mag += fabs(deq[i] * x[i]); }
+        cr_expect(fabs(a - b) <= 1e-5 * mag + 1e-6, "%s %s row %d: generic %g vs %s %g", vm_dtype_name(t), simd->name, r, a, simd->name, b);
+        cr_expect(fabs(a - c) <= 1e-5 * mag + 1e-6, "%s row %d: generic %g vs dequantized %g", vm_dtype_name(t), r, a, c);
+    }
+    free(mem);
+    if (t == VM_DTYPE_MLX_AFFINE) { free((void *)w.scales); free((void *)w.biases); }
+}
+
+Test(kernels, f32) { check_dtype(VM_DTYPE_F32, 0, 0); }
+Test(kernels, f16) { check_dtype(VM_DTYPE_F16, 0, 0); }
+Test(kernels, bf16) { check_dtype(VM_DTYPE_BF16, 0, 0); }
+Test(kernels, q4_0) { check_dtype(VM_DTYPE_Q4_0, 0, 0); }
+Test(kernels, q4_1) { check_dtype(VM_DTYPE_Q4_1, 0, 0); }
+Test(kernels, q8_0) { check_dtype(VM_DTYPE_Q8_0, 0, 0); }
+Test(kernels, mlx_4bit_g32) { check_dtype(VM_DTYPE_MLX_AFFINE, 4, 32); }
+Test(kernels, mlx_4bit_g64) { check_dtype(VM_DTYPE_MLX_AFFINE, 4, 64); }
+Test(kernels, mlx_8bit_g128) { check_dtype(VM_DTYPE_MLX_AFFINE, 8, 128); }
+Test(kernels, mlx_2bit_g64) { check_dtype(VM_DTYPE_MLX_AFFINE, 2, 64); }
+
+static void sum_range(void *ctx, int begin, int end, int thread_index) {
+    long *hits = ctx;
+    for (int i = begin; i < end; i++) __atomic_fetch_add(&hits[i], 1, __ATOMIC_RELAXED);
+}
+
+Test(thread_pool, every_item_once) {
+    vm_thread_pool *p = vm_thread_pool_create(3);
+    static long hits[1000];
+    for (int round = 0; round < 50; round++) {
+        memset(hits, 0, sizeof hits);
+        vm_parallel_for(p, 1000, 7, sum_range, hits);
+        for (int i = 0; i < 1000; i++) cr_assert_eq(hits[i], 1);
+    }
+    vm_thread_pool_free(p);
+}
+
+Test(half, round_trip) {
+    float vals[] = { 0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f, 1e-3f };
+    for (size_t i = 0; i < VM_ARRAY_LEN(vals); i++) {
+        float h = vm_f16_to_f32(vm_f32_to_f16(vals[i]));
+        cr_expect(fabsf(h - vals[i]) <= fabsf(vals[i]) / 2048, "f16 %g -> %g", vals[i], h);
+        float b = vm_bf16_to_f32(vm_f32_to_bf16(vals[i]));
+        cr_expect(fabsf(b - vals[i]) <= fabsf(vals[i]) / 128, "bf16 %g -> %g", vals[i], b);
+    }
+}
