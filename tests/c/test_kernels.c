@@ -73,6 +73,27 @@ static void check_dtype(vm_dtype t, int bits, int gs) {
         cr_expect(fabs(a - b) <= 1e-5 * mag + 1e-6, "%s %s row %d: generic %g vs %s %g", vm_dtype_name(t), simd->name, r, a, simd->name, b);
         cr_expect(fabs(a - c) <= 1e-5 * mag + 1e-6, "%s row %d: generic %g vs dequantized %g", vm_dtype_name(t), r, a, c);
     }
+    // GGUF types also run on 8-bit activations: SIMD equals generic, and both
+    // stay within the activation quantization error of the float dot.
+    if (t == VM_DTYPE_Q4_0 || t == VM_DTYPE_Q4_1 || t == VM_DTYPE_Q8_0) {
+        vm_q8_block qa[16], qb[16];
+        vm_kernels_generic.quantize_q8(x, qa, cols);
+        simd->quantize_q8(x, qb, cols);
+        cr_expect(memcmp(qa, qb, sizeof(vm_q8_block) * (cols / 32)) == 0, "quantize_q8 differs");
+        for (int r = 0; r < rows; r++) {
+            const uint8_t *row = (const uint8_t *)w.data + (size_t)r * vm_weight_row_bytes(&w);
+            float (*g)(const void *, const vm_q8_block *, int) = t == VM_DTYPE_Q4_0 ? vm_kernels_generic.dot_q4_0_q8
+                : t == VM_DTYPE_Q4_1 ? vm_kernels_generic.dot_q4_1_q8 : vm_kernels_generic.dot_q8_0_q8;
+            float (*f)(const void *, const vm_q8_block *, int) = t == VM_DTYPE_Q4_0 ? simd->dot_q4_0_q8
+                : t == VM_DTYPE_Q4_1 ? simd->dot_q4_1_q8 : simd->dot_q8_0_q8;
+            float a = g(row, qa, cols), b = f(row, qa, cols), exact = ref_dot(&vm_kernels_generic, &w, r, &xr);
+            double mag = 0;
+            vm_dequant_row(&w, r, deq);
+            for (int i = 0; i < cols; i++) mag += fabs(deq[i] * x[i]);
+            cr_expect(fabs(a - b) <= 1e-5 * mag + 1e-6, "%s q8 row %d: generic %g vs %s %g", vm_dtype_name(t), r, a, simd->name, b);
+            cr_expect(fabs(a - exact) <= 1e-2 * mag, "%s q8 row %d: %g vs float %g", vm_dtype_name(t), r, a, exact);
+        }
+    }
     free(mem);
     if (t == VM_DTYPE_MLX_AFFINE) { free((void *)w.scales); free((void *)w.biases); }
 }

@@ -19,6 +19,9 @@ typedef struct cpu_impl {
     const vm_cpu_kernels *k;
     float *scratch;        // per-op temporary (group sums, attention scores)
     size_t scratch_floats;
+    vm_q8_block *xq;       // activations quantized for the GGUF integer dots
+    size_t xq_blocks;
+    int q8_activations;    // 1: GGUF matmuls on 8-bit activations (as llama.cpp); 0: f32
 } cpu_impl;
 
 static cpu_impl *impl_of(vm_backend *be) { return be->impl; }
@@ -118,6 +121,7 @@ typedef struct matmul_job {
     const vm_weight *w;
     const float *x;
     const float *gsum;   // [n][cols/group]
+    const vm_q8_block *xq; // [n][cols/32] when the integer path is used
     int n, groups;
     float *out;
 } matmul_job;
@@ -137,8 +141,21 @@ static float row_dot(const matmul_job *j, int64_t r, const vm_xrow *xr) {
     }
 }
 
+static void matmul_rows_q8(const matmul_job *j, int begin, int end) {
+    const vm_weight *w = j->w;
+    const int64_t cols = w->cols, rows = w->rows, nb = cols / 32;
+    const size_t rb = vm_weight_row_bytes(w);
+    float (*dot)(const void *, const vm_q8_block *, int) =
+        w->dtype == VM_DTYPE_Q4_0 ? j->k->dot_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot_q4_1_q8 : j->k->dot_q8_0_q8;
+    for (int r = begin; r < end; r++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * rb;
+        for (int t = 0; t < j->n; t++) j->out[(size_t)t * rows + r] = dot(row, j->xq + (size_t)t * nb, (int)cols);
+    }
+}
+
 static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
     const matmul_job *j = ctx;
+    if (j->xq) { matmul_rows_q8(j, begin, end); return; }
     const int64_t cols = j->w->cols, rows = j->w->rows;
     for (int r = begin; r < end; r++) {
         for (int t = 0; t < j->n; t++) {
@@ -150,7 +167,20 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
 
 static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     cpu_impl *c = impl_of(be);
-    matmul_job j = { c->k, w, x->data, NULL, n, 0, out->data };
+    matmul_job j = { c->k, w, x->data, NULL, NULL, n, 0, out->data };
+    if (c->q8_activations && (w->dtype == VM_DTYPE_Q4_0 || w->dtype == VM_DTYPE_Q4_1 || w->dtype == VM_DTYPE_Q8_0)) {
+        size_t nb = (size_t)(w->cols / 32), need = nb * n;
+        if (need > c->xq_blocks) {
+            vm_q8_block *p = realloc(c->xq, need * sizeof *p);
+            if (!p) { memset(out->data, 0, (size_t)n * w->rows * 4); return; }
+            c->xq = p;
+            c->xq_blocks = need;
+        }
+        for (int t = 0; t < n; t++) c->k->quantize_q8(j.x + (size_t)t * w->cols, c->xq + (size_t)t * nb, (int)w->cols);
+        j.xq = c->xq;
+        vm_parallel_for(c->pool, (int)w->rows, 16, matmul_rows, &j);
+        return;
+    }
     int group = 0;
     if (w->dtype == VM_DTYPE_Q4_1) group = VM_QK;
     else if (w->dtype == VM_DTYPE_MLX_AFFINE) group = w->group_size;
@@ -307,6 +337,7 @@ static void cpu_destroy(vm_backend *be) {
     if (c) {
         vm_thread_pool_free(c->pool);
         free(c->scratch);
+        free(c->xq);
         free(c);
     }
     free(be);
@@ -323,6 +354,8 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     c->pool = vm_thread_pool_create(n_threads);
     if (!c->pool) { free(be); free(c); vm_errf(e, "cannot start %d threads", n_threads); return NULL; }
     c->k = vm_cpu_kernels_select();
+    const char *q8 = getenv("VLLM_METAL_Q8_ACTIVATIONS");
+    c->q8_activations = !(q8 && strcmp(q8, "0") == 0);
     be->name = "cpu";
     be->impl = c;
     be->buf_alloc = cpu_buf_alloc;

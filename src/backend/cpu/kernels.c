@@ -1,6 +1,7 @@
 // kernels.c - generic C reference kernels: plain loops, one value at a time.
 #include "kernels.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,8 +91,62 @@ static float dot_mlx(const vm_weight *w, int64_t row, const vm_xrow *x) {
     return s;
 }
 
+// x -> blocks of 32: d = max|x|/127, q = round(x/d)
+static void quantize_q8(const float *x, vm_q8_block *out, int n) {
+    for (int ib = 0; ib < n / 32; ib++) {
+        const float *xb = x + ib * 32;
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = (int)nearbyintf(xb[j] * id);
+            out[ib].q[j] = (int8_t)q;
+            sum += q;
+        }
+        out[ib].d = d;
+        out[ib].isum = sum;
+    }
+}
+
+static float dot_q4_0_q8(const void *w, const vm_q8_block *x, int n) {
+    const vm_block_q4_0 *b = w;
+    float s = 0;
+    for (int ib = 0; ib < n / 32; ib++) {
+        int32_t acc = 0;
+        for (int j = 0; j < 16; j++)
+            acc += (b[ib].qs[j] & 0x0f) * x[ib].q[j] + (b[ib].qs[j] >> 4) * x[ib].q[j + 16];
+        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)(acc - 8 * x[ib].isum);
+    }
+    return s;
+}
+
+static float dot_q4_1_q8(const void *w, const vm_q8_block *x, int n) {
+    const vm_block_q4_1 *b = w;
+    float s = 0;
+    for (int ib = 0; ib < n / 32; ib++) {
+        int32_t acc = 0;
+        for (int j = 0; j < 16; j++)
+            acc += (b[ib].qs[j] & 0x0f) * x[ib].q[j] + (b[ib].qs[j] >> 4) * x[ib].q[j + 16];
+        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)acc + vm_f16_to_f32(b[ib].m) * x[ib].d * (float)x[ib].isum;
+    }
+    return s;
+}
+
+static float dot_q8_0_q8(const void *w, const vm_q8_block *x, int n) {
+    const vm_block_q8_0 *b = w;
+    float s = 0;
+    for (int ib = 0; ib < n / 32; ib++) {
+        int32_t acc = 0;
+        for (int j = 0; j < 32; j++) acc += b[ib].qs[j] * x[ib].q[j];
+        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)acc;
+    }
+    return s;
+}
+
 const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
+    quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
 };
 
 void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {

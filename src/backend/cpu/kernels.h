@@ -14,6 +14,14 @@ typedef struct vm_xrow {
     const float *gsum;  // [n / group] sums of x per group, or NULL when not needed
 } vm_xrow;
 
+// An activation block quantized to 8 bits for the GGUF integer dot products
+// (the way llama.cpp computes them): x[i] ~= d * q[i], isum = sum(q).
+typedef struct vm_q8_block {
+    float d;
+    int32_t isum;
+    int8_t q[32];
+} vm_q8_block;
+
 typedef struct vm_cpu_kernels {
     const char *name;
     // dot of one weight row (n logical elements) with x
@@ -25,6 +33,11 @@ typedef struct vm_cpu_kernels {
     float (*dot_q8_0)(const void *w, const vm_xrow *x, int n);
     // MLX affine: needs gsum over group_size
     float (*dot_mlx)(const vm_weight *w, int64_t row, const vm_xrow *x);
+    // GGUF block rows against 8-bit activations (n a multiple of 32)
+    void (*quantize_q8)(const float *x, vm_q8_block *out, int n);
+    float (*dot_q4_0_q8)(const void *w, const vm_q8_block *x, int n);
+    float (*dot_q4_1_q8)(const void *w, const vm_q8_block *x, int n);
+    float (*dot_q8_0_q8)(const void *w, const vm_q8_block *x, int n);
 } vm_cpu_kernels;
 
 extern const vm_cpu_kernels vm_kernels_generic;

@@ -5,6 +5,9 @@
 
 #include <immintrin.h>
 
+// F16C conversion (the generic vm_f16_to_f32 branches on subnormals)
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
 static inline float hsum8(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
     lo = _mm_add_ps(lo, hi);
@@ -86,7 +89,7 @@ static float dot_q4_0(const void *w, const vm_xrow *x, int n) {
         __m256 q[4];
         nibbles_to_f32(b[ib].qs, q);
         for (int k = 0; k < 4; k++) q[k] = _mm256_sub_ps(q[k], eight);
-        __m256 d = _mm256_set1_ps(vm_f16_to_f32(b[ib].d));
+        __m256 d = _mm256_set1_ps(h2f(b[ib].d));
         total = _mm256_fmadd_ps(d, block_dot32(q, x->x + ib * VM_QK), total);
     }
     return hsum8(total);
@@ -99,9 +102,9 @@ static float dot_q4_1(const void *w, const vm_xrow *x, int n) {
     for (int ib = 0; ib < n / VM_QK; ib++) {
         __m256 q[4];
         nibbles_to_f32(b[ib].qs, q);
-        __m256 d = _mm256_set1_ps(vm_f16_to_f32(b[ib].d));
+        __m256 d = _mm256_set1_ps(h2f(b[ib].d));
         total = _mm256_fmadd_ps(d, block_dot32(q, x->x + ib * VM_QK), total);
-        msum += vm_f16_to_f32(b[ib].m) * x->gsum[ib];
+        msum += h2f(b[ib].m) * x->gsum[ib];
     }
     return hsum8(total) + msum;
 }
@@ -113,7 +116,7 @@ static float dot_q8_0(const void *w, const vm_xrow *x, int n) {
         __m256 q[4];
         for (int k = 0; k < 4; k++)
             q[k] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b[ib].qs + 8 * k))));
-        __m256 d = _mm256_set1_ps(vm_f16_to_f32(b[ib].d));
+        __m256 d = _mm256_set1_ps(h2f(b[ib].d));
         total = _mm256_fmadd_ps(d, block_dot32(q, x->x + ib * VM_QK), total);
     }
     return hsum8(total);
@@ -148,7 +151,98 @@ static float dot_mlx(const vm_weight *w, int64_t row, const vm_xrow *x) {
     return s;
 }
 
+static void quantize_q8(const float *x, vm_q8_block *out, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int ib = 0; ib < n / 32; ib++) {
+        const float *xb = x + ib * 32;
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xb + 8 * k);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+        }
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        float d = _mm_cvtss_f32(m) / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        __m256 mul = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++)
+            q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_hadd_epi32(s4, s4);
+        s4 = _mm_hadd_epi32(s4, s4);
+        // pack 32 x i32 -> 32 x i8 in order
+        __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)out[ib].q, p);
+        out[ib].d = d;
+        out[ib].isum = _mm_cvtsi128_si32(s4);
+    }
+}
+
+// 32 nibbles in element order as unsigned bytes
+static inline __m256i nibbles_u8(const uint8_t *qs) {
+    __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
+    return _mm256_set_m128i(hi, lo);
+}
+
+// sum of u8*s8 over 32 lanes, as 8 i32 partial sums converted to float
+static inline __m256 dot_u8s8(__m256i u, __m256i s) {
+    __m256i p16 = _mm256_maddubs_epi16(u, s);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+static float dot_q4_0_q8(const void *w, const vm_q8_block *x, int n) {
+    const vm_block_q4_0 *b = w;
+    __m256 acc = _mm256_setzero_ps();
+    float corr = 0;
+    for (int ib = 0; ib < n / 32; ib++) {
+        float dd = h2f(b[ib].d) * x[ib].d;
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), dot_u8s8(nibbles_u8(b[ib].qs), xq), acc);
+        corr += dd * (float)(8 * x[ib].isum);
+    }
+    return hsum8(acc) - corr;
+}
+
+static float dot_q4_1_q8(const void *w, const vm_q8_block *x, int n) {
+    const vm_block_q4_1 *b = w;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float msum = 0;
+    int ib = 0;
+    for (; ib + 2 <= n / 32; ib += 2) {  // two blocks per iteration for more ILP
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)x[ib].q), x1 = _mm256_loadu_si256((const __m256i *)x[ib + 1].q);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), dot_u8s8(nibbles_u8(b[ib].qs), x0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib + 1].d) * x[ib + 1].d), dot_u8s8(nibbles_u8(b[ib + 1].qs), x1), acc1);
+        msum += h2f(b[ib].m) * x[ib].d * (float)x[ib].isum + h2f(b[ib + 1].m) * x[ib + 1].d * (float)x[ib + 1].isum;
+    }
+    for (; ib < n / 32; ib++) {
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), dot_u8s8(nibbles_u8(b[ib].qs), xq), acc0);
+        msum += h2f(b[ib].m) * x[ib].d * (float)x[ib].isum;
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1)) + msum;
+}
+
+static float dot_q8_0_q8(const void *w, const vm_q8_block *x, int n) {
+    const vm_block_q8_0 *b = w;
+    __m256 acc = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / 32; ib++) {
+        float dd = h2f(b[ib].d) * x[ib].d;
+        __m256i wq = _mm256_loadu_si256((const __m256i *)b[ib].qs);
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
+        // |w| * (x with w's sign): u8 * s8 as maddubs wants
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), dot_u8s8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq)), acc);
+    }
+    return hsum8(acc);
+}
+
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
+    quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
 };
 #endif
