@@ -125,7 +125,14 @@ static int load_hf(vm_model_config *c, const char *dir, vm_err *e) {
     c->attention_bias = c->arch == VM_ARCH_QWEN2 ? 1 : (bias && json_is_true(bias));
     c->qk_norm = c->arch == VM_ARCH_QWEN3;
 
+    // transformers 4 writes rope_theta + rope_scaling; transformers 5 writes
+    // rope_parameters {rope_type, rope_theta, factor, ...}.
     json_t *rs = json_object_get(root, "rope_scaling");
+    json_t *rp = json_object_get(root, "rope_parameters");
+    if (json_is_object(rp)) {
+        if (json_float(rp, file, "rope_theta", c->rope_theta, &c->rope_theta, e)) goto done;
+        if (!json_is_object(rs)) rs = rp;
+    }
     if (json_is_object(rs)) {
         json_t *type = json_object_get(rs, "rope_type");
         if (!type) type = json_object_get(rs, "type");
