@@ -225,6 +225,16 @@ def run_transformers(path):
     torch.set_num_threads(N_THREADS)
     d, fn = os.path.split(path)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=fn)
+    # transformers' GGUF converter ignores tokenizer.ggml.pre = "smollm" and
+    # builds a plain ByteLevel pre-tokenizer. The real SmolLM2 tokenizer.json
+    # (and llama.cpp's "smollm" pre-tokenizer) split digits first; without it
+    # whitespace runs before digits tokenize differently ("   34": llama.cpp
+    # "ĠĠĠ","3","4"; as built "ĠĠ","Ġ","3","4"). Restore it, so the saved
+    # tokenizer matches llama.cpp on all 20 prompts (checked below).
+    from tokenizers import pre_tokenizers
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
     tok_dir = os.path.join(OUT, "tokenizer")
     os.makedirs(tok_dir, exist_ok=True)
     tok.save_pretrained(tok_dir)
@@ -245,7 +255,9 @@ def run_transformers(path):
     res = {"model": GGUF_FILE, "sha256": GGUF_SHA256,
            "oracle": f"transformers {transformers.__version__} GGUF loader (dequantized, f32), "
                      f"torch {torch.__version__}",
-           "settings": {"tokenize": "tokenizer(text, add_special_tokens=False)",
+           "settings": {"tokenize": "tokenizer(text, add_special_tokens=False); tokenizer as built "
+                                    "from the GGUF plus the Digits(individual_digits) pre-tokenizer "
+                                    "that transformers' GGUF converter leaves out",
                         "generate": "do_sample=False, 32 new tokens, EOS not stopping"},
            "prompts": []}
     # the HF tokenizer's ids for all 20 prompts (compare with llamacpp_golden.json)
