@@ -1,6 +1,11 @@
 // main.c - the vllm-metal command line.
-//   vllm-metal generate --model M --prompt-ids 1,2,3 [--max-tokens N]
+//   vllm-metal --model M [options] | vllm-metal serve M [options]   the server
+//   vllm-metal generate --model M --prompt TEXT [sampling options]  through the engine
+//   vllm-metal generate --model M --prompt-ids 1,2,3 [--max-tokens N] raw greedy ids (debugging)
+//   vllm-metal throughput --model M [--num-prompts N ...]           offline tokens/s
+#include "engine/engine.h"
 #include "model/session.h"
+#include "server/server.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,9 +18,16 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: vllm-metal <command> [options]\n"
+            "       vllm-metal --model PATH [serve options]   (OpenAI-compatible server; see --model x --help)\n"
+            "       vllm-metal serve PATH [serve options]\n"
             "commands:\n"
+            "  generate --model PATH --prompt TEXT [--max-tokens N --temperature T ...]\n"
+            "           offline generation through the engine (generate --help for the flags)\n"
             "  generate --model PATH --prompt-ids 1,2,3 [--max-tokens 32] [--threads N]\n"
-            "           greedy decoding; prints the token ids and the time per token\n"
+            "           greedy decoding straight through the model; prints the token ids and\n"
+            "           the time per token (debugging)\n"
+            "  throughput --model PATH [--num-prompts N --input-len N --output-len N]\n"
+            "           N prompts at once through the engine; prints tokens/s\n"
             "  --version\n");
 }
 
@@ -102,7 +114,14 @@ int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--version")) { printf("vllm-metal %s\n", VLLM_METAL_VERSION); return 0; }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) { usage(stdout); return 0; }
-    if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "generate")) {
+        for (int i = 2; i < argc; i++)
+            if (!strcmp(argv[i], "--prompt-ids")) return cmd_generate(argc - 2, argv + 2);
+        return vm_cli_generate(argc - 1, argv + 1);
+    }
+    if (!strcmp(argv[1], "throughput")) return vm_cli_throughput(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "serve")) return vm_cli_serve(argc - 1, argv + 1);
+    if (argv[1][0] == '-') return vm_cli_serve(argc, argv); // vllm-metal --model M ...
     fprintf(stderr, "vllm-metal: unknown command %s\n", argv[1]);
     usage(stderr);
     return 2;
