@@ -92,6 +92,21 @@ static void check_dtype(vm_dtype t, int bits, int gs) {
             for (int i = 0; i < cols; i++) mag += fabs(deq[i] * x[i]);
             cr_expect(fabs(a - b) <= 1e-5 * mag + 1e-6, "%s q8 row %d: generic %g vs %s %g", vm_dtype_name(t), r, a, simd->name, b);
             cr_expect(fabs(a - exact) <= 1e-2 * mag, "%s q8 row %d: %g vs float %g", vm_dtype_name(t), r, a, exact);
+            // four tokens at once equal four single dots
+            vm_q8_block x4[4 * 16];
+            for (int k = 0; k < 4; k++) {
+                float xr4[512];
+                for (int i = 0; i < cols; i++) xr4[i] = frand();
+                vm_kernels_generic.quantize_q8(xr4, x4 + k * (cols / 32), cols);
+            }
+            void (*d4)(const void *, const vm_q8_block *, size_t, int, float *) = t == VM_DTYPE_Q4_0 ? simd->dot4_q4_0_q8
+                : t == VM_DTYPE_Q4_1 ? simd->dot4_q4_1_q8 : simd->dot4_q8_0_q8;
+            float o4[4];
+            d4(row, x4, (size_t)(cols / 32), cols, o4);
+            for (int k = 0; k < 4; k++) {
+                float one = g(row, x4 + k * (cols / 32), cols);
+                cr_expect(fabsf(o4[k] - one) <= 1e-4f * (fabsf(one) + 1), "%s dot4 token %d: %g vs %g", vm_dtype_name(t), k, o4[k], one);
+            }
         }
     }
     free(mem);
@@ -112,6 +127,17 @@ Test(kernels, mlx_2bit_g64) { check_dtype(VM_DTYPE_MLX_AFFINE, 2, 64); }
 static void sum_range(void *ctx, int begin, int end, int thread_index) {
     long *hits = ctx;
     for (int i = begin; i < end; i++) __atomic_fetch_add(&hits[i], 1, __ATOMIC_RELAXED);
+}
+
+Test(kernels, attention_helpers) {
+    const vm_cpu_kernels *simd = vm_cpu_kernels_select();
+    float a[77], b[77], y1[77], y2[77];
+    for (int i = 0; i < 77; i++) { a[i] = frand(); b[i] = frand(); y1[i] = y2[i] = frand(); }
+    float d1 = vm_kernels_generic.vdot(a, b, 77), d2 = simd->vdot(a, b, 77);
+    cr_expect(fabsf(d1 - d2) <= 1e-5f * 77, "vdot %g vs %g", d1, d2);
+    vm_kernels_generic.axpy(y1, 0.37f, a, 77);
+    simd->axpy(y2, 0.37f, a, 77);
+    for (int i = 0; i < 77; i++) cr_expect(fabsf(y1[i] - y2[i]) <= 1e-6f, "axpy[%d]", i);
 }
 
 Test(thread_pool, every_item_once) {

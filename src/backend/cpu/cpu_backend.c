@@ -147,9 +147,17 @@ static void matmul_rows_q8(const matmul_job *j, int begin, int end) {
     const size_t rb = vm_weight_row_bytes(w);
     float (*dot)(const void *, const vm_q8_block *, int) =
         w->dtype == VM_DTYPE_Q4_0 ? j->k->dot_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot_q4_1_q8 : j->k->dot_q8_0_q8;
+    void (*dot4)(const void *, const vm_q8_block *, size_t, int, float *) =
+        w->dtype == VM_DTYPE_Q4_0 ? j->k->dot4_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot4_q4_1_q8 : j->k->dot4_q8_0_q8;
     for (int r = begin; r < end; r++) {
         const uint8_t *row = (const uint8_t *)w->data + (size_t)r * rb;
-        for (int t = 0; t < j->n; t++) j->out[(size_t)t * rows + r] = dot(row, j->xq + (size_t)t * nb, (int)cols);
+        int t = 0;
+        for (; t + 4 <= j->n; t += 4) {
+            float o[4];
+            dot4(row, j->xq + (size_t)t * nb, (size_t)nb, (int)cols, o);
+            for (int k = 0; k < 4; k++) j->out[(size_t)(t + k) * rows + r] = o[k];
+        }
+        for (; t < j->n; t++) j->out[(size_t)t * rows + r] = dot(row, j->xq + (size_t)t * nb, (int)cols);
     }
 }
 
@@ -249,6 +257,7 @@ static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, co
 }
 
 typedef struct attn_job {
+    const vm_cpu_kernels *k;
     const vm_attn_meta *m;
     const float *q, *kc, *vc;
     const int32_t *pos, *seq_of_token, *table;
@@ -272,9 +281,7 @@ static void attn_items(void *ctx, int begin, int end, int thread_index) {
         float mx = -INFINITY;
         for (int p = 0; p < n_ctx; p++) {
             const float *k = j->kc + (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
-            float d = 0;
-            for (int i = 0; i < hd; i++) d += q[i] * k[i];
-            sc[p] = d * j->scale;
+            sc[p] = j->k->vdot(q, k, hd) * j->scale;
             if (sc[p] > mx) mx = sc[p];
         }
         float sum = 0;
@@ -284,8 +291,7 @@ static void attn_items(void *ctx, int begin, int end, int thread_index) {
         memset(o, 0, (size_t)hd * 4);
         for (int p = 0; p < n_ctx; p++) {
             const float *v = j->vc + (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
-            float wgt = sc[p] * inv;
-            for (int i = 0; i < hd; i++) o[i] += wgt * v[i];
+            j->k->axpy(o, sc[p] * inv, v, hd);
         }
     }
 }
@@ -302,7 +308,7 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
     const int32_t *starts = m->seq_start->data;
     for (int s = 0; s < m->n_seqs; s++)
         for (int t = starts[s]; t < starts[s + 1]; t++) seq_of_token[t] = s;
-    attn_job j = { m, q->data, k_cache->data, v_cache->data, m->positions->data, seq_of_token,
+    attn_job j = { c->k, m, q->data, k_cache->data, v_cache->data, m->positions->data, seq_of_token,
                    m->block_table->data, n_heads, n_kv_heads, head_dim, scale, scratch, out->data };
     vm_parallel_for(c->pool, m->n_tokens * n_heads, 1, attn_items, &j);
 }

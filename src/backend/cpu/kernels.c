@@ -144,9 +144,30 @@ static float dot_q8_0_q8(const void *w, const vm_q8_block *x, int n) {
     return s;
 }
 
+static void dot4_q4_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
+    for (int t = 0; t < 4; t++) out[t] = dot_q4_0_q8(w, x + t * xs, n);
+}
+static void dot4_q4_1_q8(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
+    for (int t = 0; t < 4; t++) out[t] = dot_q4_1_q8(w, x + t * xs, n);
+}
+static void dot4_q8_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
+    for (int t = 0; t < 4; t++) out[t] = dot_q8_0_q8(w, x + t * xs, n);
+}
+
+static float vdot(const float *a, const float *b, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
+    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy,
 };
 
 void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {

@@ -38,6 +38,14 @@ typedef struct vm_cpu_kernels {
     float (*dot_q4_0_q8)(const void *w, const vm_q8_block *x, int n);
     float (*dot_q4_1_q8)(const void *w, const vm_q8_block *x, int n);
     float (*dot_q8_0_q8)(const void *w, const vm_q8_block *x, int n);
+    // The same against 4 activation rows at once (x, x + xstride, ... in blocks):
+    // each weight block is unpacked once for 4 tokens (prefill).
+    void (*dot4_q4_0_q8)(const void *w, const vm_q8_block *x, size_t xstride, int n, float out[4]);
+    void (*dot4_q4_1_q8)(const void *w, const vm_q8_block *x, size_t xstride, int n, float out[4]);
+    void (*dot4_q8_0_q8)(const void *w, const vm_q8_block *x, size_t xstride, int n, float out[4]);
+    // attention helpers on f32 vectors
+    float (*vdot)(const float *a, const float *b, int n);      // a . b
+    void (*axpy)(float *y, float a, const float *x, int n);    // y += a * x
 } vm_cpu_kernels;
 
 extern const vm_cpu_kernels vm_kernels_generic;

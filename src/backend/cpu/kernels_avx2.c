@@ -241,8 +241,80 @@ static float dot_q8_0_q8(const void *w, const vm_q8_block *x, int n) {
     return hsum8(acc);
 }
 
+// 4 tokens per weight block: the block is unpacked once, then multiplied by
+// each token's 8-bit activations.
+static void dot4_q4_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
+    const vm_block_q4_0 *b = w;
+    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    float corr[4] = { 0, 0, 0, 0 };
+    for (int ib = 0; ib < n / 32; ib++) {
+        __m256i wq = nibbles_u8(b[ib].qs);
+        float dw = h2f(b[ib].d);
+        for (int t = 0; t < 4; t++) {
+            const vm_q8_block *xb = x + t * xs + ib;
+            float dd = dw * xb->d;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), dot_u8s8(wq, _mm256_loadu_si256((const __m256i *)xb->q)), acc[t]);
+            corr[t] += dd * (float)(8 * xb->isum);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) - corr[t];
+}
+
+static void dot4_q4_1_q8(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
+    const vm_block_q4_1 *b = w;
+    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    float msum[4] = { 0, 0, 0, 0 };
+    for (int ib = 0; ib < n / 32; ib++) {
+        __m256i wq = nibbles_u8(b[ib].qs);
+        float dw = h2f(b[ib].d), mw = h2f(b[ib].m);
+        for (int t = 0; t < 4; t++) {
+            const vm_q8_block *xb = x + t * xs + ib;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb->d), dot_u8s8(wq, _mm256_loadu_si256((const __m256i *)xb->q)), acc[t]);
+            msum[t] += mw * xb->d * (float)xb->isum;
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + msum[t];
+}
+
+static void dot4_q8_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
+    const vm_block_q8_0 *b = w;
+    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    for (int ib = 0; ib < n / 32; ib++) {
+        __m256i wq = _mm256_loadu_si256((const __m256i *)b[ib].qs);
+        __m256i aw = _mm256_sign_epi8(wq, wq);
+        float dw = h2f(b[ib].d);
+        for (int t = 0; t < 4; t++) {
+            const vm_q8_block *xb = x + t * xs + ib;
+            __m256i xq = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb->q), wq);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb->d), dot_u8s8(aw, xq), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
+}
+
+static float vdot(const float *a, const float *b, int n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    float s = hsum8(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy(float *y, float a, const float *x, int n) {
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
+    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy,
 };
 #endif
