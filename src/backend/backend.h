@@ -19,6 +19,9 @@ typedef struct vm_rope {
     const float *inv_freq;  // [rot_dim/2]
     int interleaved;        // 1: rotate pairs (2i, 2i+1) (GGUF llama layout);
                             // 0: rotate (i, i+rot_dim/2) (HF "rotate_half" layout)
+    float theta_scale;      // > 0: angles as pos * theta_scale^i by repeated f32
+                            // multiplication (how llama.cpp computes them, used for
+                            // GGUF models); 0: pos * inv_freq[i]
 } vm_rope;
 
 // One step's flat batch, as attention sees it. Tokens of a sequence are
@@ -32,9 +35,12 @@ typedef struct vm_attn_meta {
     const vm_buf *ctx_len;      // i32 [n_seqs]: KV length of seq s including this step's tokens
     const vm_buf *block_table;  // i32 [n_seqs * max_blocks_per_seq]
     const vm_buf *slot_mapping; // i32 [n_tokens]: block*block_size + offset, or -1 to skip
+    vm_dtype kv_dtype;          // F32 or F16
 } vm_attn_meta;
 
-// KV cache layer layout: [num_blocks][n_kv_heads][block_size][head_dim] f32.
+// KV cache layer layout: [num_blocks][n_kv_heads][block_size][head_dim] of kv_dtype.
+// With an F16 cache, attention rounds q and the softmax weights to f16 as well
+// (the arithmetic of llama.cpp's default f16 cache, the reference for GGUF).
 
 struct vm_backend {
     const char *name;

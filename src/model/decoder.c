@@ -21,6 +21,7 @@ struct vm_model {
     vm_layer *layers;
     float *inv_freq;
     vm_rope rope;
+    vm_dtype kv_dtype;
     int max_tokens;
     // activation scratch, sized for max_tokens rows
     vm_buf *x, *xn, *q, *k, *v, *attn, *proj, *gate, *up;
@@ -107,6 +108,8 @@ static int make_rope(vm_model *m, vm_err *e) {
     m->rope.rot_dim = c->head_dim;
     m->rope.inv_freq = m->inv_freq;
     m->rope.interleaved = c->rope_interleaved;
+    if (vm_weights_format(m->ws) == VM_FORMAT_GGUF && !c->rope_llama3 && !rf)
+        m->rope.theta_scale = powf(c->rope_theta, -2.0f / (float)c->head_dim);
     return 0;
 }
 
@@ -145,6 +148,13 @@ vm_model *vm_model_create(const char *path, vm_backend *be, int max_batch_tokens
     for (int i = 0; i < c->n_layers; i++)
         if (load_layer(m, i, e) != 0) goto fail;
     if (make_rope(m, e) != 0 || alloc_scratch(m, e) != 0) goto fail;
+    m->kv_dtype = vm_weights_format(m->ws) == VM_FORMAT_GGUF ? VM_DTYPE_F16 : VM_DTYPE_F32;
+    const char *kvd = getenv("VLLM_METAL_KV_CACHE_DTYPE");
+    if (kvd && *kvd) {
+        if (!strcmp(kvd, "f16") || !strcmp(kvd, "float16")) m->kv_dtype = VM_DTYPE_F16;
+        else if (!strcmp(kvd, "f32") || !strcmp(kvd, "float32")) m->kv_dtype = VM_DTYPE_F32;
+        else { vm_errf(e, "VLLM_METAL_KV_CACHE_DTYPE=%s: expected f16 or f32", kvd); goto fail; }
+    }
     return m;
 fail:
     vm_model_free(m);
@@ -169,8 +179,11 @@ const vm_weight_store *vm_model_weights(const vm_model *m) { return m->ws; }
 vm_backend *vm_model_backend(const vm_model *m) { return m->be; }
 int vm_model_max_batch_tokens(const vm_model *m) { return m->max_tokens; }
 
+vm_dtype vm_model_kv_dtype(const vm_model *m) { return m->kv_dtype; }
+
 size_t vm_model_kv_block_bytes(const vm_model *m, int block_size) {
-    return (size_t)2 * m->cfg.n_layers * m->cfg.n_kv_heads * m->cfg.head_dim * block_size * sizeof(float);
+    size_t elem = m->kv_dtype == VM_DTYPE_F16 ? 2 : 4;
+    return (size_t)2 * m->cfg.n_layers * m->cfg.n_kv_heads * m->cfg.head_dim * block_size * elem;
 }
 
 vm_kv_cache *vm_kv_cache_create(vm_model *m, int num_blocks, int block_size, vm_err *e) {
@@ -180,6 +193,7 @@ vm_kv_cache *vm_kv_cache_create(vm_model *m, int num_blocks, int block_size, vm_
     kv->num_blocks = num_blocks;
     kv->block_size = block_size;
     kv->n_layers = m->cfg.n_layers;
+    kv->dtype = m->kv_dtype;
     kv->k = calloc((size_t)kv->n_layers, sizeof *kv->k);
     kv->v = calloc((size_t)kv->n_layers, sizeof *kv->v);
     if (!kv->k || !kv->v) { vm_errf(e, "out of memory"); vm_kv_cache_free(m, kv); return NULL; }
@@ -263,7 +277,7 @@ int vm_model_forward(vm_model *m, vm_kv_cache *kv, const vm_batch *b, float *log
     int max_ctx = 1;
     for (int s = 0; s < b->n_seqs; s++) max_ctx = VM_MAX(max_ctx, b->ctx_len[s]);
     vm_attn_meta meta = { n, b->n_seqs, kv->block_size, b->max_blocks_per_seq, max_ctx,
-                          m->positions, m->seq_start, m->ctx_len, m->block_table, m->slots };
+                          m->positions, m->seq_start, m->ctx_len, m->block_table, m->slots, kv->dtype };
     const float scale = 1.0f / sqrtf((float)hd);
 
     be->embed(be, &m->embed, m->tokens, n, m->x);                 // x (n, H)

@@ -41,9 +41,10 @@ typedef struct vm_layer {
 } vm_layer;
 
 // A model's KV cache: per layer one K and one V buffer of
-// [num_blocks][n_kv_heads][block_size][head_dim] f32. Block 0 is reserved.
+// [num_blocks][n_kv_heads][block_size][head_dim] (f32 or f16). Block 0 is reserved.
 typedef struct vm_kv_cache {
     int num_blocks, block_size, n_layers;
+    vm_dtype dtype;            // F32 or F16 (vm_model_kv_dtype)
     vm_buf **k, **v;
 } vm_kv_cache;
 
@@ -73,6 +74,9 @@ const vm_weight_store *vm_model_weights(const vm_model *m);
 vm_backend *vm_model_backend(const vm_model *m);
 int vm_model_max_batch_tokens(const vm_model *m);
 
+// KV cache element type: F16 for GGUF models (as llama.cpp), F32 otherwise
+// (as the f32 references compute); VLLM_METAL_KV_CACHE_DTYPE=f16|f32 overrides.
+vm_dtype vm_model_kv_dtype(const vm_model *m);
 // Bytes of KV cache one block takes across all layers (K and V).
 size_t vm_model_kv_block_bytes(const vm_model *m, int block_size);
 vm_kv_cache *vm_kv_cache_create(vm_model *m, int num_blocks, int block_size, vm_err *e);

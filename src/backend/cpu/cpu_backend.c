@@ -223,8 +223,10 @@ static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, 
     const int32_t *pos = positions->data;
     const int half = r->rot_dim / 2;
     for (int t = 0; t < n; t++) {
+        float theta = (float)pos[t];
         for (int i = 0; i < half; i++) {
-            float angle = (float)pos[t] * r->inv_freq[i];
+            float angle = r->theta_scale > 0 ? theta : (float)pos[t] * r->inv_freq[i];
+            theta *= r->theta_scale;
             float cs = cosf(angle), sn = sinf(angle);
             for (int h = 0; h < n_heads; h++) {
                 float *v = xi + ((size_t)t * n_heads + h) * head_dim;
@@ -249,9 +251,15 @@ static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, co
         int block = slot / bs, off = slot % bs;
         for (int h = 0; h < n_kv_heads; h++) {
             size_t dst = (((size_t)block * n_kv_heads + h) * bs + off) * head_dim;
-            size_t src = ((size_t)t * n_kv_heads + h) * head_dim;
-            memcpy((float *)k_cache->data + dst, (const float *)k->data + src, (size_t)head_dim * 4);
-            memcpy((float *)v_cache->data + dst, (const float *)v->data + src, (size_t)head_dim * 4);
+            const float *ks = (const float *)k->data + ((size_t)t * n_kv_heads + h) * head_dim;
+            const float *vs = (const float *)v->data + ((size_t)t * n_kv_heads + h) * head_dim;
+            if (m->kv_dtype == VM_DTYPE_F16) {
+                uint16_t *kd = (uint16_t *)k_cache->data + dst, *vd = (uint16_t *)v_cache->data + dst;
+                for (int i = 0; i < head_dim; i++) { kd[i] = vm_f32_to_f16(ks[i]); vd[i] = vm_f32_to_f16(vs[i]); }
+            } else {
+                memcpy((float *)k_cache->data + dst, ks, (size_t)head_dim * 4);
+                memcpy((float *)v_cache->data + dst, vs, (size_t)head_dim * 4);
+            }
         }
     }
 }
@@ -259,39 +267,52 @@ static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, co
 typedef struct attn_job {
     const vm_cpu_kernels *k;
     const vm_attn_meta *m;
-    const float *q, *kc, *vc;
+    const float *q;
+    const void *kc, *vc;
     const int32_t *pos, *seq_of_token, *table;
     int n_heads, n_kv_heads, head_dim;
     float scale;
-    float *scores;     // [n_threads][max_ctx_len]
+    float *scores;     // [n_threads][max_ctx_len + head_dim]
     float *out;
 } attn_job;
 
+// One (token, head): scores over the sequence's cached positions [0, pos],
+// softmax, weighted sum of V. With an f16 cache, q and the weights are
+// rounded to f16 first (llama.cpp's default cache arithmetic).
 static void attn_items(void *ctx, int begin, int end, int thread_index) {
     const attn_job *j = ctx;
     const vm_attn_meta *m = j->m;
     const int hd = j->head_dim, bs = m->block_size, group = j->n_heads / j->n_kv_heads;
-    float *sc = j->scores + (size_t)thread_index * m->max_ctx_len;
+    const int f16 = m->kv_dtype == VM_DTYPE_F16;
+    float *sc = j->scores + (size_t)thread_index * (m->max_ctx_len + hd);
+    float *qh = sc + m->max_ctx_len;
     for (int item = begin; item < end; item++) {
         int t = item / j->n_heads, h = item % j->n_heads, kvh = h / group;
         int s = j->seq_of_token[t];
         const int32_t *blocks = j->table + (size_t)s * m->max_blocks_per_seq;
         const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
+        if (f16) {
+            for (int i = 0; i < hd; i++) qh[i] = vm_f16_to_f32(vm_f32_to_f16(q[i]));
+            q = qh;
+        }
         int n_ctx = j->pos[t] + 1;
         float mx = -INFINITY;
         for (int p = 0; p < n_ctx; p++) {
-            const float *k = j->kc + (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
-            sc[p] = j->k->vdot(q, k, hd) * j->scale;
+            size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+            float d = f16 ? j->k->vdot_f16(q, (const uint16_t *)j->kc + off, hd) : j->k->vdot(q, (const float *)j->kc + off, hd);
+            sc[p] = d * j->scale;
             if (sc[p] > mx) mx = sc[p];
         }
-        float sum = 0;
+        double sum = 0;
         for (int p = 0; p < n_ctx; p++) { sc[p] = expf(sc[p] - mx); sum += sc[p]; }
-        float inv = 1.0f / sum;
+        float inv = (float)(1.0 / sum);
         float *o = j->out + ((size_t)t * j->n_heads + h) * hd;
         memset(o, 0, (size_t)hd * 4);
         for (int p = 0; p < n_ctx; p++) {
-            const float *v = j->vc + (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
-            j->k->axpy(o, sc[p] * inv, v, hd);
+            size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+            float w = sc[p] * inv;
+            if (f16) j->k->axpy_f16(o, vm_f16_to_f32(vm_f32_to_f16(w)), (const uint16_t *)j->vc + off, hd);
+            else j->k->axpy(o, w, (const float *)j->vc + off, hd);
         }
     }
 }
@@ -301,10 +322,10 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
                           vm_buf *out) {
     cpu_impl *c = impl_of(be);
     int nt = vm_thread_pool_size(c->pool);
-    size_t need = (size_t)nt * m->max_ctx_len + (size_t)m->n_tokens;
+    size_t need = (size_t)nt * (m->max_ctx_len + head_dim) + (size_t)m->n_tokens;
     float *scratch = scratch_get(c, need);
     if (!scratch) { memset(out->data, 0, (size_t)m->n_tokens * n_heads * head_dim * 4); return; }
-    int32_t *seq_of_token = (int32_t *)(scratch + (size_t)nt * m->max_ctx_len);
+    int32_t *seq_of_token = (int32_t *)(scratch + (size_t)nt * (m->max_ctx_len + head_dim));
     const int32_t *starts = m->seq_start->data;
     for (int s = 0; s < m->n_seqs; s++)
         for (int t = starts[s]; t < starts[s + 1]; t++) seq_of_token[t] = s;

@@ -97,14 +97,15 @@ static void quantize_q8(const float *x, vm_q8_block *out, int n) {
         const float *xb = x + ib * 32;
         float amax = 0;
         for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
-        float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
         int32_t sum = 0;
         for (int j = 0; j < 32; j++) {
             int q = (int)nearbyintf(xb[j] * id);
             out[ib].q[j] = (int8_t)q;
             sum += q;
         }
-        out[ib].d = d;
+        out[ib].d = vm_f16_to_f32(vm_f32_to_f16(d));
+        out[ib].s = vm_f16_to_f32(vm_f32_to_f16(d * (float)sum));
         out[ib].isum = sum;
     }
 }
@@ -128,7 +129,7 @@ static float dot_q4_1_q8(const void *w, const vm_q8_block *x, int n) {
         int32_t acc = 0;
         for (int j = 0; j < 16; j++)
             acc += (b[ib].qs[j] & 0x0f) * x[ib].q[j] + (b[ib].qs[j] >> 4) * x[ib].q[j + 16];
-        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)acc + vm_f16_to_f32(b[ib].m) * x[ib].d * (float)x[ib].isum;
+        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)acc + vm_f16_to_f32(b[ib].m) * x[ib].s;
     }
     return s;
 }
@@ -164,10 +165,20 @@ static void axpy(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+static float vdot_f16(const float *a, const uint16_t *b, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * vm_f16_to_f32(b[i]);
+    return s;
+}
+
+static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * vm_f16_to_f32(x[i]);
+}
+
 const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
-    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy,
+    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy, vdot_f16, axpy_f16,
 };
 
 void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {

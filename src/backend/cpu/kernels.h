@@ -16,8 +16,11 @@ typedef struct vm_xrow {
 
 // An activation block quantized to 8 bits for the GGUF integer dot products
 // (the way llama.cpp computes them): x[i] ~= d * q[i], isum = sum(q).
+// d is rounded through f16 and s = f16(amax/127 * isum), as llama.cpp's
+// q8_0/q8_1 activation blocks store them, so the dots round the same way.
 typedef struct vm_q8_block {
     float d;
+    float s;
     int32_t isum;
     int8_t q[32];
 } vm_q8_block;
@@ -46,6 +49,8 @@ typedef struct vm_cpu_kernels {
     // attention helpers on f32 vectors
     float (*vdot)(const float *a, const float *b, int n);      // a . b
     void (*axpy)(float *y, float a, const float *x, int n);    // y += a * x
+    float (*vdot_f16)(const float *a, const uint16_t *b, int n); // a . f16 b
+    void (*axpy_f16)(float *y, float a, const uint16_t *x, int n); // y += a * f16 x
 } vm_cpu_kernels;
 
 extern const vm_cpu_kernels vm_kernels_generic;

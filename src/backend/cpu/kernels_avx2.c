@@ -163,7 +163,8 @@ static void quantize_q8(const float *x, vm_q8_block *out, int n) {
         __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         m = _mm_max_ss(m, _mm_movehdup_ps(m));
-        float d = _mm_cvtss_f32(m) / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        float amax_s = _mm_cvtss_f32(m);
+        float d = amax_s / 127.0f, id = amax_s > 0 ? 127.0f / amax_s : 0.0f;
         __m256 mul = _mm256_set1_ps(id);
         __m256i q[4];
         for (int k = 0; k < 4; k++)
@@ -177,8 +178,10 @@ static void quantize_q8(const float *x, vm_q8_block *out, int n) {
         __m256i p = _mm256_packs_epi16(p01, p23);
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)out[ib].q, p);
-        out[ib].d = d;
-        out[ib].isum = _mm_cvtsi128_si32(s4);
+        int32_t isum = _mm_cvtsi128_si32(s4);
+        out[ib].d = _cvtsh_ss(_cvtss_sh(d, 0));
+        out[ib].s = _cvtsh_ss(_cvtss_sh(d * (float)isum, 0));
+        out[ib].isum = isum;
     }
 }
 
@@ -211,21 +214,14 @@ static float dot_q4_0_q8(const void *w, const vm_q8_block *x, int n) {
 
 static float dot_q4_1_q8(const void *w, const vm_q8_block *x, int n) {
     const vm_block_q4_1 *b = w;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc = _mm256_setzero_ps();
     float msum = 0;
-    int ib = 0;
-    for (; ib + 2 <= n / 32; ib += 2) {  // two blocks per iteration for more ILP
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)x[ib].q), x1 = _mm256_loadu_si256((const __m256i *)x[ib + 1].q);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), dot_u8s8(nibbles_u8(b[ib].qs), x0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib + 1].d) * x[ib + 1].d), dot_u8s8(nibbles_u8(b[ib + 1].qs), x1), acc1);
-        msum += h2f(b[ib].m) * x[ib].d * (float)x[ib].isum + h2f(b[ib + 1].m) * x[ib + 1].d * (float)x[ib + 1].isum;
-    }
-    for (; ib < n / 32; ib++) {
+    for (int ib = 0; ib < n / 32; ib++) {
         __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), dot_u8s8(nibbles_u8(b[ib].qs), xq), acc0);
-        msum += h2f(b[ib].m) * x[ib].d * (float)x[ib].isum;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), dot_u8s8(nibbles_u8(b[ib].qs), xq), acc);
+        msum += h2f(b[ib].m) * x[ib].s;
     }
-    return hsum8(_mm256_add_ps(acc0, acc1)) + msum;
+    return hsum8(acc) + msum;
 }
 
 static float dot_q8_0_q8(const void *w, const vm_q8_block *x, int n) {
@@ -270,7 +266,7 @@ static void dot4_q4_1_q8(const void *w, const vm_q8_block *x, size_t xs, int n, 
         for (int t = 0; t < 4; t++) {
             const vm_q8_block *xb = x + t * xs + ib;
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb->d), dot_u8s8(wq, _mm256_loadu_si256((const __m256i *)xb->q)), acc[t]);
-            msum[t] += mw * xb->d * (float)xb->isum;
+            msum[t] += mw * xb->s;
         }
     }
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + msum[t];
@@ -312,9 +308,29 @@ static void axpy(float *y, float a, const float *x, int n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+static float vdot_f16(const float *a, const uint16_t *b, int n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i))), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8))), acc1);
+    }
+    float s = hsum8(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += a[i] * h2f(b[i]);
+    return s;
+}
+
+static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * h2f(x[i]);
+}
+
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
-    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy,
+    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy, vdot_f16, axpy_f16,
 };
 #endif
