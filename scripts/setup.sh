@@ -11,7 +11,8 @@ CACHE="${VLLM_METAL_CACHE:-$HOME/.cache/vllm-metal}"
 mkdir -p "$CACHE"
 
 DEB_PACKAGES="build-essential pkg-config python3 python3-venv python3-pip unzip curl
-libjansson-dev libpcre2-dev libutf8proc-dev libmicrohttpd-dev libopenblas-dev libcriterion-dev"
+libjansson-dev libpcre2-dev libutf8proc-dev libmicrohttpd-dev libopenblas-dev libcriterion-dev
+libcurl4-openssl-dev"
 
 deps() {
     local missing=""

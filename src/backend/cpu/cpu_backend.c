@@ -39,7 +39,9 @@ static float *scratch_get(cpu_impl *c, size_t floats) {
 static vm_buf *cpu_buf_alloc(vm_backend *be, size_t bytes, vm_err *e) {
     vm_buf *b = calloc(1, sizeof *b);
     if (!b) { vm_errf(e, "out of memory"); return NULL; }
-    // 64-byte alignment for SIMD loads; zeroed so unused KV slots read as 0.
+    // 64-byte alignment for SIMD loads. Not cleared: a large buffer (the KV
+    // cache) then costs memory only as pages are first written, and every op
+    // writes before it reads.
     size_t rounded = (bytes + 63) & ~(size_t)63;
     if (rounded == 0) rounded = 64;
     b->data = aligned_alloc(64, rounded);
@@ -48,7 +50,6 @@ static vm_buf *cpu_buf_alloc(vm_backend *be, size_t bytes, vm_err *e) {
         vm_errf(e, "cannot allocate %zu bytes on the CPU", bytes);
         return NULL;
     }
-    memset(b->data, 0, rounded);
     b->size = bytes;
     return b;
 }
