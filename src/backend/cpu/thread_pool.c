@@ -3,6 +3,7 @@
 #include "thread_pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -23,7 +24,10 @@ struct vm_thread_pool {
     atomic_int stop_flag;
 };
 
-#define SPIN_ITERS 200000
+// Spin this many pause instructions before yielding the core: long enough to
+// bridge the gap between the back-to-back jobs of a forward pass, short enough
+// that a loaded machine (more runnable threads than cores) is not starved.
+#define SPIN_ITERS 20000
 #if defined(__x86_64__)
 #include <immintrin.h>
 static inline void vm_cpu_relax(void) { _mm_pause(); }
@@ -57,7 +61,7 @@ static void *worker_main(void *arg) {
         // and sleeping/waking through the kernel costs more than the jobs.
         for (int spin = 0; spin < SPIN_ITERS && !atomic_load(&p->stop_flag) &&
                            atomic_load(&p->published) == seen; spin++)
-            vm_cpu_relax();
+            if (spin % 1024 == 1023) sched_yield(); else vm_cpu_relax();
         pthread_mutex_lock(&p->mu);
         while (!p->stop && p->generation == seen) pthread_cond_wait(&p->start_cv, &p->mu);
         if (p->stop) break;
@@ -123,6 +127,8 @@ void vm_parallel_for(vm_thread_pool *p, int n, int grain, vm_parallel_fn fn, voi
     pthread_cond_broadcast(&p->start_cv);
     pthread_mutex_unlock(&p->mu);
     run_chunks(p, 0);
-    // Jobs are short: wait by spinning (workers finish within microseconds).
-    while (atomic_load(&p->workers_busy) > 0) vm_cpu_relax();
+    // Jobs are short: wait by spinning (workers finish within microseconds),
+    // yielding now and then in case a worker is waiting for a core.
+    for (int spin = 1; atomic_load(&p->workers_busy) > 0; spin++)
+        if (spin % 256 == 0) sched_yield(); else vm_cpu_relax();
 }
