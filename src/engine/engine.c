@@ -23,13 +23,21 @@ struct vm_stream {
     bool abort_requested;
 };
 
+// One reference for the client plus one for each of the n sequences the
+// engine runs, all taken before any sequence is published to the engine.
 static vm_stream *stream_create(uint64_t id, int n_seqs) {
     vm_stream *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
-    s->id = id; s->n_seqs = n_seqs; s->refs = 2;
+    s->id = id; s->n_seqs = n_seqs; s->refs = 1 + n_seqs;
     return s;
+}
+
+static void stream_destroy(vm_stream *s) {
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
 }
 
 static void stream_unref(vm_stream *s) {
@@ -441,7 +449,7 @@ vm_stream *vm_engine_submit(vm_engine *eng, const char *text, const int32_t *ids
     if (!ok) {
         if (reqs) for (int i = 0; i < p->n; i++) request_free(reqs[i]);
         free(reqs);
-        if (s) { stream_unref(s); stream_unref(s); }
+        if (s) stream_destroy(s);
         if (!e || !e->msg[0]) vm_errf(e, "out of memory");
         return NULL;
     }
@@ -453,14 +461,10 @@ vm_stream *vm_engine_submit(vm_engine *eng, const char *text, const int32_t *ids
     if (!ok) {
         for (int i = 0; i < p->n; i++) request_free(reqs[i]);
         free(reqs);
-        stream_unref(s); stream_unref(s);
+        stream_destroy(s);
         vm_errf(e, "out of memory");
         return NULL;
     }
-    // the engine holds one reference for all n sequences; extra refs per sequence
-    pthread_mutex_lock(&s->mu);
-    s->refs += p->n - 1;
-    pthread_mutex_unlock(&s->mu);
     free(reqs);
     return s;
 }

@@ -69,6 +69,10 @@ int vm_platform_kv_blocks(const char *fraction, uint64_t weight_bytes, size_t bl
         // keep 10% of what is available (and 512 MiB) for activations and the rest of the system
         uint64_t headroom = VM_MAX(avail / 10, (uint64_t)512 << 20);
         uint64_t usable = avail > weight_bytes + headroom ? avail - weight_bytes - headroom : 0;
+        // On the CPU the KV cache shares memory with everything else on the machine:
+        // auto takes at most half of what is available (pages are committed only
+        // as blocks are first used; VLLM_METAL_MEMORY_FRACTION=0.x takes more).
+        usable = VM_MIN(usable, avail / 2);
         uint64_t cap = usable / block_bytes;
         uint64_t n = VM_MIN(want, cap);
         if (n < min_blocks)
