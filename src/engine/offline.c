@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "engine_internal.h"
+#include "hub/hub.h"
 
 void vm_offline_result_free(vm_offline_result *r) {
     if (!r) return;
@@ -86,6 +87,7 @@ typedef struct cli_opts {
     const char *stops[16]; int n_stops;
     int num_prompts, input_len, output_len;
     int quiet;
+    char model_path[4096];   // a Hub name resolved to the local snapshot
 } cli_opts;
 
 static int parse_int(const char *s, int *out) {
@@ -169,6 +171,14 @@ static int cli_parse(int argc, char **argv, cli_opts *o) {
     }
     if (!o->args.model) o->args.model = getenv("VLLM_METAL_MODEL");
     if (!o->args.model) { fprintf(stderr, "--model is required\n"); cli_usage(argv[0]); return -1; }
+    if (vm_hub_is_hub_name(o->args.model)) {   // org/name[@rev]: download or find in the HF cache
+        vm_err e = {{0}};
+        if (vm_hub_resolve(o->args.model, o->model_path, sizeof o->model_path, &e) != 0) {
+            fprintf(stderr, "error: %s\n", e.msg);
+            return -1;
+        }
+        o->args.model = o->model_path;
+    }
     o->sp.stop = o->stops; o->sp.n_stop = o->n_stops;
     return 0;
 }

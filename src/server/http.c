@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "server_internal.h"
+#include "hub/hub.h"
 
 typedef struct conn_ctx {
     char *body; size_t len, cap;
@@ -337,11 +338,12 @@ int vm_server_attach_engine(vm_server *s, vm_engine *eng, vm_err *e) {
     s->max_model_len = a->max_model_len;
     s->max_logprobs = a->max_logprobs > 0 ? a->max_logprobs : 20;
     s->vocab_size = vm_engine_vocab_size(eng);
-    const char *path = s->cfg.engine.model ? s->cfg.engine.model : "model";
+    const char *path = s->model_path ? s->model_path : s->cfg.engine.model ? s->cfg.engine.model : "model";
+    const char *name = s->cfg.engine.model ? s->cfg.engine.model : path; // as the user typed it
     s->model_root = strdup(path);
-    s->model_name = strdup(s->cfg.served_model_name ? s->cfg.served_model_name : path);
+    s->model_name = strdup(s->cfg.served_model_name ? s->cfg.served_model_name : name);
     if (!s->model_root || !s->model_name) return vm_errf(e, "out of memory");
-    if (srv_chat_load(&s->chat, s->cfg.engine.model, s->cfg.chat_template, eng, e) != 0) return -1;
+    if (srv_chat_load(&s->chat, path, s->cfg.chat_template, eng, e) != 0) return -1;
     if (!s->chat.source)
         fprintf(stderr, "WARNING: the model has no chat template; /v1/chat/completions will fail "
                         "(pass --chat-template FILE)\n");
@@ -353,7 +355,15 @@ int vm_server_attach_engine(vm_server *s, vm_engine *eng, vm_err *e) {
 }
 
 int vm_server_load(vm_server *s, vm_err *e) {
-    vm_engine *eng = vm_engine_create(&s->cfg.engine, e);
+    vm_engine_args args = s->cfg.engine;
+    if (args.model && vm_hub_is_hub_name(args.model)) {   // org/name[@rev]: download or find in the HF cache
+        char resolved[4096];
+        if (vm_hub_resolve(args.model, resolved, sizeof resolved, e) != 0) return -1;
+        free(s->model_path);
+        if (!(s->model_path = strdup(resolved))) return vm_errf(e, "out of memory");
+        args.model = s->model_path;
+    }
+    vm_engine *eng = vm_engine_create(&args, e);
     if (!eng) return -1;
     if (vm_server_attach_engine(s, eng, e) != 0) return -1;
     return 0;
@@ -376,5 +386,6 @@ void vm_server_stop(vm_server *s) {
     srv_metrics_destroy(&s->metrics);
     free(s->model_name);
     free(s->model_root);
+    free(s->model_path);
     free(s);
 }

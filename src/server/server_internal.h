@@ -87,6 +87,7 @@ char *srv_chat_render(const srv_chat *c, json_t *messages, json_t *tools,
 
 struct vm_server {
     vm_server_config cfg;
+    char *model_path;        // cfg.engine.model resolved (Hub name -> local snapshot)
     struct MHD_Daemon *daemon;
     vm_engine *eng;
     atomic_int ready;        // model loaded
