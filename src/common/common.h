@@ -104,6 +104,12 @@ char *vm_read_file(const char *path, size_t *len, size_t max_len, vm_err *e);
 
 double vm_now_seconds(void);
 
+// Growable arrays and strings: grow *arr (capacity *cap elements of elem bytes)
+// to hold at least `need` (doubling); 0, or -1 when out of memory.
+int vm_grow(void **arr, int *cap, int need, size_t elem);
+// Appends n bytes to the NUL-terminated *text of length *len, capacity *cap.
+int vm_text_append(char **text, size_t *len, size_t *cap, const char *s, size_t n);
+
 #define VM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define VM_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define VM_MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -22,17 +22,7 @@ static int push_id(vm_seq_detok *d, int32_t t) {
 }
 
 static int append_text(vm_seq_detok *d, const char *s, size_t n) {
-    if (d->len + n + 1 > d->cap) {
-        size_t nc = d->cap ? d->cap : 256;
-        while (nc < d->len + n + 1) nc *= 2;
-        char *p = realloc(d->text, nc);
-        if (!p) return -1;
-        d->text = p; d->cap = nc;
-    }
-    memcpy(d->text + d->len, s, n);
-    d->len += n;
-    d->text[d->len] = 0;
-    return 0;
+    return vm_text_append(&d->text, &d->len, &d->cap, s, n);
 }
 
 void vm_seq_detok_init(vm_seq_detok *d, const int32_t *prompt, int n_prompt, int stop_buffer) {

@@ -161,15 +161,6 @@ void vm_engine_args_init(vm_engine_args *a) {
     a->enable_chunked_prefill = 1;
 }
 
-static int grow_arr(void **arr, int *cap, int need, size_t elem) {
-    if (need <= *cap) return 0;
-    int nc = *cap ? *cap : 16;
-    while (nc < need) nc *= 2;
-    void *p = realloc(*arr, (size_t)nc * elem);
-    if (!p) return -1;
-    *arr = p; *cap = nc;
-    return 0;
-}
 
 static int resolve_args(vm_engine_args *a, vm_err *e) {
     int bs = vm_platform_block_size(a->block_size, e);
@@ -261,7 +252,7 @@ void vm_engine_free(vm_engine *eng) {
     pthread_mutex_lock(&eng->mu);
     for (int i = 0; i < eng->n_inbox; i++) {
         vm_request *r = eng->inbox[i];
-        if (grow_arr((void **)&eng->live, &eng->cap_live, eng->n_live + 1, sizeof *eng->live) == 0)
+        if (vm_grow((void **)&eng->live, &eng->cap_live, eng->n_live + 1, sizeof *eng->live) == 0)
             eng->live[eng->n_live++] = r;
     }
     eng->n_inbox = 0;
@@ -454,7 +445,7 @@ vm_stream *vm_engine_submit(vm_engine *eng, const char *text, const int32_t *ids
         return NULL;
     }
     pthread_mutex_lock(&eng->mu);
-    if (grow_arr((void **)&eng->inbox, &eng->cap_inbox, eng->n_inbox + p->n, sizeof *eng->inbox)) ok = false;
+    if (vm_grow((void **)&eng->inbox, &eng->cap_inbox, eng->n_inbox + p->n, sizeof *eng->inbox)) ok = false;
     for (int i = 0; ok && i < p->n; i++) { reqs[i]->stream = s; eng->inbox[eng->n_inbox++] = reqs[i]; }
     pthread_cond_broadcast(&eng->work_cv);
     pthread_mutex_unlock(&eng->mu);
@@ -590,7 +581,7 @@ static void take_inbox_and_aborts(vm_engine *eng) {
     pthread_mutex_lock(&eng->mu);
     for (int i = 0; i < eng->n_inbox; i++) {
         vm_request *r = eng->inbox[i];
-        if (grow_arr((void **)&eng->live, &eng->cap_live, eng->n_live + 1, sizeof *eng->live) == 0)
+        if (vm_grow((void **)&eng->live, &eng->cap_live, eng->n_live + 1, sizeof *eng->live) == 0)
             eng->live[eng->n_live++] = r;
         vm_scheduler_add(eng->sched, r);
     }
@@ -622,7 +613,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         pthread_mutex_unlock(&eng->step_mu);
         return 0;
     }
-    if (grow_arr((void **)&eng->seqs, &eng->cap_seqs, n, sizeof *eng->seqs)) {
+    if (vm_grow((void **)&eng->seqs, &eng->cap_seqs, n, sizeof *eng->seqs)) {
         pthread_mutex_unlock(&eng->step_mu);
         return vm_errf(e, "out of memory");
     }
@@ -682,7 +673,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
             }
             int32_t t = vm_sample_row(&eng->sctx, r, lg);
             if (r->sp.logprobs >= 0) {
-                if (grow_arr((void **)&r->lp, &r->cap_lp, r->n_lp + 1, sizeof *r->lp) == 0) {
+                if (vm_grow((void **)&r->lp, &r->cap_lp, r->n_lp + 1, sizeof *r->lp) == 0) {
                     vm_logprobs_fill(eng->lsm, V, t, r->sp.logprobs, &r->lp[r->n_lp]);
                     r->n_lp++;
                 }

@@ -7,15 +7,6 @@
 
 #include "engine_internal.h"
 
-static int grow(void **arr, int *cap, int need, size_t elem) {
-    if (need <= *cap) return 0;
-    int nc = *cap ? *cap : 8;
-    while (nc < need) nc *= 2;
-    void *p = realloc(*arr, (size_t)nc * elem);
-    if (!p) return -1;
-    *arr = p; *cap = nc;
-    return 0;
-}
 
 vm_scheduler *vm_scheduler_create(const vm_sched_config *cfg, vm_kv_pool *pool, vm_err *e) {
     if (cfg->max_num_seqs < 1 || cfg->max_num_batched_tokens < 1 || cfg->max_model_len < 1) {
@@ -41,7 +32,7 @@ void vm_scheduler_free(vm_scheduler *s) {
 }
 
 int vm_scheduler_add(vm_scheduler *s, vm_request *r) {
-    if (grow((void **)&s->waiting, &s->cap_waiting, s->n_waiting + 1, sizeof *s->waiting)) return -1;
+    if (vm_grow((void **)&s->waiting, &s->cap_waiting, s->n_waiting + 1, sizeof *s->waiting)) return -1;
     s->waiting[s->n_waiting++] = r;
     r->status = VM_REQ_WAITING;
     return 0;
@@ -49,7 +40,7 @@ int vm_scheduler_add(vm_scheduler *s, vm_request *r) {
 
 void vm_request_hashes(vm_request *r, int bs, int n_full) {
     if (n_full <= r->n_hashes) return;
-    if (grow((void **)&r->hashes, &r->cap_hashes, n_full, sizeof *r->hashes)) return;
+    if (vm_grow((void **)&r->hashes, &r->cap_hashes, n_full, sizeof *r->hashes)) return;
     for (int i = r->n_hashes; i < n_full; i++) {
         uint64_t parent = i ? r->hashes[i - 1] : 0;
         r->hashes[i] = vm_block_hash(parent, r->tokens + (size_t)i * bs, bs, NULL, 0);
@@ -72,7 +63,7 @@ static int take_prefix_hits(vm_scheduler *s, vm_request *r) {
     int max_blocks = (r->n_tokens - 1) / bs;
     vm_request_hashes(r, bs, max_blocks);
     if (r->n_hashes < max_blocks) return 0;
-    if (grow((void **)&r->blocks, &r->cap_blocks, max_blocks + 1, sizeof *r->blocks)) return 0;
+    if (vm_grow((void **)&r->blocks, &r->cap_blocks, max_blocks + 1, sizeof *r->blocks)) return 0;
     int hits = 0;
     for (int i = 0; i < max_blocks; i++) {
         int id = vm_kv_pool_lookup(p, r->hashes[i], i ? r->hashes[i - 1] : 0, r->tokens + (size_t)i * bs);
@@ -92,7 +83,7 @@ static int allocate_slots(vm_scheduler *s, vm_request *r, int n_new) {
     int total = r->n_computed + n_new;
     int need = (total + bs - 1) / bs - r->n_blocks;
     if (need > 0) {
-        if (grow((void **)&r->blocks, &r->cap_blocks, r->n_blocks + need, sizeof *r->blocks)) return -1;
+        if (vm_grow((void **)&r->blocks, &r->cap_blocks, r->n_blocks + need, sizeof *r->blocks)) return -1;
         if (vm_kv_pool_alloc(p, need, r->blocks + r->n_blocks)) return -1;
         r->n_blocks += need;
     }
@@ -118,14 +109,14 @@ static void preempt(vm_scheduler *s, vm_request *r) {
     r->status = VM_REQ_WAITING;
     r->num_preemptions++;
     s->num_preemptions++;
-    if (grow((void **)&s->waiting, &s->cap_waiting, s->n_waiting + 1, sizeof *s->waiting)) return;
+    if (vm_grow((void **)&s->waiting, &s->cap_waiting, s->n_waiting + 1, sizeof *s->waiting)) return;
     memmove(s->waiting + 1, s->waiting, (size_t)s->n_waiting * sizeof *s->waiting);
     s->waiting[0] = r;
     s->n_waiting++;
 }
 
 static int push_step(vm_scheduler *s, vm_request *r, int n_new) {
-    if (grow((void **)&s->step, &s->cap_step, s->n_step + 1, sizeof *s->step)) return -1;
+    if (vm_grow((void **)&s->step, &s->cap_step, s->n_step + 1, sizeof *s->step)) return -1;
     s->step[s->n_step++] = (vm_scheduled){ .req = r, .n_new = n_new, .start = r->n_computed };
     return 0;
 }
@@ -174,7 +165,7 @@ int vm_scheduler_schedule(vm_scheduler *s) {
             r->counted_cache = true;
         }
         remove_at(s->waiting, &s->n_waiting, 0);
-        if (grow((void **)&s->running, &s->cap_running, s->n_running + 1, sizeof *s->running)) break;
+        if (vm_grow((void **)&s->running, &s->cap_running, s->n_running + 1, sizeof *s->running)) break;
         s->running[s->n_running++] = r;
         r->status = VM_REQ_RUNNING;
         push_step(s, r, n_new);

@@ -236,18 +236,7 @@ static seq_state *seq_of(srv_request *r, int prompt, int index) {
 }
 
 static int text_append(seq_state *q, const char *t) {
-    size_t n = strlen(t);
-    if (q->len + n + 1 > q->cap) {
-        size_t nc = q->cap ? q->cap * 2 : 256;
-        while (nc < q->len + n + 1) nc *= 2;
-        char *p = realloc(q->text, nc);
-        if (!p) return -1;
-        q->text = p; q->cap = nc;
-    }
-    memcpy(q->text + q->len, t, n);
-    q->len += n;
-    q->text[q->len] = 0;
-    return 0;
+    return vm_text_append(&q->text, &q->len, &q->cap, t, strlen(t));
 }
 
 void srv_request_free(srv_request *r) {
