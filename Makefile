@@ -6,7 +6,7 @@ CFLAGS ?= -O2 -g
 CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -pthread \
           -Iinclude -Isrc $(shell pkg-config --cflags jansson libpcre2-8 libmicrohttpd libcurl 2>/dev/null)
 SIMD_CFLAGS = -mavx2 -mfma -mf16c
-LDLIBS += $(shell pkg-config --libs jansson libpcre2-8 libmicrohttpd libcurl 2>/dev/null) -lutf8proc -lm -pthread
+LDLIBS += $(shell pkg-config --libs jansson libpcre2-8 libmicrohttpd libcurl 2>/dev/null) -lutf8proc -ljpeg -lpng16 -lwebp -lm -pthread
 CACHE ?= $(HOME)/.cache/vllm-metal
 MODEL ?= $(CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 VENV = $(CACHE)/venv

@@ -27,6 +27,9 @@
 // before anything is allocated from it.
 #include "loader_internal.h"
 
+// GGML tensors have at most 4 dimensions (VM_MAX_DIMS allows 5 for safetensors conv weights).
+#define GGUF_MAX_DIMS 4
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -301,8 +304,8 @@ static int read_tensor_info(reader *r, uint64_t index, tensor_info *ti) {
     snprintf(who, sizeof who, "tensor '%.*s'", (int)ti->name.len, ti->name.s);
     uint64_t v;
     if (rd_uint(r, 4, &v, "n_dims", who)) return -1;
-    if (v < 1 || v > VM_MAX_DIMS)
-        return vm_errf(r->e, "%s: %s: n_dims %llu is not in 1..%d", r->path, who, (unsigned long long)v, VM_MAX_DIMS);
+    if (v < 1 || v > GGUF_MAX_DIMS)
+        return vm_errf(r->e, "%s: %s: n_dims %llu is not in 1..%d", r->path, who, (unsigned long long)v, GGUF_MAX_DIMS);
     ti->n_dims = (uint32_t)v;
     for (uint32_t d = 0; d < ti->n_dims; d++) {
         if (rd_uint(r, 8, &ti->ne[d], "ne", who)) return -1;

@@ -10,7 +10,7 @@
 
 #include "../common/common.h"
 
-#define VM_MAX_DIMS 4
+#define VM_MAX_DIMS 5
 
 typedef struct vm_tensor {
     const char *name;          // canonical HF name

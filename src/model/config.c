@@ -7,23 +7,22 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static int arch_from_hf(const char *name, vm_arch *out) {
-    static const struct { const char *name; vm_arch arch; } table[] = {
-        {"LlamaForCausalLM", VM_ARCH_LLAMA}, {"Qwen2ForCausalLM", VM_ARCH_QWEN2},
-        {"Qwen3ForCausalLM", VM_ARCH_QWEN3}, {"MistralForCausalLM", VM_ARCH_MISTRAL},
-    };
-    for (size_t i = 0; i < VM_ARRAY_LEN(table); i++)
-        if (strcmp(name, table[i].name) == 0) { *out = table[i].arch; return 0; }
-    return -1;
-}
+// Supported families by config.json "architectures" and by model_type /
+// GGUF general.architecture.
+static const struct { const char *hf, *type; vm_arch arch; } arch_table[] = {
+    {"LlamaForCausalLM", "llama", VM_ARCH_LLAMA}, {"Qwen2ForCausalLM", "qwen2", VM_ARCH_QWEN2},
+    {"Qwen3ForCausalLM", "qwen3", VM_ARCH_QWEN3}, {"MistralForCausalLM", "mistral", VM_ARCH_MISTRAL},
+    // vision-language: the text decoder is Qwen2 with M-RoPE (src/vision runs the tower)
+    {"Qwen2VLForConditionalGeneration", "qwen2_vl", VM_ARCH_QWEN2},
+    {"Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", VM_ARCH_QWEN2},
+};
 
-static int arch_from_model_type(const char *name, vm_arch *out) {
-    static const struct { const char *name; vm_arch arch; } table[] = {
-        {"llama", VM_ARCH_LLAMA}, {"qwen2", VM_ARCH_QWEN2},
-        {"qwen3", VM_ARCH_QWEN3}, {"mistral", VM_ARCH_MISTRAL},
-    };
-    for (size_t i = 0; i < VM_ARRAY_LEN(table); i++)
-        if (strcmp(name, table[i].name) == 0) { *out = table[i].arch; return 0; }
+static int arch_lookup(const char *name, int by_hf_name, vm_arch *out) {
+    for (size_t i = 0; i < VM_ARRAY_LEN(arch_table); i++)
+        if (strcmp(name, by_hf_name ? arch_table[i].hf : arch_table[i].type) == 0) {
+            *out = arch_table[i].arch;
+            return 0;
+        }
     return -1;
 }
 
@@ -94,17 +93,20 @@ static int load_hf(vm_model_config *c, const char *dir, vm_err *e) {
                            ? json_string_value(json_array_get(archs, 0)) : NULL;
     if (arch) {
         snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
-        if (arch_from_hf(arch, &c->arch) != 0) {
+        if (arch_lookup(arch, 1, &c->arch) != 0) {
             vm_errf(e, "%s: architecture \"%s\" is not supported; supported: %s", file, arch, VM_SUPPORTED_ARCHS);
             goto done;
         }
     } else if (json_is_string(mt)) {
         snprintf(c->arch_name, sizeof c->arch_name, "%s", json_string_value(mt));
-        if (arch_from_model_type(json_string_value(mt), &c->arch) != 0) {
+        if (arch_lookup(json_string_value(mt), 0, &c->arch) != 0) {
             vm_errf(e, "%s: model_type \"%s\" is not supported; supported: %s", file, c->arch_name, VM_SUPPORTED_ARCHS);
             goto done;
         }
     } else { vm_errf(e, "%s: missing field \"architectures\"", file); goto done; }
+    // transformers 5 nests a VLM's text decoder in "text_config"; older VLM configs are flat.
+    json_t *const top = root;
+    if (json_is_object(json_object_get(top, "text_config"))) root = json_object_get(top, "text_config");
 
     if (json_int(root, file, "vocab_size", 1, 0, &c->vocab_size, e) ||
         json_int(root, file, "hidden_size", 1, 0, &c->hidden_size, e) ||
@@ -120,6 +122,7 @@ static int load_hf(vm_model_config *c, const char *dir, vm_err *e) {
     if (json_int(root, file, "head_dim", 0, c->hidden_size / c->n_heads, &c->head_dim, e)) goto done;
 
     json_t *tie = json_object_get(root, "tie_word_embeddings");
+    if (!tie) tie = json_object_get(top, "tie_word_embeddings");
     c->tie_word_embeddings = tie ? json_is_true(tie) : 0;
     json_t *bias = json_object_get(root, "attention_bias");
     c->attention_bias = c->arch == VM_ARCH_QWEN2 ? 1 : (bias && json_is_true(bias));
@@ -144,11 +147,20 @@ static int load_hf(vm_model_config *c, const char *dir, vm_err *e) {
                 json_float(rs, file, "high_freq_factor", 4.0f, &c->rope_high_freq_factor, e) ||
                 json_int(rs, file, "original_max_position_embeddings", 0, 8192, &c->rope_original_max_pos, e))
                 goto done;
-        } else if (strcmp(t, "default") != 0 && t[0]) {
+        } else if (strcmp(t, "mrope") != 0 && strcmp(t, "default") != 0 && t[0]) {
             vm_errf(e, "%s: rope_scaling type \"%s\" is not supported (llama3 or none)", file, t);
             goto done;
         }
     }
+    json_t *msec = json_is_object(rs) ? json_object_get(rs, "mrope_section") : NULL;
+    if (json_is_array(msec) && json_array_size(msec) == 3) {      // Qwen2-VL M-RoPE: t/h/w frequency bands
+        for (int i = 0; i < 3; i++) c->mrope_section[i] = (int)json_integer_value(json_array_get(msec, i));
+        if (c->mrope_section[0] + c->mrope_section[1] + c->mrope_section[2] != c->head_dim / 2) {
+            vm_errf(e, "%s: mrope_section must sum to head_dim/2 = %d", file, c->head_dim / 2);
+            goto done;
+        }
+    }
+    root = top;
     json_t *bos = json_object_get(root, "bos_token_id");
     if (json_is_integer(bos)) c->bos_token_id = (int)json_integer_value(bos);
     json_t *eos = json_object_get(root, "eos_token_id");
@@ -188,7 +200,7 @@ static int load_gguf(vm_model_config *c, const vm_weight_store *ws, vm_err *e) {
     char arch[64];
     snprintf(arch, sizeof arch, "%.*s", (int)VM_MIN(s.len, 63), s.s);
     snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
-    if (arch_from_model_type(arch, &c->arch) != 0)
+    if (arch_lookup(arch, 0, &c->arch) != 0)
         return vm_errf(e, "%s: architecture \"%s\" is not supported; supported: %s", file, arch, VM_SUPPORTED_ARCHS);
     if (gguf_int(g, file, arch, "embedding_length", 1, 0, &c->hidden_size, e) ||
         gguf_int(g, file, arch, "feed_forward_length", 1, 0, &c->intermediate_size, e) ||

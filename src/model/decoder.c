@@ -21,6 +21,9 @@ struct vm_model {
     vm_layer *layers;
     float *inv_freq;
     vm_rope rope;
+    float *mrope_freq;         // M-RoPE: [3][head_dim/2] inv_freq, zero outside the axis' section
+    vm_rope mrope[3];
+    vm_buf *mrope_pos[3];      // i32 [max_tokens] per axis
     vm_dtype kv_dtype;
     int max_tokens;
     // activation scratch, sized for max_tokens rows
@@ -110,6 +113,18 @@ static int make_rope(vm_model *m, vm_err *e) {
     m->rope.interleaved = c->rope_interleaved;
     if (vm_weights_format(m->ws) == VM_FORMAT_GGUF && !c->rope_llama3 && !rf)
         m->rope.theta_scale = powf(c->rope_theta, -2.0f / (float)c->head_dim);
+    if (c->mrope_section[0] + c->mrope_section[1] + c->mrope_section[2] > 0) {
+        // M-RoPE as three rotations, one per axis at its own positions: a pair
+        // outside the axis' section has frequency 0, i.e. cos 1 / sin 0, exactly identity.
+        if (!(m->mrope_freq = calloc((size_t)3 * half, sizeof(float)))) return vm_errf(e, "out of memory");
+        for (int a = 0, i = 0; a < 3; a++)
+            for (int k = 0; k < c->mrope_section[a] && i < half; k++, i++) m->mrope_freq[a * half + i] = m->inv_freq[i];
+        for (int a = 0; a < 3; a++) {
+            m->mrope[a] = m->rope;
+            m->mrope[a].inv_freq = m->mrope_freq + a * half;
+            m->mrope[a].theta_scale = 0; // per-axis frequencies, never the cumulative form
+        }
+    }
     return 0;
 }
 
@@ -124,7 +139,7 @@ static int alloc_scratch(vm_model *m, vm_err *e) {
         {&m->proj, n * c->hidden_size * f}, {&m->gate, n * c->intermediate_size * f},
         {&m->up, n * c->intermediate_size * f}, {&m->tokens, n * 4}, {&m->positions, n * 4},
         {&m->seq_start, (n + 1) * 4}, {&m->ctx_len, n * 4}, {&m->slots, n * 4},
-        {&m->logit_rows, n * 4},
+        {&m->logit_rows, n * 4}, {&m->mrope_pos[0], n * 4}, {&m->mrope_pos[1], n * 4}, {&m->mrope_pos[2], n * 4},
     };
     for (size_t i = 0; i < VM_ARRAY_LEN(want); i++)
         if (!(*want[i].b = m->be->buf_alloc(m->be, want[i].bytes, e))) return -1;
@@ -165,11 +180,12 @@ void vm_model_free(vm_model *m) {
     if (!m) return;
     vm_buf *bufs[] = { m->x, m->xn, m->q, m->k, m->v, m->attn, m->proj, m->gate, m->up, m->tokens,
                        m->positions, m->seq_start, m->ctx_len, m->slots, m->logit_rows,
-                       m->block_table, m->logits };
+                       m->block_table, m->logits, m->mrope_pos[0], m->mrope_pos[1], m->mrope_pos[2] };
     for (size_t i = 0; i < VM_ARRAY_LEN(bufs); i++)
         if (bufs[i]) m->be->buf_free(m->be, bufs[i]);
     free(m->layers);
     free(m->inv_freq);
+    free(m->mrope_freq);
     vm_weights_free(m->ws);
     free(m);
 }
@@ -259,7 +275,16 @@ static int check_batch(const vm_model *m, const vm_kv_cache *kv, const vm_batch 
 }
 
 int vm_model_forward(vm_model *m, vm_kv_cache *kv, const vm_batch *b, float *logits, vm_err *e) {
+    return vm_model_forward_embeds(m, kv, b, NULL, NULL, 0, NULL, logits, e);
+}
+
+int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, const float *embeds,
+                            const int32_t *embed_rows, int n_embeds, const int32_t *mrope_pos,
+                            float *logits, vm_err *e) {
     if (check_batch(m, kv, b, e) != 0) return -1;
+    if (mrope_pos && !m->mrope_freq) return vm_errf(e, "M-RoPE positions given to a model without mrope_section");
+    for (int i = 0; i < n_embeds; i++)
+        if (embed_rows[i] < 0 || embed_rows[i] >= b->n_tokens) return vm_errf(e, "embedding row %d out of range", embed_rows[i]);
     vm_backend *be = m->be;
     const vm_model_config *c = &m->cfg;
     const int n = b->n_tokens, H = c->hidden_size, hd = c->head_dim;
@@ -281,6 +306,10 @@ int vm_model_forward(vm_model *m, vm_kv_cache *kv, const vm_batch *b, float *log
     const float scale = 1.0f / sqrtf((float)hd);
 
     be->embed(be, &m->embed, m->tokens, n, m->x);                 // x (n, H)
+    for (int i = 0; i < n_embeds; i++)                            // image features at their tokens
+        be->buf_write(be, m->x, (size_t)embed_rows[i] * H * 4, embeds + (size_t)i * H, (size_t)H * 4);
+    if (mrope_pos)
+        for (int a = 0; a < 3; a++) be->buf_write(be, m->mrope_pos[a], 0, mrope_pos + (size_t)a * n, (size_t)n * 4);
     for (int l = 0; l < c->n_layers; l++) {
         const vm_layer *L = &m->layers[l];
         be->rmsnorm(be, m->x, L->attn_norm, c->rms_norm_eps, n, H, m->xn);
@@ -296,8 +325,15 @@ int vm_model_forward(vm_model *m, vm_kv_cache *kv, const vm_batch *b, float *log
             be->rmsnorm(be, m->q, L->q_norm, c->rms_norm_eps, n * c->n_heads, hd, m->q);
             be->rmsnorm(be, m->k, L->k_norm, c->rms_norm_eps, n * c->n_kv_heads, hd, m->k);
         }
-        be->rope(be, m->q, m->positions, n, c->n_heads, hd, &m->rope);
-        be->rope(be, m->k, m->positions, n, c->n_kv_heads, hd, &m->rope);
+        if (mrope_pos) {
+            for (int a = 0; a < 3; a++) {
+                be->rope(be, m->q, m->mrope_pos[a], n, c->n_heads, hd, &m->mrope[a]);
+                be->rope(be, m->k, m->mrope_pos[a], n, c->n_kv_heads, hd, &m->mrope[a]);
+            }
+        } else {
+            be->rope(be, m->q, m->positions, n, c->n_heads, hd, &m->rope);
+            be->rope(be, m->k, m->positions, n, c->n_kv_heads, hd, &m->rope);
+        }
         be->cache_write(be, m->k, m->v, &meta, kv->k[l], kv->v[l], c->n_kv_heads, hd);
         be->attention(be, m->q, kv->k[l], kv->v[l], &meta, c->n_heads, c->n_kv_heads, hd, scale, m->attn);
         be->matmul(be, &L->o, m->attn, n, m->proj);               // (n, H)

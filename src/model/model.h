@@ -28,6 +28,7 @@ typedef struct vm_model_config {
     int rope_original_max_pos;
     int bos_token_id;
     int eos_token_ids[8], n_eos_token_ids;
+    int mrope_section[3];      // Qwen2-VL M-RoPE: rotary pairs per t/h/w axis (all 0: plain RoPE)
 } vm_model_config;
 
 // Reads <dir>/config.json (HF / MLX) or the GGUF metadata of ws.
@@ -85,5 +86,15 @@ void vm_kv_cache_free(vm_model *m, vm_kv_cache *kv);
 // Runs the decoder over the batch, writes K/V into kv and fills
 // logits [n_logits, vocab] (host memory).
 int vm_model_forward(vm_model *m, vm_kv_cache *kv, const vm_batch *b, float *logits, vm_err *e);
+
+// vm_model_forward for vision-language models (src/vision):
+//   embeds:      NULL, or n_embeds rows (n_embeds, hidden) that replace the token
+//                embeddings of batch rows embed_rows[i] (image features at image-pad tokens);
+//   mrope_pos:   NULL (rotary at b->positions), or [3][n_tokens] t/h/w rotary positions
+//                for a model with mrope_section (b->positions still give the KV
+//                slots and the causal mask: a token's index in its sequence).
+int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, const float *embeds,
+                            const int32_t *embed_rows, int n_embeds, const int32_t *mrope_pos,
+                            float *logits, vm_err *e);
 
 #endif

@@ -603,7 +603,7 @@ Test(loader, safetensors_errors) {
     raw_case("{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0]}}", "'w': field 'data_offsets'");
     raw_case("{\"w\": {\"dtype\": \"F32\", \"shape\": [-1], \"data_offsets\": [0, 4]}}", "'w': field 'shape'");
     raw_case("{\"w\": {\"dtype\": \"F32\", \"shape\": [1.5], \"data_offsets\": [0, 4]}}", "'w': field 'shape'");
-    raw_case("{\"w\": {\"dtype\": \"F32\", \"shape\": [1,1,1,1,1], \"data_offsets\": [0, 4]}}", "'w': field 'shape'");
+    raw_case("{\"w\": {\"dtype\": \"F32\", \"shape\": [1,1,1,1,1,1], \"data_offsets\": [0, 4]}}", "'w': field 'shape'");
     raw_case("{\"w\": {\"dtype\": \"U8\", \"shape\": [4294967296, 4294967296, 4294967296], \"data_offsets\": [0, 4]}}",
              "'w': field 'shape' overflows");
     raw_case("{\"__metadata__\": 5}", "__metadata__");
