@@ -63,3 +63,4 @@ clean:
 
 -include mk/install.mk
 .PHONY: install
+-include mk/vulkan.mk

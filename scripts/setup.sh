@@ -12,7 +12,7 @@ mkdir -p "$CACHE"
 
 DEB_PACKAGES="build-essential pkg-config python3 python3-venv python3-pip unzip curl
 libjansson-dev libpcre2-dev libutf8proc-dev libmicrohttpd-dev libopenblas-dev libcriterion-dev
-libcurl4-openssl-dev libjpeg62-turbo-dev libpng-dev libwebp-dev"
+libcurl4-openssl-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libvulkan-dev glslc mesa-vulkan-drivers"
 
 deps() {
     local missing=""

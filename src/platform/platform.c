@@ -1,10 +1,12 @@
 // platform.c - configuration from the environment (VLLM_METAL_BLOCK_SIZE,
 // VLLM_METAL_MEMORY_FRACTION) and the memory budget for weights + KV cache.
 #include <stdio.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "platform.h"
+#include "backend/vulkan/vulkan_backend.h"
 
 int vm_platform_valid_block_size(int bs) {
     return bs == 8 || bs == 16 || bs == 32 || bs == 64 || bs == 128;
@@ -98,4 +100,28 @@ int vm_platform_kv_blocks(const char *fraction, uint64_t weight_bytes, size_t bl
                        gib(min_bytes), gib(weight_bytes), gib(min_blocks * block_bytes),
                        max_model_len, fraction, gib(total));
     return n > 0x7fffffff ? 0x7fffffff : (int)n;
+}
+
+vm_backend *vm_platform_create_backend(int n_threads, vm_err *e) {
+    const char *dev = getenv("VLLM_MLX_DEVICE");
+    if (!dev || !*dev) dev = "gpu";
+    if (!strcasecmp(dev, "cpu")) return vm_backend_cpu_create(n_threads, e);
+    if (strcasecmp(dev, "gpu")) {
+        vm_errf(e, "VLLM_MLX_DEVICE=%s: expected gpu or cpu", dev);
+        return NULL;
+    }
+    const char *hint = getenv("VLLM_METAL_VULKAN_DEVICE");
+    vm_err ve = {{0}};
+    vm_backend *be = vm_backend_vulkan_create(hint && *hint ? hint : NULL, &ve);
+    if (be && (!vm_backend_vulkan_is_software(be) || (hint && *hint))) {
+        fprintf(stderr, "vllm-metal: GPU backend on %s\n", vm_backend_vulkan_device_name(be));
+        return be;
+    }
+    if (be) {
+        snprintf(ve.msg, sizeof ve.msg, "only a software Vulkan device (%s) is present",
+                 vm_backend_vulkan_device_name(be));
+        be->destroy(be);
+    }
+    fprintf(stderr, "WARNING: VLLM_MLX_DEVICE=gpu: no GPU device (%s); using the CPU\n", ve.msg);
+    return vm_backend_cpu_create(n_threads, e);
 }

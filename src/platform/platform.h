@@ -23,6 +23,13 @@ typedef struct vm_executor {
 // ---------------------------------------------------------------- platform.c
 
 // Block size from VLLM_METAL_BLOCK_SIZE (default 16); -1 + error if not 8/16/32/64/128.
+// The compute backend VLLM_MLX_DEVICE asks for: "gpu" (default) takes a
+// hardware Vulkan device when there is one and falls back to the CPU with a
+// warning otherwise (lavapipe is never preferred over the CPU;
+// VLLM_METAL_VULKAN_DEVICE names a device explicitly, lavapipe included);
+// "cpu" forces the CPU backend. Any other value is an error.
+vm_backend *vm_platform_create_backend(int n_threads, vm_err *e);
+
 int vm_platform_block_size(int requested, vm_err *e);
 int vm_platform_valid_block_size(int bs);
 uint64_t vm_platform_physical_memory(void);

@@ -28,7 +28,7 @@ int vm_worker_create(const vm_worker_config *cfg, vm_executor *out, vm_worker_in
     memset(info, 0, sizeof *info);
     vm_worker *w = calloc(1, sizeof *w);
     if (!w) return vm_errf(e, "out of memory");
-    if (!(w->be = vm_backend_cpu_create(cfg->n_threads, e))) goto fail;
+    if (!(w->be = vm_platform_create_backend(cfg->n_threads, e))) goto fail;
     if (!(w->model = vm_model_create(cfg->model, w->be, cfg->max_num_batched_tokens, e))) goto fail;
     const vm_model_config *c = vm_model_get_config(w->model);
 

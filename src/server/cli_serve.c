@@ -48,7 +48,7 @@ static void serve_usage(FILE *f) {
         "environment:\n"
         "  VLLM_METAL_MEMORY_FRACTION    'auto' or a fraction in (0, 1]\n"
         "  VLLM_METAL_USE_MLX            1/0 (accepted; the C backends are always used)\n"
-        "  VLLM_MLX_DEVICE               gpu or cpu (gpu falls back to cpu while no GPU backend exists)\n"
+        "  VLLM_MLX_DEVICE               gpu (default: a Vulkan GPU if present, else the CPU) or cpu\n"
         "  VLLM_METAL_BLOCK_SIZE         8, 16, 32, 64 or 128\n"
         "  VLLM_METAL_DEBUG              1 to log every request\n"
         "  VLLM_API_KEY                  as --api-key\n");
@@ -212,9 +212,7 @@ int vm_cli_serve(int argc, char **argv) {
     if (parse_bool_env("VLLM_METAL_USE_MLX", &use_mlx)) return 2;
     const char *dev = getenv("VLLM_MLX_DEVICE");
     if (dev && *dev) {
-        if (!strcasecmp(dev, "gpu"))
-            fprintf(stderr, "WARNING: VLLM_MLX_DEVICE=gpu: no GPU backend is available; using the CPU\n");
-        else if (strcasecmp(dev, "cpu")) {
+        if (strcasecmp(dev, "gpu") && strcasecmp(dev, "cpu")) {
             fprintf(stderr, "error: invalid value '%s' for VLLM_MLX_DEVICE (expected gpu or cpu)\n", dev);
             return 2;
         }

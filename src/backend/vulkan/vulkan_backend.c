@@ -1,0 +1,954 @@
+// vulkan_backend.c - vm_backend on Vulkan compute.
+//
+// Buffers are plain VkBuffers reached by shaders through 64-bit device
+// addresses passed in push constants (VK_KHR_buffer_device_address, core in
+// 1.2), so there are no descriptor sets. Ops are recorded into one command
+// buffer with a memory barrier after each dispatch and submitted once per
+// sync (or when the host must see or replace memory: buf_read, a large
+// buf_write). Small buf_writes while commands are pending are recorded in
+// order (vkCmdUpdateBuffer), so the host's call order is the GPU's.
+//
+// Memory: on a discrete GPU every buffer is device-local and the host goes
+// through a staging buffer. Where device-local memory is also host-visible
+// and the device is not discrete (Apple unified memory through MoltenVK,
+// integrated GPUs, lavapipe) buffers are mapped and written in place, with
+// no staging copy.
+//
+// Weights are uploaded once by weight_prepare in the layout the shaders read
+// (shaders/weight.glsl): f32/f16/bf16 as stored; GGUF Q4_0/Q4_1 repacked as
+// 4-bit affine groups of 32 and Q8_0 as 8-bit affine (q+128, bias -128d),
+// MLX affine words as stored with f32 scales/biases. Matmuls use f32
+// activations against these (what VLLM_METAL_Q8_ACTIVATIONS=0 does on the
+// CPU), and attention computes in f32 also over an f16 cache (the CPU rounds
+// q and the softmax weights to f16 there; we do not).
+#include "vulkan_backend.h"
+
+#ifndef VM_HAVE_VULKAN
+
+vm_backend *vm_backend_vulkan_create(const char *device_hint, vm_err *e) {
+    (void)device_hint;
+    vm_errf(e, "built without Vulkan (install libvulkan-dev and glslc, then rebuild)");
+    return NULL;
+}
+const char *vm_backend_vulkan_device_name(const vm_backend *be) { (void)be; return ""; }
+int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
+
+#else
+
+#include "../cpu/kernels.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vulkan/vulkan.h>
+
+// ---- embedded SPIR-V (made by mk/vulkan.mk) ---------------------------------
+
+#define VK_SHADER_LIST(X)                                                                  \
+    X(matmul_f32) X(matmul_f16) X(matmul_bf16) X(matmul_a4) X(matmul_a8) X(matmul_a2)      \
+    X(embed_f32) X(embed_f16) X(embed_bf16) X(embed_a4) X(embed_a8) X(embed_a2)            \
+    X(rmsnorm) X(rope) X(cache_write_f32) X(cache_write_f16) X(attention_f32)              \
+    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows)
+
+// (each array is written out below: an #include cannot sit inside a macro)
+static const uint32_t spv_matmul_f32[] = {
+#include "matmul_f32.inc"
+};
+static const uint32_t spv_matmul_f16[] = {
+#include "matmul_f16.inc"
+};
+static const uint32_t spv_matmul_bf16[] = {
+#include "matmul_bf16.inc"
+};
+static const uint32_t spv_matmul_a4[] = {
+#include "matmul_a4.inc"
+};
+static const uint32_t spv_matmul_a8[] = {
+#include "matmul_a8.inc"
+};
+static const uint32_t spv_matmul_a2[] = {
+#include "matmul_a2.inc"
+};
+static const uint32_t spv_embed_f32[] = {
+#include "embed_f32.inc"
+};
+static const uint32_t spv_embed_f16[] = {
+#include "embed_f16.inc"
+};
+static const uint32_t spv_embed_bf16[] = {
+#include "embed_bf16.inc"
+};
+static const uint32_t spv_embed_a4[] = {
+#include "embed_a4.inc"
+};
+static const uint32_t spv_embed_a8[] = {
+#include "embed_a8.inc"
+};
+static const uint32_t spv_embed_a2[] = {
+#include "embed_a2.inc"
+};
+static const uint32_t spv_rmsnorm[] = {
+#include "rmsnorm.inc"
+};
+static const uint32_t spv_rope[] = {
+#include "rope.inc"
+};
+static const uint32_t spv_cache_write_f32[] = {
+#include "cache_write_f32.inc"
+};
+static const uint32_t spv_cache_write_f16[] = {
+#include "cache_write_f16.inc"
+};
+static const uint32_t spv_attention_f32[] = {
+#include "attention_f32.inc"
+};
+static const uint32_t spv_attention_f16[] = {
+#include "attention_f16.inc"
+};
+static const uint32_t spv_attn_combine[] = {
+#include "attn_combine.inc"
+};
+static const uint32_t spv_add[] = {
+#include "add.inc"
+};
+static const uint32_t spv_swiglu[] = {
+#include "swiglu.inc"
+};
+static const uint32_t spv_add_bias[] = {
+#include "add_bias.inc"
+};
+static const uint32_t spv_get_rows[] = {
+#include "get_rows.inc"
+};
+
+enum {
+#define X(name) SH_##name,
+    VK_SHADER_LIST(X)
+#undef X
+    SH_COUNT
+};
+
+static const struct { const char *name; const uint32_t *code; size_t size; } shaders[SH_COUNT] = {
+#define X(name) { #name, spv_##name, sizeof spv_##name },
+    VK_SHADER_LIST(X)
+#undef X
+};
+
+// Weight types of the shaders (WT in weight.glsl); matmul/embed shaders are in this order.
+enum { WT_F32, WT_F16, WT_BF16, WT_A4, WT_A8, WT_A2 };
+
+// ---- state ---------------------------------------------------------------------
+
+struct vm_buf {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    VkDeviceAddress addr;
+    void *map;          // persistent mapping (host-visible memory), else NULL
+    size_t size;
+};
+
+typedef struct vk_weight {
+    vm_buf *buf;
+    VkDeviceAddress w, sc, bi;
+    int wt, group;
+    struct vk_weight *next;
+} vk_weight;
+
+// f32 device copies of host vectors (norm weights, biases, rope frequencies),
+// keyed by host pointer and checked against a copy of the bytes (a pointer
+// may be reused by a later model's mapping).
+typedef struct vec_entry {
+    const void *key;
+    void *bytes;
+    size_t nbytes;
+    vm_buf *buf;
+} vec_entry;
+
+typedef struct vk_impl {
+    VkInstance instance;
+    VkPhysicalDevice phys;
+    VkDevice dev;
+    VkQueue queue;
+    uint32_t qfamily;
+    VkCommandPool pool;
+    VkCommandBuffer cmd;
+    VkFence fence;
+    VkPipelineLayout layout;
+    VkShaderModule modules[SH_COUNT];
+    VkPipeline pipes[SH_COUNT];
+    uint32_t dev_mem_type, staging_mem_type;
+    int unified;          // device buffers are host-visible and mapped
+    int software;         // a CPU device (lavapipe)
+    uint32_t subgroup_size;
+    char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
+
+    int recording;        // commands pending in cmd
+    vm_err err;           // first failure of a void op, returned by sync
+    int failed;
+
+    vm_buf *staging;
+    vm_buf **deferred;    // freed after the pending commands finish
+    size_t n_deferred, cap_deferred;
+    vk_weight *weights;
+    vec_entry *vecs;
+    size_t n_vecs, cap_vecs;
+    vm_buf *attn_part;    // attention split partials
+} vk_impl;
+
+static vk_impl *impl_of(const vm_backend *be) { return be->impl; }
+
+static void fail(vk_impl *v, const char *what, VkResult r) {
+    if (v->failed) return;
+    v->failed = 1;
+    vm_errf(&v->err, "vulkan: %s failed (VkResult %d)", what, (int)r);
+}
+
+// ---- buffers ---------------------------------------------------------------------
+
+static int find_mem_type(vk_impl *v, uint32_t bits, VkMemoryPropertyFlags want, VkMemoryPropertyFlags prefer) {
+    VkPhysicalDeviceMemoryProperties mp;
+    vkGetPhysicalDeviceMemoryProperties(v->phys, &mp);
+    int found = -1;
+    for (uint32_t i = 0; i < mp.memoryTypeCount; i++) {
+        if (!(bits & (1u << i)) || (mp.memoryTypes[i].propertyFlags & want) != want) continue;
+        if ((mp.memoryTypes[i].propertyFlags & prefer) == prefer) return (int)i;
+        if (found < 0) found = (int)i;
+    }
+    return found;
+}
+
+static vm_buf *buf_create(vk_impl *v, size_t bytes, int host, vm_err *e) {
+    vm_buf *b = calloc(1, sizeof *b);
+    if (!b) { vm_errf(e, "out of memory"); return NULL; }
+    size_t size = (bytes + 255) & ~(size_t)255;
+    if (size == 0) size = 256;
+    b->size = bytes;
+    VkBufferCreateInfo bi = { .sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size,
+        .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                 VK_BUFFER_USAGE_TRANSFER_DST_BIT | VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT,
+        .sharingMode = VK_SHARING_MODE_EXCLUSIVE };
+    VkResult r = vkCreateBuffer(v->dev, &bi, NULL, &b->buf);
+    if (r != VK_SUCCESS) { free(b); vm_errf(e, "vulkan: cannot create a buffer of %zu bytes (%d)", bytes, (int)r); return NULL; }
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(v->dev, b->buf, &req);
+    uint32_t type = host ? v->staging_mem_type : v->dev_mem_type;
+    if (!(req.memoryTypeBits & (1u << type))) {
+        int t = find_mem_type(v, req.memoryTypeBits, host || v->unified ? VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT : VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0);
+        if (t < 0) { vkDestroyBuffer(v->dev, b->buf, NULL); free(b); vm_errf(e, "vulkan: no memory type for a buffer"); return NULL; }
+        type = (uint32_t)t;
+    }
+    VkMemoryAllocateFlagsInfo fi = { .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO,
+                                     .flags = VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT };
+    VkMemoryAllocateInfo ai = { .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .pNext = &fi,
+                                .allocationSize = req.size, .memoryTypeIndex = type };
+    r = vkAllocateMemory(v->dev, &ai, NULL, &b->mem);
+    if (r != VK_SUCCESS) {
+        vkDestroyBuffer(v->dev, b->buf, NULL);
+        free(b);
+        vm_errf(e, "vulkan: cannot allocate %zu bytes of device memory (%d)", bytes, (int)r);
+        return NULL;
+    }
+    vkBindBufferMemory(v->dev, b->buf, b->mem, 0);
+    if (host || v->unified) {
+        if ((r = vkMapMemory(v->dev, b->mem, 0, VK_WHOLE_SIZE, 0, &b->map)) != VK_SUCCESS) {
+            vkDestroyBuffer(v->dev, b->buf, NULL);
+            vkFreeMemory(v->dev, b->mem, NULL);
+            free(b);
+            vm_errf(e, "vulkan: cannot map memory (%d)", (int)r);
+            return NULL;
+        }
+    }
+    VkBufferDeviceAddressInfo ad = { .sType = VK_STRUCTURE_TYPE_BUFFER_DEVICE_ADDRESS_INFO, .buffer = b->buf };
+    b->addr = vkGetBufferDeviceAddress(v->dev, &ad);
+    return b;
+}
+
+static void buf_destroy(vk_impl *v, vm_buf *b) {
+    if (!b) return;
+    vkDestroyBuffer(v->dev, b->buf, NULL);
+    vkFreeMemory(v->dev, b->mem, NULL);
+    free(b);
+}
+
+// Frees b now, or after the pending commands (which may use it) have run.
+static void buf_release(vk_impl *v, vm_buf *b) {
+    if (!b) return;
+    if (!v->recording) { buf_destroy(v, b); return; }
+    if (v->n_deferred == v->cap_deferred) {
+        size_t cap = v->cap_deferred ? 2 * v->cap_deferred : 16;
+        vm_buf **p = realloc(v->deferred, cap * sizeof *p);
+        if (!p) { vkQueueWaitIdle(v->queue); buf_destroy(v, b); return; } // leak-free fallback; commands not yet submitted
+        v->deferred = p;
+        v->cap_deferred = cap;
+    }
+    v->deferred[v->n_deferred++] = b;
+}
+
+// ---- command recording -----------------------------------------------------------------
+
+static int rec_begin(vk_impl *v) {
+    if (v->recording) return 0;
+    VkCommandBufferBeginInfo bi = { .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT };
+    VkResult r = vkBeginCommandBuffer(v->cmd, &bi);
+    if (r != VK_SUCCESS) { fail(v, "vkBeginCommandBuffer", r); return -1; }
+    v->recording = 1;
+    return 0;
+}
+
+// Everything before is visible to everything after (compute and transfers).
+static void rec_barrier(vk_impl *v) {
+    VkMemoryBarrier mb = { .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+        .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                         VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT };
+    VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+    vkCmdPipelineBarrier(v->cmd, st, st, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+// Submits the pending commands and waits for them.
+static int flush(vk_impl *v) {
+    if (v->recording) {
+        v->recording = 0;
+        VkResult r = vkEndCommandBuffer(v->cmd);
+        if (r != VK_SUCCESS) fail(v, "vkEndCommandBuffer", r);
+        else {
+            VkSubmitInfo si = { .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &v->cmd };
+            if ((r = vkQueueSubmit(v->queue, 1, &si, v->fence)) != VK_SUCCESS) fail(v, "vkQueueSubmit", r);
+            else if ((r = vkWaitForFences(v->dev, 1, &v->fence, VK_TRUE, UINT64_MAX)) != VK_SUCCESS) fail(v, "vkWaitForFences", r);
+            vkResetFences(v->dev, 1, &v->fence);
+        }
+        vkResetCommandBuffer(v->cmd, 0);
+    }
+    for (size_t i = 0; i < v->n_deferred; i++) buf_destroy(v, v->deferred[i]);
+    v->n_deferred = 0;
+    return v->failed ? -1 : 0;
+}
+
+static VkPipeline pipeline(vk_impl *v, int sh) {
+    if (v->pipes[sh]) return v->pipes[sh];
+    VkShaderModuleCreateInfo mi = { .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                    .codeSize = shaders[sh].size, .pCode = shaders[sh].code };
+    VkResult r = vkCreateShaderModule(v->dev, &mi, NULL, &v->modules[sh]);
+    if (r != VK_SUCCESS) { fail(v, shaders[sh].name, r); return VK_NULL_HANDLE; }
+    VkComputePipelineCreateInfo ci = { .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+        .stage = { .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                   .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = v->modules[sh], .pName = "main" },
+        .layout = v->layout };
+    r = vkCreateComputePipelines(v->dev, VK_NULL_HANDLE, 1, &ci, NULL, &v->pipes[sh]);
+    if (r != VK_SUCCESS) { v->pipes[sh] = VK_NULL_HANDLE; fail(v, shaders[sh].name, r); return VK_NULL_HANDLE; }
+    return v->pipes[sh];
+}
+
+#define PUSH_BYTES 128
+
+static void dispatch(vk_impl *v, int sh, const void *pc, size_t pc_size, uint32_t gx, uint32_t gy, uint32_t gz) {
+    if (v->failed || gx == 0 || gy == 0 || gz == 0) return;
+    VkPipeline p = pipeline(v, sh);
+    if (!p || rec_begin(v) != 0) return;
+    vkCmdBindPipeline(v->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p);
+    vkCmdPushConstants(v->cmd, v->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
+    vkCmdDispatch(v->cmd, gx, gy, gz);
+    rec_barrier(v);
+}
+
+// 1-D grids of more than 65535 workgroups fold into y (shaders unfold them).
+static void grid_1d(uint64_t groups, uint32_t *gx, uint32_t *gy) {
+    *gx = groups < 65535 ? (uint32_t)groups : 65535;
+    *gy = (uint32_t)((groups + 65534) / 65535);
+}
+
+// ---- host <-> device -----------------------------------------------------------------------
+
+static vm_buf *staging_get(vk_impl *v, size_t bytes) {
+    if (v->staging && v->staging->size >= bytes) return v->staging;
+    if (v->staging) buf_destroy(v, v->staging);
+    v->staging = NULL;
+    vm_err e = {{0}};
+    v->staging = buf_create(v, bytes, 1, &e);
+    if (!v->staging && !v->failed) { v->failed = 1; v->err = e; }
+    return v->staging;
+}
+
+#define STAGING_MAX ((size_t)64 << 20)
+
+static void copy_region(vk_impl *v, VkBuffer src, size_t so, VkBuffer dst, size_t dO, size_t n) {
+    if (rec_begin(v) != 0) return;
+    VkBufferCopy c = { so, dO, n };
+    vkCmdCopyBuffer(v->cmd, src, dst, 1, &c);
+    rec_barrier(v);
+}
+
+static void vk_buf_write(vm_backend *be, vm_buf *b, size_t off, const void *src, size_t n) {
+    vk_impl *v = impl_of(be);
+    if (n == 0) return;
+    if (v->recording && n <= 65536 && off % 4 == 0 && n % 4 == 0) {
+        vkCmdUpdateBuffer(v->cmd, b->buf, off, n, src);   // in order with the recorded ops
+        rec_barrier(v);
+        return;
+    }
+    flush(v);
+    if (b->map) { memcpy((char *)b->map + off, src, n); return; }
+    for (size_t done = 0; done < n;) {
+        size_t len = n - done < STAGING_MAX ? n - done : STAGING_MAX;
+        vm_buf *st = staging_get(v, len);
+        if (!st) return;
+        memcpy(st->map, (const char *)src + done, len);
+        copy_region(v, st->buf, 0, b->buf, off + done, len);
+        flush(v);
+        done += len;
+    }
+}
+
+static void vk_buf_read(vm_backend *be, const vm_buf *b, size_t off, void *dst, size_t n) {
+    vk_impl *v = impl_of(be);
+    flush(v);
+    if (n == 0) return;
+    if (b->map) { memcpy(dst, (const char *)b->map + off, n); return; }
+    for (size_t done = 0; done < n;) {
+        size_t len = n - done < STAGING_MAX ? n - done : STAGING_MAX;
+        vm_buf *st = staging_get(v, len);
+        if (!st) { memset((char *)dst + done, 0, n - done); return; }
+        copy_region(v, b->buf, off + done, st->buf, 0, len);
+        flush(v);
+        memcpy((char *)dst + done, st->map, len);
+        done += len;
+    }
+}
+
+static vm_buf *vk_buf_alloc(vm_backend *be, size_t bytes, vm_err *e) { return buf_create(impl_of(be), bytes, 0, e); }
+static void vk_buf_free(vm_backend *be, vm_buf *b) { buf_release(impl_of(be), b); }
+
+// ---- host vectors (norm weights, biases, rope frequencies) as f32 on the device ----------
+
+static VkDeviceAddress vec_f32(vk_impl *v, const void *data, vm_dtype dt, size_t n) {
+    size_t nbytes = dt == VM_DTYPE_F32 ? 4 * n : 2 * n;
+    vec_entry *hit = NULL;
+    for (size_t i = 0; i < v->n_vecs; i++)
+        if (v->vecs[i].key == data && v->vecs[i].nbytes == nbytes) { hit = &v->vecs[i]; break; }
+    if (hit && memcmp(hit->bytes, data, nbytes) == 0) return hit->buf->addr;
+    float *f = malloc(4 * n);
+    void *copy = malloc(nbytes);
+    vm_err e = {{0}};
+    vm_buf *b = f && copy ? buf_create(v, 4 * n, 0, &e) : NULL;
+    if (!b) {
+        free(f); free(copy);
+        if (!v->failed) { v->failed = 1; vm_errf(&v->err, "vulkan: cannot upload a vector: %s", e.msg[0] ? e.msg : "out of memory"); }
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) f[i] = vm_load_scale(dt, data, (int64_t)i);
+    memcpy(copy, data, nbytes);
+    vm_backend tmp = { .impl = v };
+    vk_buf_write(&tmp, b, 0, f, 4 * n);
+    free(f);
+    if (hit) {
+        buf_release(v, hit->buf);
+        free(hit->bytes);
+    } else {
+        if (v->n_vecs == v->cap_vecs) {
+            size_t cap = v->cap_vecs ? 2 * v->cap_vecs : 64;
+            vec_entry *p = realloc(v->vecs, cap * sizeof *p);
+            if (!p) { buf_release(v, b); free(copy); fail(v, "vector cache (out of memory)", VK_ERROR_OUT_OF_HOST_MEMORY); return 0; }
+            v->vecs = p;
+            v->cap_vecs = cap;
+        }
+        hit = &v->vecs[v->n_vecs++];
+    }
+    hit->key = data;
+    hit->bytes = copy;
+    hit->nbytes = nbytes;
+    hit->buf = b;
+    return b->addr;
+}
+
+static VkDeviceAddress tensor_f32(vk_impl *v, const vm_tensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    if (t->dtype != VM_DTYPE_F32 && t->dtype != VM_DTYPE_F16 && t->dtype != VM_DTYPE_BF16) {
+        if (!v->failed) { v->failed = 1; vm_errf(&v->err, "%s: vector dtype %s unsupported", t->name, vm_dtype_name(t->dtype)); }
+        return 0;
+    }
+    return vec_f32(v, t->data, t->dtype, (size_t)n);
+}
+
+// ---- weights ---------------------------------------------------------------------------------
+
+// Repacks one GGUF row (blocks of 32) into affine words (MLX order) + scales + biases.
+static void repack_gguf_row(vm_dtype dt, const uint8_t *src, int64_t cols, uint32_t *words, float *sc, float *bi) {
+    int64_t nb = cols / 32;
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t q[32];
+        float d, m = 0;
+        if (dt == VM_DTYPE_Q8_0) {
+            const uint8_t *blk = src + b * 34;
+            d = vm_f16_to_f32(vm_load_u16(blk));
+            for (int i = 0; i < 32; i++) q[i] = (uint8_t)((int8_t)blk[2 + i] + 128);
+            m = -128.0f * d;
+            for (int w = 0; w < 8; w++)
+                words[b * 8 + w] = (uint32_t)q[4 * w] | (uint32_t)q[4 * w + 1] << 8 | (uint32_t)q[4 * w + 2] << 16 | (uint32_t)q[4 * w + 3] << 24;
+        } else {
+            const uint8_t *blk = src + b * (dt == VM_DTYPE_Q4_0 ? 18 : 20);
+            const uint8_t *qs = blk + (dt == VM_DTYPE_Q4_0 ? 2 : 4);
+            d = vm_f16_to_f32(vm_load_u16(blk));
+            m = dt == VM_DTYPE_Q4_0 ? -8.0f * d : vm_f16_to_f32(vm_load_u16(blk + 2));
+            for (int i = 0; i < 16; i++) { q[i] = qs[i] & 15; q[i + 16] = qs[i] >> 4; }
+            for (int w = 0; w < 4; w++) {
+                uint32_t word = 0;
+                for (int k = 0; k < 8; k++) word |= (uint32_t)q[8 * w + k] << (4 * k);
+                words[b * 4 + w] = word;
+            }
+        }
+        sc[b] = d;
+        bi[b] = m;
+    }
+}
+
+static int vk_weight_prepare(vm_backend *be, vm_weight *w, vm_err *e) {
+    vk_impl *v = impl_of(be);
+    const int64_t rows = w->rows, cols = w->cols;
+    if (cols % 8) return vm_errf(e, "%s: %lld columns; the Vulkan backend needs a multiple of 8", w->name, (long long)cols);
+    int wt, bits = 0, group = 1;
+    switch (w->dtype) {
+    case VM_DTYPE_F32: wt = WT_F32; break;
+    case VM_DTYPE_F16: wt = WT_F16; break;
+    case VM_DTYPE_BF16: wt = WT_BF16; break;
+    case VM_DTYPE_Q4_0: case VM_DTYPE_Q4_1: wt = WT_A4; bits = 4; group = 32; break;
+    case VM_DTYPE_Q8_0: wt = WT_A8; bits = 8; group = 32; break;
+    case VM_DTYPE_MLX_AFFINE:
+        bits = w->bits;
+        group = w->group_size;
+        if (bits != 2 && bits != 4 && bits != 8)
+            return vm_errf(e, "%s: MLX %d-bit weights are not supported (2, 4 or 8)", w->name, bits);
+        if (group < 8 || group % 8 || cols % group)
+            return vm_errf(e, "%s: MLX group_size %d does not suit %lld columns", w->name, group, (long long)cols);
+        wt = bits == 4 ? WT_A4 : bits == 8 ? WT_A8 : WT_A2;
+        break;
+    default:
+        return vm_errf(e, "%s: dtype %s cannot be used as a matrix", w->name, vm_dtype_name(w->dtype));
+    }
+    size_t wbytes, sbytes = 0;
+    if (bits) {
+        wbytes = (size_t)rows * (size_t)cols * bits / 8;
+        sbytes = (size_t)rows * (cols / group) * 4;
+    } else {
+        wbytes = vm_weight_row_bytes(w) * rows;
+    }
+    size_t total = ((wbytes + 255) & ~(size_t)255) + 2 * ((sbytes + 255) & ~(size_t)255);
+    vk_weight *kw = calloc(1, sizeof *kw);
+    if (!kw) return vm_errf(e, "out of memory");
+    if (!(kw->buf = buf_create(v, total, 0, e))) { free(kw); return -1; }
+    size_t s_off = (wbytes + 255) & ~(size_t)255, b_off = s_off + ((sbytes + 255) & ~(size_t)255);
+    kw->wt = wt;
+    kw->group = group;
+    kw->w = kw->buf->addr;
+    kw->sc = kw->buf->addr + s_off;
+    kw->bi = kw->buf->addr + b_off;
+    flush(v);
+    // Fill the layout in host memory: straight into the mapping where there is one.
+    uint8_t *dst = kw->buf->map ? kw->buf->map : malloc(total);
+    if (!dst) { buf_destroy(v, kw->buf); free(kw); return vm_errf(e, "out of memory"); }
+    if (!bits || w->dtype == VM_DTYPE_MLX_AFFINE) memcpy(dst, w->data, wbytes);
+    if (w->dtype == VM_DTYPE_MLX_AFFINE) {
+        float *sc = (float *)(dst + s_off), *bi = (float *)(dst + b_off);
+        size_t ng = (size_t)rows * (cols / group);
+        for (size_t i = 0; i < ng; i++) {
+            sc[i] = vm_load_scale(w->scale_dtype, w->scales, (int64_t)i);
+            bi[i] = vm_load_scale(w->scale_dtype, w->biases, (int64_t)i);
+        }
+    } else if (bits) {
+        size_t rb = vm_weight_row_bytes(w), wpr = (size_t)cols * bits / 32, nb = (size_t)cols / 32;
+        for (int64_t r = 0; r < rows; r++)
+            repack_gguf_row(w->dtype, (const uint8_t *)w->data + r * rb, cols, (uint32_t *)dst + r * wpr,
+                            (float *)(dst + s_off) + r * nb, (float *)(dst + b_off) + r * nb);
+    }
+    if (!kw->buf->map) {
+        vk_buf_write(be, kw->buf, 0, dst, total);
+        free(dst);
+    }
+    if (v->failed) { vm_errf(e, "%s", v->err.msg); return -1; }
+    kw->next = v->weights;
+    v->weights = kw;
+    w->device = kw;
+    return 0;
+}
+
+static vk_weight *dev_weight(vk_impl *v, const vm_weight *w) {
+    if (!w->device && !v->failed) { v->failed = 1; vm_errf(&v->err, "%s: weight not prepared for Vulkan", w->name); }
+    return w->device;
+}
+
+// ---- ops ---------------------------------------------------------------------------------------
+
+static void vk_embed(vm_backend *be, const vm_weight *table, const vm_buf *tokens, int n, vm_buf *out) {
+    vk_impl *v = impl_of(be);
+    vk_weight *kw = dev_weight(v, table);
+    if (!kw) return;
+    struct { VkDeviceAddress w, sc, bi, ids, y; uint32_t rows, cols, n, group; } pc =
+        { kw->w, kw->sc, kw->bi, tokens->addr, out->addr, (uint32_t)table->rows, (uint32_t)table->cols, (uint32_t)n, (uint32_t)kw->group };
+    dispatch(v, SH_embed_f32 + kw->wt, &pc, sizeof pc, (uint32_t)((table->cols + 255) / 256), (uint32_t)n, 1);
+}
+
+static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows, int dim, vm_buf *out) {
+    vk_impl *v = impl_of(be);
+    VkDeviceAddress wa = tensor_f32(v, w);
+    if (!wa) return;
+    struct { VkDeviceAddress x, w, y; uint32_t rows, dim; float eps; } pc = { x->addr, wa, out->addr, (uint32_t)rows, (uint32_t)dim, eps };
+    uint32_t gx, gy;
+    grid_1d((uint64_t)rows, &gx, &gy);
+    dispatch(v, SH_rmsnorm, &pc, sizeof pc, gx, gy, 1);
+}
+
+static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
+    vk_impl *v = impl_of(be);
+    vk_weight *kw = dev_weight(v, w);
+    if (!kw) return;
+    uint32_t rpw = 128 / v->subgroup_size;
+    if (rpw < 1) rpw = 1;
+    struct { VkDeviceAddress w, sc, bi, x, y; uint32_t rows, cols, n, rows_per_wg, group; } pc =
+        { kw->w, kw->sc, kw->bi, x->addr, out->addr, (uint32_t)w->rows, (uint32_t)w->cols, (uint32_t)n, rpw, (uint32_t)kw->group };
+    dispatch(v, SH_matmul_f32 + kw->wt, &pc, sizeof pc, (uint32_t)((w->rows + rpw - 1) / rpw), (uint32_t)((n + 3) / 4), 1);
+}
+
+typedef struct { VkDeviceAddress x, y, z, w; uint32_t n, dim; } elt_pc;
+
+static void eltwise(vk_impl *v, int sh, elt_pc pc) {
+    uint32_t gx, gy;
+    grid_1d(((uint64_t)pc.n + 255) / 256, &gx, &gy);
+    dispatch(v, sh, &pc, sizeof pc, gx, gy, 1);
+}
+
+static void vk_add_bias(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n, int dim) {
+    vk_impl *v = impl_of(be);
+    VkDeviceAddress ba = tensor_f32(v, bias);
+    if (!ba) return;
+    eltwise(v, SH_add_bias, (elt_pc){ x->addr, ba, 0, 0, (uint32_t)n * (uint32_t)dim, (uint32_t)dim });
+}
+
+static void vk_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size_t n, vm_buf *out) {
+    eltwise(impl_of(be), SH_swiglu, (elt_pc){ gate->addr, up->addr, out->addr, 0, (uint32_t)n, 1 });
+}
+
+static void vk_add(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n) {
+    eltwise(impl_of(be), SH_add, (elt_pc){ x->addr, y->addr, 0, 0, (uint32_t)n, 1 });
+}
+
+static void vk_get_rows(vm_backend *be, const vm_buf *x, const vm_buf *rows, int n_rows, int dim, vm_buf *out) {
+    eltwise(impl_of(be), SH_get_rows, (elt_pc){ x->addr, 0, out->addr, rows->addr, (uint32_t)n_rows * (uint32_t)dim, (uint32_t)dim });
+}
+
+static void vk_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads, int head_dim, const vm_rope *r) {
+    vk_impl *v = impl_of(be);
+    int half = r->rot_dim / 2;
+    VkDeviceAddress fa = 0;
+    if (r->theta_scale <= 0) {
+        if (!(fa = vec_f32(v, r->inv_freq, VM_DTYPE_F32, (size_t)half))) return;
+    }
+    struct { VkDeviceAddress x, pos, inv_freq; uint32_t n, n_heads, head_dim, half_rot, interleaved; float theta_scale; } pc =
+        { x->addr, positions->addr, fa, (uint32_t)n, (uint32_t)n_heads, (uint32_t)head_dim, (uint32_t)half, (uint32_t)(r->interleaved != 0), r->theta_scale };
+    dispatch(v, SH_rope, &pc, sizeof pc, (uint32_t)((half + 63) / 64), (uint32_t)n, 1);
+}
+
+static void vk_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *vb, const vm_attn_meta *m,
+                           vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
+    vk_impl *v = impl_of(be);
+    struct { VkDeviceAddress k, v, slots, kc, vc; uint32_t n_tokens, n_kv_heads, head_dim, block_size; } pc =
+        { k->addr, vb->addr, m->slot_mapping->addr, k_cache->addr, v_cache->addr, (uint32_t)m->n_tokens,
+          (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)m->block_size };
+    int f16 = m->kv_dtype == VM_DTYPE_F16;
+    uint32_t per = f16 ? (uint32_t)head_dim / 2 : (uint32_t)head_dim;
+    dispatch(v, f16 ? SH_cache_write_f16 : SH_cache_write_f32, &pc, sizeof pc, (per + 63) / 64,
+             (uint32_t)m->n_tokens, (uint32_t)n_kv_heads);
+}
+
+#define ATTN_TILE 64
+
+static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache, const vm_buf *v_cache,
+                         const vm_attn_meta *m, int n_heads, int n_kv_heads, int head_dim, float scale, vm_buf *out) {
+    vk_impl *v = impl_of(be);
+    if (head_dim > 256 || (m->kv_dtype == VM_DTYPE_F16 && head_dim % 2)) {
+        if (!v->failed) { v->failed = 1; vm_errf(&v->err, "vulkan attention: head_dim %d unsupported (even, at most 256)", head_dim); }
+        return;
+    }
+    // Split the context so that there are enough workgroups to fill the GPU
+    // (decode: few tokens x heads over a long context).
+    uint32_t items = (uint32_t)m->n_tokens * (uint32_t)n_heads;
+    uint32_t tiles = (uint32_t)((m->max_ctx_len + ATTN_TILE - 1) / ATTN_TILE);
+    uint32_t want = items >= 256 ? 1 : (256 + items - 1) / items;
+    if (want > tiles) want = tiles;
+    if (want > 64) want = 64;
+    if (want < 1) want = 1;
+    uint32_t split_len = (tiles + want - 1) / want * ATTN_TILE;
+    uint32_t n_splits = (uint32_t)((m->max_ctx_len + split_len - 1) / split_len);
+    if (n_splits < 1) n_splits = 1;
+    VkDeviceAddress dst = out->addr;
+    if (n_splits > 1) {
+        size_t need = (size_t)items * n_splits * (head_dim + 2) * 4;
+        if (!v->attn_part || v->attn_part->size < need) {
+            buf_release(v, v->attn_part);
+            vm_err e = {{0}};
+            if (!(v->attn_part = buf_create(v, need, 0, &e))) { if (!v->failed) { v->failed = 1; v->err = e; } return; }
+        }
+        dst = v->attn_part->addr;
+    }
+    struct { VkDeviceAddress q, kc, vc, out, pos, seq_start, table;
+             uint32_t n_heads, n_kv_heads, head_dim, block_size, max_blocks, n_seqs, n_splits, split_len; float scale; } pc =
+        { q->addr, k_cache->addr, v_cache->addr, dst, m->positions->addr, m->seq_start->addr, m->block_table->addr,
+          (uint32_t)n_heads, (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)m->block_size,
+          (uint32_t)m->max_blocks_per_seq, (uint32_t)m->n_seqs, n_splits, split_len, scale };
+    dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1);
+    if (n_splits > 1) {
+        struct { VkDeviceAddress part, out; uint32_t head_dim, n_splits; } cp = { dst, out->addr, (uint32_t)head_dim, n_splits };
+        dispatch(v, SH_attn_combine, &cp, sizeof cp, items, 1, 1);
+    }
+}
+
+static int vk_sync(vm_backend *be, vm_err *e) {
+    vk_impl *v = impl_of(be);
+    if (flush(v) != 0 || v->failed) {
+        vm_errf(e, "%s", v->err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+// ---- setup ----------------------------------------------------------------------------------------
+
+static void vk_destroy(vm_backend *be) {
+    if (!be) return;
+    vk_impl *v = be->impl;
+    if (v) {
+        if (v->dev) {
+            flush(v);
+            vkDeviceWaitIdle(v->dev);
+            while (v->weights) { vk_weight *n = v->weights->next; buf_destroy(v, v->weights->buf); free(v->weights); v->weights = n; }
+            for (size_t i = 0; i < v->n_vecs; i++) { buf_destroy(v, v->vecs[i].buf); free(v->vecs[i].bytes); }
+            buf_destroy(v, v->staging);
+            buf_destroy(v, v->attn_part);
+            for (int i = 0; i < SH_COUNT; i++) {
+                if (v->pipes[i]) vkDestroyPipeline(v->dev, v->pipes[i], NULL);
+                if (v->modules[i]) vkDestroyShaderModule(v->dev, v->modules[i], NULL);
+            }
+            if (v->layout) vkDestroyPipelineLayout(v->dev, v->layout, NULL);
+            if (v->fence) vkDestroyFence(v->dev, v->fence, NULL);
+            if (v->pool) vkDestroyCommandPool(v->dev, v->pool, NULL);
+            vkDestroyDevice(v->dev, NULL);
+        }
+        if (v->instance) vkDestroyInstance(v->instance, NULL);
+        free(v->vecs);
+        free(v->deferred);
+        free(v);
+    }
+    free(be);
+}
+
+static int has_ext(const VkExtensionProperties *ex, uint32_t n, const char *name) {
+    for (uint32_t i = 0; i < n; i++)
+        if (!strcmp(ex[i].extensionName, name)) return 1;
+    return 0;
+}
+
+static int str_icontains(const char *hay, const char *needle) {
+    size_t n = strlen(needle);
+    for (; *hay; hay++) {
+        size_t i = 0;
+        while (i < n && hay[i] && tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i])) i++;
+        if (i == n) return 1;
+    }
+    return 0;
+}
+
+// Why device d cannot run our shaders, or NULL if it can.
+static const char *unusable(VkPhysicalDevice d, uint32_t *qfamily) {
+    VkPhysicalDeviceProperties p;
+    vkGetPhysicalDeviceProperties(d, &p);
+    if (p.apiVersion < VK_API_VERSION_1_2) return "needs Vulkan 1.2";
+    VkPhysicalDeviceVulkan12Features f12 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES };
+    VkPhysicalDeviceFeatures2 f = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12 };
+    vkGetPhysicalDeviceFeatures2(d, &f);
+    if (!f12.bufferDeviceAddress) return "no bufferDeviceAddress";
+    VkPhysicalDeviceSubgroupProperties sp = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES };
+    VkPhysicalDeviceProperties2 p2 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sp };
+    vkGetPhysicalDeviceProperties2(d, &p2);
+    if (!(sp.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) ||
+        (sp.supportedOperations & (VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT)) !=
+            (VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT))
+        return "no subgroup arithmetic in compute shaders";
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(d, &nq, NULL);
+    VkQueueFamilyProperties qp[32];
+    if (nq > 32) nq = 32;
+    vkGetPhysicalDeviceQueueFamilyProperties(d, &nq, qp);
+    for (uint32_t i = 0; i < nq; i++)
+        if (qp[i].queueFlags & VK_QUEUE_COMPUTE_BIT) { *qfamily = i; return NULL; }
+    return "no compute queue";
+}
+
+static int type_rank(VkPhysicalDeviceType t) {
+    switch (t) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 4;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 3;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 2;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: return 1;
+    default: return 0;
+    }
+}
+
+static int setup(vk_impl *v, const char *hint, vm_err *e) {
+    // instance (with portability enumeration, so MoltenVK is listed)
+    uint32_t n_ext = 0;
+    vkEnumerateInstanceExtensionProperties(NULL, &n_ext, NULL);
+    VkExtensionProperties *ex = calloc(n_ext ? n_ext : 1, sizeof *ex);
+    if (!ex) return vm_errf(e, "out of memory");
+    vkEnumerateInstanceExtensionProperties(NULL, &n_ext, ex);
+    const char *iext[2];
+    uint32_t n_iext = 0;
+    VkInstanceCreateFlags iflags = 0;
+#ifdef VK_KHR_portability_enumeration
+    if (has_ext(ex, n_ext, VK_KHR_PORTABILITY_ENUMERATION_EXTENSION_NAME)) {
+        iext[n_iext++] = VK_KHR_PORTABILITY_ENUMERATION_EXTENSION_NAME;
+        iflags |= VK_INSTANCE_CREATE_ENUMERATE_PORTABILITY_BIT_KHR;
+    }
+#endif
+    free(ex);
+    VkApplicationInfo app = { .sType = VK_STRUCTURE_TYPE_APPLICATION_INFO, .pApplicationName = "vllm-metal",
+                              .pEngineName = "vllm-metal", .apiVersion = VK_API_VERSION_1_2 };
+    VkInstanceCreateInfo ici = { .sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .flags = iflags, .pApplicationInfo = &app,
+                                 .enabledExtensionCount = n_iext, .ppEnabledExtensionNames = iext };
+    VkResult r = vkCreateInstance(&ici, NULL, &v->instance);
+    if (r != VK_SUCCESS) return vm_errf(e, "vulkan: cannot create an instance (VkResult %d; is a Vulkan driver installed?)", (int)r);
+
+    // device choice
+    uint32_t nd = 0;
+    vkEnumeratePhysicalDevices(v->instance, &nd, NULL);
+    if (nd == 0) return vm_errf(e, "vulkan: no Vulkan devices");
+    VkPhysicalDevice devs[16];
+    if (nd > 16) nd = 16;
+    vkEnumeratePhysicalDevices(v->instance, &nd, devs);
+    const char *env = getenv("VLLM_METAL_VULKAN_DEVICE");
+    if (env && *env) hint = env;
+    int best = -1, best_rank = -1;
+    uint32_t qf = 0;
+    char why[512] = "";
+    for (uint32_t i = 0; i < nd; i++) {
+        VkPhysicalDeviceProperties p;
+        vkGetPhysicalDeviceProperties(devs[i], &p);
+        if (hint && *hint) {
+            char *end;
+            long idx = strtol(hint, &end, 10);
+            int match = *end == 0 ? idx == (long)i : str_icontains(p.deviceName, hint);
+            if (!match) continue;
+        }
+        uint32_t q = 0;
+        const char *bad = unusable(devs[i], &q);
+        if (bad) {
+            size_t len = strlen(why);
+            snprintf(why + len, sizeof why - len, "%s%s: %s", len ? "; " : "", p.deviceName, bad);
+            continue;
+        }
+        int rank = type_rank(p.deviceType);
+        if (rank > best_rank) { best = (int)i; best_rank = rank; qf = q; }
+    }
+    if (best < 0)
+        return vm_errf(e, "vulkan: no usable device%s%s%s%s%s%s", hint && *hint ? " matching \"" : "",
+                       hint && *hint ? hint : "", hint && *hint ? "\"" : "", why[0] ? " (" : "", why, why[0] ? ")" : "");
+    v->phys = devs[best];
+    v->qfamily = qf;
+    VkPhysicalDeviceProperties props;
+    vkGetPhysicalDeviceProperties(v->phys, &props);
+    snprintf(v->name, sizeof v->name, "%s", props.deviceName);
+    v->software = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+    VkPhysicalDeviceSubgroupProperties sp = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES };
+    VkPhysicalDeviceProperties2 p2 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sp };
+    vkGetPhysicalDeviceProperties2(v->phys, &p2);
+    v->subgroup_size = sp.subgroupSize ? sp.subgroupSize : 32;
+    if (props.limits.maxPushConstantsSize < PUSH_BYTES) return vm_errf(e, "vulkan: %s has too few push constants", v->name);
+
+    // logical device
+    uint32_t n_dext = 0;
+    vkEnumerateDeviceExtensionProperties(v->phys, NULL, &n_dext, NULL);
+    VkExtensionProperties *dex = calloc(n_dext ? n_dext : 1, sizeof *dex);
+    if (!dex) return vm_errf(e, "out of memory");
+    vkEnumerateDeviceExtensionProperties(v->phys, NULL, &n_dext, dex);
+    const char *dext[1];
+    uint32_t n_use = 0;
+    if (has_ext(dex, n_dext, "VK_KHR_portability_subset")) dext[n_use++] = "VK_KHR_portability_subset";
+    free(dex);
+    float prio = 1.0f;
+    VkDeviceQueueCreateInfo qci = { .sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = qf,
+                                    .queueCount = 1, .pQueuePriorities = &prio };
+    VkPhysicalDeviceVulkan12Features f12 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
+                                             .bufferDeviceAddress = VK_TRUE };
+    VkPhysicalDeviceFeatures2 f2 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12 };
+    VkDeviceCreateInfo dci = { .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &f2, .queueCreateInfoCount = 1,
+                               .pQueueCreateInfos = &qci, .enabledExtensionCount = n_use, .ppEnabledExtensionNames = dext };
+    if ((r = vkCreateDevice(v->phys, &dci, NULL, &v->dev)) != VK_SUCCESS)
+        return vm_errf(e, "vulkan: cannot create a device on %s (VkResult %d)", v->name, (int)r);
+    vkGetDeviceQueue(v->dev, qf, 0, &v->queue);
+
+    // memory types: unified (device-local + host-visible, not a discrete card) or device-local + staging
+    VkPhysicalDeviceMemoryProperties mp;
+    vkGetPhysicalDeviceMemoryProperties(v->phys, &mp);
+    const VkMemoryPropertyFlags dl = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT,
+        hv = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    int dev_t = find_mem_type(v, ~0u, dl, 0), uni_t = find_mem_type(v, ~0u, dl | hv, 0);
+    int stage_t = find_mem_type(v, ~0u, hv, VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
+    if (stage_t < 0) return vm_errf(e, "vulkan: %s has no host-visible memory", v->name);
+    // VLLM_METAL_VULKAN_UNIFIED=0 forces the staging path (tests it on lavapipe).
+    const char *uenv = getenv("VLLM_METAL_VULKAN_UNIFIED");
+    int allow_unified = !(uenv && !strcmp(uenv, "0"));
+    if (allow_unified && props.deviceType != VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU && uni_t >= 0) {
+        v->unified = 1;
+        v->dev_mem_type = (uint32_t)uni_t;
+    } else {
+        v->dev_mem_type = (uint32_t)(dev_t >= 0 ? dev_t : stage_t);
+    }
+    v->staging_mem_type = (uint32_t)stage_t;
+
+    VkCommandPoolCreateInfo pci = { .sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                    .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT, .queueFamilyIndex = qf };
+    if ((r = vkCreateCommandPool(v->dev, &pci, NULL, &v->pool)) != VK_SUCCESS) return vm_errf(e, "vulkan: command pool (%d)", (int)r);
+    VkCommandBufferAllocateInfo cai = { .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = v->pool,
+                                        .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1 };
+    if ((r = vkAllocateCommandBuffers(v->dev, &cai, &v->cmd)) != VK_SUCCESS) return vm_errf(e, "vulkan: command buffer (%d)", (int)r);
+    VkFenceCreateInfo fci = { .sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO };
+    if ((r = vkCreateFence(v->dev, &fci, NULL, &v->fence)) != VK_SUCCESS) return vm_errf(e, "vulkan: fence (%d)", (int)r);
+    VkPushConstantRange range = { VK_SHADER_STAGE_COMPUTE_BIT, 0, PUSH_BYTES };
+    VkPipelineLayoutCreateInfo lci = { .sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+                                       .pushConstantRangeCount = 1, .pPushConstantRanges = &range };
+    if ((r = vkCreatePipelineLayout(v->dev, &lci, NULL, &v->layout)) != VK_SUCCESS) return vm_errf(e, "vulkan: pipeline layout (%d)", (int)r);
+    return 0;
+}
+
+vm_backend *vm_backend_vulkan_create(const char *device_hint, vm_err *e) {
+    vm_backend *be = calloc(1, sizeof *be);
+    vk_impl *v = calloc(1, sizeof *v);
+    if (!be || !v) { free(be); free(v); vm_errf(e, "out of memory"); return NULL; }
+    be->impl = v;
+    if (setup(v, device_hint, e) != 0) { vk_destroy(be); return NULL; }
+    be->name = "vulkan";
+    be->buf_alloc = vk_buf_alloc;
+    be->buf_free = vk_buf_free;
+    be->buf_write = vk_buf_write;
+    be->buf_read = vk_buf_read;
+    be->weight_prepare = vk_weight_prepare;
+    be->embed = vk_embed;
+    be->rmsnorm = vk_rmsnorm;
+    be->matmul = vk_matmul;
+    be->add_bias = vk_add_bias;
+    be->rope = vk_rope;
+    be->cache_write = vk_cache_write;
+    be->attention = vk_attention;
+    be->swiglu = vk_swiglu;
+    be->add = vk_add;
+    be->get_rows = vk_get_rows;
+    be->sync = vk_sync;
+    be->destroy = vk_destroy;
+    return be;
+}
+
+const char *vm_backend_vulkan_device_name(const vm_backend *be) { return impl_of(be)->name; }
+int vm_backend_vulkan_is_software(const vm_backend *be) { return impl_of(be)->software; }
+
+#endif
