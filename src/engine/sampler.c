@@ -262,16 +262,20 @@ int32_t vm_sample_row(vm_sample_ctx *c, vm_request *r, float *logits) {
     vm_apply_min_p(logits, V, p->min_p);
     vm_apply_top_k_top_p(logits, V, p->top_k, p->top_p, c->idx);
 
-    // draw from softmax(logits) by inverse CDF with the request's own generator
+    // draw from softmax(logits) by inverse CDF with the request's own generator;
+    // the row is overwritten with the unnormalized probabilities (one exp per token)
     float mx = -INFINITY;
     for (int t = 0; t < V; t++) if (logits[t] > mx) mx = logits[t];
     double sum = 0;
-    for (int t = 0; t < V; t++) sum += (logits[t] == -INFINITY) ? 0 : exp((double)logits[t] - mx);
+    for (int t = 0; t < V; t++) {
+        logits[t] = logits[t] == -INFINITY ? 0.0f : expf(logits[t] - mx);
+        sum += logits[t];
+    }
     double u = vm_rng_uniform(&r->rng) * sum, cum = 0;
     int32_t last = -1;
     for (int t = 0; t < V; t++) {
-        if (logits[t] == -INFINITY) continue;
-        cum += exp((double)logits[t] - mx);
+        if (logits[t] == 0.0f) continue;
+        cum += logits[t];
         last = t;
         if (u < cum) return t;
     }
