@@ -77,10 +77,14 @@ class Engine:
         return json.dumps({k: v for k, v in p.items() if v is not None}).encode()
 
     def generate(self, prompt=None, params=None, *, prompt_token_ids=None, messages=None,
-                 add_generation_prompt=True, chat_template_kwargs=None, **sampling):
+                 add_generation_prompt=True, chat_template_kwargs=None, images=None, **sampling):
         """Runs one request; returns the result dict (text, token_ids, finish_reason,
-        stop_reason, prompt_token_ids, usage[, logprobs])."""
+        stop_reason, prompt_token_ids, usage[, logprobs]).
+        images (vision-language models): file paths, http(s)/data: URLs or bytes; the
+        prompt holds one <|image_pad|> per image, or none (then they go first)."""
         req = {}
+        if images:
+            req["images"] = [_image_source(im) for im in images]
         if prompt is not None:
             req["prompt"] = prompt
         if prompt_token_ids is not None:
@@ -94,7 +98,7 @@ class Engine:
                                             self._params(params, sampling))
         return json.loads(take_string(out))
 
-    def chat(self, messages, params=None, **sampling):
+    def chat(self, messages, params=None, **sampling):  # image_url parts: use the server
         return self.generate(messages=messages, params=params, **sampling)
 
     def generate_ids(self, prompt_token_ids, params=None, **sampling):
@@ -135,3 +139,16 @@ class Engine:
 
     def stats(self):
         return json.loads(take_string(self._lib.vllm_metal_engine_stats(self._handle())))
+
+
+def _image_source(im):
+    """An image for the C API: bytes become a data: URL; str / os.PathLike pass as given."""
+    import base64
+    import os
+    if isinstance(im, (bytes, bytearray, memoryview)):
+        return "data:application/octet-stream;base64," + base64.b64encode(bytes(im)).decode()
+    if isinstance(im, os.PathLike):
+        return os.fspath(im)
+    if isinstance(im, str):
+        return im
+    raise TypeError(f"an image must be a path, a URL or bytes, not {type(im).__name__}")

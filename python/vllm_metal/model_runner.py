@@ -89,16 +89,17 @@ class MetalModelRunner:
     def generate(self, prompt, images=None, max_tokens=100, temperature=0.0, top_p=None, top_k=None,
                  seed=None, stop=None, **kwargs):
         """Generates a completion of the raw prompt text; returns the generated text.
-        temperature 0 is greedy. Other vLLM sampling parameters pass through kwargs."""
+        temperature 0 is greedy. Other vLLM sampling parameters pass through kwargs.
+        images (vision-language models such as Qwen2-VL): paths, http(s)/data: URLs or
+        bytes; the prompt holds one <|image_pad|> per image (inside
+        <|vision_start|>...<|vision_end|>), or none and the images go first."""
         eng = self._require()
-        if images:
-            raise NotImplementedError(
-                f"images given, but {self.model_name} is a text-only model: vision-language models "
-                "are not supported by vllm-metal yet; call generate() without images")
         if not isinstance(prompt, str):
             raise TypeError("prompt must be a string")
+        if images is not None and not isinstance(images, (list, tuple)):
+            images = [images]
         out = eng.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                           seed=seed, stop=stop, **kwargs)
+                           seed=seed, stop=stop, images=list(images) if images else None, **kwargs)
         return out["text"]
 
     def chat(self, messages, max_tokens=100, temperature=0.0, **kwargs):

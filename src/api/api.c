@@ -470,13 +470,56 @@ static int encode(vllm_metal_engine *h, const char *text, int add_special, int32
     return 0;
 }
 
+static int run_one_mm(vllm_metal_engine *h, const int32_t *ids, int n_ids, vm_mm_inputs *mm,
+                      const vm_sampling_params *p, vm_offline_result *r);
+
 // Runs one request; on success fills r (caller frees with vm_offline_result_free).
 static int run_one(vllm_metal_engine *h, const int32_t *ids, int n_ids, const vm_sampling_params *p,
                    vm_offline_result *r) {
+    return run_one_mm(h, ids, n_ids, NULL, p, r);
+}
+
+// The request's "images": each a data: URL, an http(s) URL or a local file path.
+static vm_mm_inputs *load_images(vllm_metal_engine *h, json_t *images) {
+    if (!json_is_array(images)) { set_error("images must be a list of paths, URLs or data: URLs"); return NULL; }
+    size_t k = json_array_size(images);
+    if (k == 0) return NULL;
+    if (!vm_engine_is_vlm(h->eng)) {
+        set_error("images given, but the model is not a vision-language model (it does not take images)");
+        return NULL;
+    }
+    vm_image_input *in = calloc(k, sizeof *in);
+    void **bufs = calloc(k, sizeof *bufs);
+    vm_mm_inputs *mm = NULL;
+    vm_image_fetch_opts fo;
+    vm_image_fetch_defaults(&fo);
+    fo.allow_files = 1; // the caller's own machine
+    size_t i;
+    for (i = 0; in && bufs && i < k; i++) {
+        const char *src = json_string_value(json_array_get(images, i));
+        vm_err e = {{0}};
+        size_t n = 0;
+        if (!src) { set_error("images[%zu] must be a string", i); break; }
+        if (vm_image_source_read(src, &fo, &bufs[i], &n, &e)) { set_error("image %zu: %s", i + 1, e.msg); break; }
+        in[i] = (vm_image_input){ .bytes = bufs[i], .n_bytes = n };
+    }
+    if (!in || !bufs) set_error("out of memory");
+    else if (i == k) {
+        vm_err e = {{0}};
+        if (!(mm = vm_engine_prepare_images(h->eng, in, (int)k, 0, &e))) set_error("%s", e.msg);
+    }
+    for (size_t j = 0; bufs && j < k; j++) free(bufs[j]);
+    free(bufs); free(in);
+    return mm;
+}
+
+static int run_one_mm(vllm_metal_engine *h, const int32_t *ids, int n_ids, vm_mm_inputs *mm,
+                      const vm_sampling_params *p, vm_offline_result *r) {
     const int32_t *const idv[1] = { ids };
     int nv[1] = { n_ids };
+    vm_mm_inputs *mv[1] = { mm };
     vm_err e = {{0}};
-    if (vm_engine_generate(h->eng, 1, NULL, idv, nv, p, r, &e) != 0) {
+    if (vm_engine_generate_mm(h->eng, 1, NULL, idv, nv, mm ? mv : NULL, p, r, &e) != 0) {
         set_error("%s", e.msg[0] ? e.msg : "generation failed");
         vm_offline_result_free(r);
         return -1;
@@ -501,14 +544,16 @@ char *vllm_metal_generate(vllm_metal_engine *h, const char *request_json, const 
     char *out = NULL, *rendered = NULL;
     int32_t *ids = NULL;
     int n_ids = 0;
+    vm_mm_inputs *mm = NULL;
     vm_offline_result r;
     memset(&r, 0, sizeof r);
     const char *k;
     json_t *v;
     json_object_foreach(req, k, v) {
         if (strcmp(k, "prompt") && strcmp(k, "prompt_token_ids") && strcmp(k, "messages") &&
-            strcmp(k, "add_generation_prompt") && strcmp(k, "chat_template_kwargs") && strcmp(k, "tools")) {
-            set_error("request: unknown field '%s' (prompt, prompt_token_ids or messages)", k);
+            strcmp(k, "add_generation_prompt") && strcmp(k, "chat_template_kwargs") && strcmp(k, "tools") &&
+            strcmp(k, "images")) {
+            set_error("request: unknown field '%s' (prompt, prompt_token_ids, messages or images)", k);
             goto done;
         }
     }
@@ -522,7 +567,35 @@ char *vllm_metal_generate(vllm_metal_engine *h, const char *request_json, const 
         if (!(rendered = render_chat(h, req))) goto done;
         if (encode(h, rendered, 0, &ids, &n_ids)) goto done; // the template holds the special tokens
     }
-    if (run_one(h, ids, n_ids, &ph.p, &r) != 0) goto done;
+    json_t *images = json_object_get(req, "images");
+    if (images && json_array_size(images) > 0) {
+        if (!(mm = load_images(h, images))) goto done;
+        // a prompt without placeholders gets one <|vision_start|><|image_pad|><|vision_end|> per image up front
+        int runs = 0;
+        for (int i = 0; i < n_ids; i++)
+            runs += ids[i] == vm_engine_image_token_id(h->eng) && (i == 0 || ids[i - 1] != ids[i]);
+        if (runs == 0) {
+            int k = vm_mm_inputs_count(mm), bos = n_ids > 0 && ids[0] == vm_engine_bos_token_id(h->eng);
+            int32_t *with = malloc(((size_t)n_ids + 3 * (size_t)k) * sizeof *with);
+            if (!with) { set_error("out of memory"); goto done; }
+            int m = 0;
+            if (bos) with[m++] = ids[0];
+            for (int i = 0; i < k; i++) {
+                with[m++] = vm_engine_vision_token_id(h->eng, 0);
+                with[m++] = vm_engine_image_token_id(h->eng);
+                with[m++] = vm_engine_vision_token_id(h->eng, 1);
+            }
+            for (int i = bos; i < n_ids; i++) with[m++] = ids[i];
+            free(ids);
+            ids = with; n_ids = m;
+        }
+        int32_t *exp; int n_exp;
+        vm_err e = {{0}};
+        if (vm_mm_expand_prompt(mm, ids, n_ids, &exp, &n_exp, &e)) { set_error("%s", e.msg); goto done; }
+        free(ids);
+        ids = exp; n_ids = n_exp;
+    }
+    if (run_one_mm(h, ids, n_ids, mm, &ph.p, &r) != 0) goto done;
     json_t *o = json_object();
     json_object_set_new(o, "text", json_string(r.text ? r.text : ""));
     json_object_set_new(o, "token_ids", ids_json(r.token_ids, r.n_tokens));
@@ -567,6 +640,7 @@ char *vllm_metal_generate(vllm_metal_engine *h, const char *request_json, const 
     out = dump(o);
 done:
     vm_offline_result_free(&r);
+    vm_mm_inputs_release(mm);
     free(ids);
     free(rendered);
     params_free(&ph);

@@ -135,6 +135,7 @@ struct vm_engine {
     vm_engine_args args;
     vm_executor exec;
     vm_text_codec *codec;
+    int bos_token_id;        // -1: unknown
     int vocab_size;
     vm_kv_pool *pool;
     vm_scheduler *sched;
@@ -193,6 +194,7 @@ vm_engine *vm_engine_create_with(const vm_engine_args *args, vm_executor exec, v
     if (a->max_model_len <= 0) a->max_model_len = exec.max_position_embeddings > 0 ? exec.max_position_embeddings : 2048;
     if (a->num_kv_blocks < 2) { vm_errf(e, "engine: num_kv_blocks must be set (>= 2)"); goto fail; }
     eng->vocab_size = exec.vocab_size;
+    eng->bos_token_id = -1;
     eng->next_id = 1;
     vm_rng_seed(&eng->seed_rng, (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)eng << 16));
     if (!(eng->pool = vm_kv_pool_create(a->num_kv_blocks, a->block_size, a->enable_prefix_caching, e))) goto fail;
@@ -239,7 +241,9 @@ vm_engine *vm_engine_create(const vm_engine_args *args, vm_err *e) {
         for (int j = 0; j < a.n_eos_token_ids; j++) if (a.eos_token_ids[j] == tok_eos[i]) have = true;
         if (!have) a.eos_token_ids[a.n_eos_token_ids++] = tok_eos[i];
     }
-    return vm_engine_create_with(&a, ex, codec, e);
+    vm_engine *eng = vm_engine_create_with(&a, ex, codec, e);
+    if (eng) eng->bos_token_id = info.bos_token_id;
+    return eng;
 }
 
 static void request_free(vm_request *r);
@@ -286,6 +290,8 @@ static void request_free(vm_request *r) {
     for (int i = 0; i < r->n_bad_words; i++) free(r->bad_words[i].ids);
     free(r->bad_words);
     free(r->tokens); free(r->blocks); free(r->hashes);
+    free(r->mrope_pos); free(r->image_offset); free(r->image_tokens); free(r->image_features);
+    vm_mm_inputs_release(r->mm);
     for (int i = 0; i < r->n_lp; i++) free(r->lp[i].entries);
     free(r->lp);
     if (r->plp) for (int i = 0; i < r->n_plp; i++) free(r->plp[i].entries);
@@ -306,10 +312,25 @@ static void request_free(vm_request *r) {
 
 static vm_request *request_create(vm_engine *eng, uint64_t id, int index, const int32_t *ids, int n,
                                   const vm_sampling_params *p, const vm_token_seq *bad, int n_bad,
-                                  vm_err *e) {
+                                  vm_mm_inputs *mm, const int32_t *mrope, int32_t rope_delta, vm_err *e) {
     vm_request *r = calloc(1, sizeof *r);
     if (!r) { vm_errf(e, "out of memory"); return NULL; }
     r->id = id; r->index = index;
+    if (mm) {
+        r->mm = vm_mm_inputs_retain(mm);
+        r->rope_delta = rope_delta;
+        DUP_ARR(r->mrope_pos, mrope, 3 * n);
+        int k = mm->n_images;
+        if (!(r->image_offset = calloc((size_t)k, sizeof *r->image_offset)) ||
+            !(r->image_tokens = calloc((size_t)k, sizeof *r->image_tokens)) ||
+            !(r->image_features = calloc((size_t)k, sizeof *r->image_features))) goto oom;
+        for (int i = 0, img = 0; i < n && img < k; i++)
+            if (ids[i] == mm->image_token_id && (i == 0 || ids[i - 1] != mm->image_token_id)) {
+                r->image_offset[img] = i;
+                r->image_tokens[img] = mm->images[img].n_tokens;
+                img++;
+            }
+    }
     r->sp = *p;
     r->cap_tokens = n + 64;
     if (!(r->tokens = malloc((size_t)r->cap_tokens * sizeof *r->tokens))) goto oom;
@@ -395,8 +416,26 @@ static int tokenize_bad_words(vm_engine *eng, const vm_sampling_params *p, vm_to
     return 0;
 }
 
+int vm_engine_is_vlm(const vm_engine *eng) { return eng->exec.vision != NULL; }
+int vm_engine_image_token_id(const vm_engine *eng) { return eng->exec.vision ? eng->exec.vision->image_token_id : -1; }
+int vm_engine_vision_token_id(const vm_engine *eng, int end) {
+    if (!eng->exec.vision) return -1;
+    return end ? eng->exec.vision->vision_end_token_id : eng->exec.vision->vision_start_token_id;
+}
+int vm_engine_bos_token_id(const vm_engine *eng) { return eng->bos_token_id; }
+
+vm_mm_inputs *vm_engine_prepare_images(vm_engine *eng, const vm_image_input *images, int n,
+                                       int64_t max_pixels, vm_err *e) {
+    return vm_mm_prepare(eng->exec.vision, images, n, max_pixels, e);
+}
+
 vm_stream *vm_engine_submit(vm_engine *eng, const char *text, const int32_t *ids, int n_ids,
                             const vm_sampling_params *p, vm_err *e) {
+    return vm_engine_submit_mm(eng, text, ids, n_ids, NULL, p, e);
+}
+
+vm_stream *vm_engine_submit_mm(vm_engine *eng, const char *text, const int32_t *ids, int n_ids,
+                               vm_mm_inputs *mm, const vm_sampling_params *p, vm_err *e) {
     vm_sampling_params def;
     if (!p) { vm_sampling_params_init(&def); p = &def; }
     if (vm_sampling_params_validate(p, eng->vocab_size, eng->args.max_logprobs, e)) return NULL;
@@ -410,8 +449,27 @@ vm_stream *vm_engine_submit(vm_engine *eng, const char *text, const int32_t *ids
         ids = owned;
     }
     if (n_ids <= 0) { free(owned); vm_errf(e, "The prompt cannot be empty"); return NULL; }
-    if (n_ids > eng->args.max_model_len) {
+    int32_t *mrope = NULL, rope_delta = 0;
+    if (mm && mm->n_images == 0) mm = NULL;
+    if (mm) {
+        if (!eng->exec.vision) { free(owned); vm_errf(e, "this model does not take images (it is not a vision-language model)"); return NULL; }
+        int32_t *expanded; int n_exp;
+        if (vm_mm_expand_prompt(mm, ids, n_ids, &expanded, &n_exp, e)) { free(owned); return NULL; }
         free(owned);
+        owned = expanded; ids = expanded; n_ids = n_exp;
+        if (n_ids <= eng->args.max_model_len) {
+            int grid[mm->n_images][3];
+            for (int i = 0; i < mm->n_images; i++) memcpy(grid[i], mm->images[i].grid_thw, sizeof grid[i]);
+            mrope = malloc((size_t)n_ids * 3 * sizeof *mrope);
+            if (!mrope) { free(owned); vm_errf(e, "out of memory"); return NULL; }
+            if (vm_mrope_positions(ids, n_ids, mm->image_token_id, mm->merge_size, mm->n_images,
+                                   (const int (*)[3])grid, mrope, &rope_delta, e)) {
+                free(owned); free(mrope); return NULL;
+            }
+        }
+    }
+    if (n_ids > eng->args.max_model_len) {
+        free(owned); free(mrope);
         vm_errf(e, "The decoder prompt (length %d) is longer than the maximum model length of %d. "
                    "Make sure that `max_model_len` is no smaller than the number of text tokens.",
                 n_ids, eng->args.max_model_len);
@@ -420,11 +478,11 @@ vm_stream *vm_engine_submit(vm_engine *eng, const char *text, const int32_t *ids
     for (int i = 0; i < n_ids; i++)
         if (ids[i] < 0 || ids[i] >= eng->vocab_size) {
             vm_errf(e, "Token id %d is out of vocabulary (size %d)", ids[i], eng->vocab_size);
-            free(owned);
+            free(owned); free(mrope);
             return NULL;
         }
     vm_token_seq *bad = NULL; int n_bad = 0;
-    if (tokenize_bad_words(eng, p, &bad, &n_bad, e)) { free(owned); return NULL; }
+    if (tokenize_bad_words(eng, p, &bad, &n_bad, e)) { free(owned); free(mrope); return NULL; }
 
     pthread_mutex_lock(&eng->mu);
     uint64_t id = eng->next_id++;
@@ -433,10 +491,11 @@ vm_stream *vm_engine_submit(vm_engine *eng, const char *text, const int32_t *ids
     vm_request **reqs = calloc((size_t)p->n, sizeof *reqs);
     bool ok = s && reqs;
     for (int i = 0; ok && i < p->n; i++)
-        if (!(reqs[i] = request_create(eng, id, i, ids, n_ids, p, bad, n_bad, e))) ok = false;
+        if (!(reqs[i] = request_create(eng, id, i, ids, n_ids, p, bad, n_bad, mm, mrope, rope_delta, e))) ok = false;
     for (int i = 0; i < n_bad; i++) free(bad[i].ids);
     free(bad);
     free(owned);
+    free(mrope);
     if (!ok) {
         if (reqs) for (int i = 0; i < p->n; i++) request_free(reqs[i]);
         free(reqs);
@@ -583,10 +642,24 @@ static void take_inbox_and_aborts(vm_engine *eng) {
         vm_request *r = eng->inbox[i];
         if (vm_grow((void **)&eng->live, &eng->cap_live, eng->n_live + 1, sizeof *eng->live) == 0)
             eng->live[eng->n_live++] = r;
-        vm_scheduler_add(eng->sched, r);
+        if (!r->mm) vm_scheduler_add(eng->sched, r);
     }
+    int n_taken = eng->n_inbox;
+    vm_request **taken = n_taken ? malloc((size_t)n_taken * sizeof *taken) : NULL;
+    if (taken) memcpy(taken, eng->inbox, (size_t)n_taken * sizeof *taken);
     eng->n_inbox = 0;
     pthread_mutex_unlock(&eng->mu);
+    // requests with images: the vision tower runs once per image (shared by the
+    // request's n sequences); the features stay with the request until it ends
+    for (int i = 0; i < n_taken; i++) {
+        vm_request *r = taken ? taken[i] : NULL;
+        if (!r || !r->mm) continue;
+        vm_err ve = {{0}};
+        if (vm_mm_encode(r->mm, &eng->exec, &ve)) { finish_request(eng, r, VM_FINISH_ERROR, ve.msg); continue; }
+        for (int k = 0; k < r->mm->n_images; k++) r->image_features[k] = r->mm->images[k].features;
+        vm_scheduler_add(eng->sched, r);
+    }
+    free(taken);
     for (int i = eng->n_live - 1; i >= 0; i--) {
         if (i >= eng->n_live) continue;
         vm_request *r = eng->live[i];
@@ -628,6 +701,13 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         if (r->sp.prompt_logprobs >= 0 && !r->plp_sent && st->start < r->n_prompt - 1) from = st->start;
         eng->seqs[i] = (vm_runner_seq){ .tokens = r->tokens, .start = st->start, .n_new = st->n_new,
                                         .blocks = r->blocks, .n_blocks = r->n_blocks, .logits_from = from };
+        if (r->mm) {
+            eng->seqs[i].mrope_pos = r->mrope_pos; eng->seqs[i].n_mrope = r->n_prompt;
+            eng->seqs[i].rope_delta = r->rope_delta;
+            eng->seqs[i].n_images = r->mm->n_images;
+            eng->seqs[i].image_offset = r->image_offset; eng->seqs[i].image_tokens = r->image_tokens;
+            eng->seqs[i].image_features = r->image_features;
+        }
         if (st->start < r->n_prompt) prompt_tokens += (uint64_t)(VM_MIN(end, r->n_prompt) - st->start);
     }
     float *logits = NULL;

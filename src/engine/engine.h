@@ -13,6 +13,7 @@
 #include "../common/common.h"
 #include "../model/model.h"
 #include "../platform/platform.h"
+#include "../vision/vision.h"
 
 // ---------------------------------------------------------------- sampling
 
@@ -150,6 +151,42 @@ int vm_engine_num_kv_blocks(const vm_engine *eng);
 int vm_engine_vocab_size(const vm_engine *eng);
 vm_text_codec *vm_engine_codec(vm_engine *eng);
 
+// ---------------------------------------------------------------- images (VLMs)
+
+// One image for a request: encoded bytes (JPEG/PNG/WebP) or decoded RGB8 pixels.
+typedef struct vm_image_input {
+    const void *bytes; size_t n_bytes; // encoded, or
+    const vm_image *pixels;            // decoded (when bytes is NULL)
+} vm_image_input;
+
+// A request's images, preprocessed for the model's vision tower (shared by the
+// n sequences of a request; reference-counted). The engine runs the tower once
+// per image when it admits the request and keeps the features until it finishes.
+typedef struct vm_mm_inputs vm_mm_inputs;
+
+// Whether the engine's model takes images.
+int vm_engine_is_vlm(const vm_engine *eng);
+int vm_engine_image_token_id(const vm_engine *eng);           // -1: text-only
+int vm_engine_vision_token_id(const vm_engine *eng, int end); // vision_start (0) / vision_end (1)
+int vm_engine_bos_token_id(const vm_engine *eng);             // the model config's, -1: unknown
+// Decodes (bytes) and preprocesses images; NULL + a message naming the image on a
+// bad image or a text-only model. max_pixels <= 0: VM_IMAGE_DEFAULT_MAX_PIXELS.
+vm_mm_inputs *vm_engine_prepare_images(vm_engine *eng, const vm_image_input *images, int n,
+                                       int64_t max_pixels, vm_err *e);
+void vm_mm_inputs_release(vm_mm_inputs *mm);
+int vm_mm_inputs_count(const vm_mm_inputs *mm);
+// 64-bit content hash of image i (pixels + size): the prefix cache's extra key.
+uint64_t vm_mm_inputs_hash(const vm_mm_inputs *mm, int i);
+// Expands the prompt's image placeholders: each image_token_id run of length 1
+// becomes the image's t*h*w/merge^2 tokens (runs already that long are kept).
+// Errors when the number of runs is not the number of images. *out: malloc'ed.
+int vm_mm_expand_prompt(const vm_mm_inputs *mm, const int32_t *ids, int n, int32_t **out,
+                        int *n_out, vm_err *e);
+// vm_engine_submit with images (mm may be NULL): expands the prompt's image
+// placeholders, computes the M-RoPE positions and takes a reference on mm.
+vm_stream *vm_engine_submit_mm(vm_engine *eng, const char *text, const int32_t *ids, int n_ids,
+                               vm_mm_inputs *mm, const vm_sampling_params *p, vm_err *e);
+
 // Submits a prompt (token ids, or text when ids is NULL) -> stream (NULL + error on
 // validation failure: bad params, prompt longer than max_model_len, empty prompt).
 vm_stream *vm_engine_submit(vm_engine *eng, const char *text, const int32_t *ids, int n_ids,
@@ -199,6 +236,10 @@ typedef struct vm_offline_result {
 int vm_engine_generate(vm_engine *eng, int n, const char *const *texts, const int32_t *const *ids,
                        const int *n_ids, const vm_sampling_params *p, vm_offline_result *outs,
                        vm_err *e);
+// vm_engine_generate with images: mm[i] (may be NULL) for prompt i.
+int vm_engine_generate_mm(vm_engine *eng, int n, const char *const *texts, const int32_t *const *ids,
+                          const int *n_ids, vm_mm_inputs *const *mm, const vm_sampling_params *p,
+                          vm_offline_result *outs, vm_err *e);
 void vm_offline_result_free(vm_offline_result *r);
 
 // CLI entry points (argv[0] is the subcommand name).

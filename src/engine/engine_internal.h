@@ -72,6 +72,30 @@ int vm_seq_detok_add(vm_seq_detok *d, vm_text_codec *c, int32_t tok, int skip_sp
 // Text ready to emit (finished: everything). Returns a malloc'ed string.
 char *vm_seq_detok_take(vm_seq_detok *d, bool finished);
 
+// ---------------------------------------------------------------- images (mm.c)
+
+typedef struct vm_mm_image {
+    float *pixels; int n_patches;   // pixel_values, freed once encoded
+    int grid_thw[3];
+    int n_tokens;                   // t*h*w / merge^2 image-pad tokens
+    uint64_t hash;                  // sha256 of (width, height, RGB) -> 64 bits
+    float *features;                // (n_tokens, feature_dim) once encoded
+} vm_mm_image;
+
+struct vm_mm_inputs {
+    int refs;                       // atomic (__atomic builtins)
+    int n_images;
+    vm_mm_image *images;
+    int image_token_id, merge_size;
+    bool encoded;                   // engine thread only
+};
+
+vm_mm_inputs *vm_mm_inputs_retain(vm_mm_inputs *mm);
+vm_mm_inputs *vm_mm_prepare(const vm_vision_info *vi, const vm_image_input *images, int n,
+                            int64_t max_pixels, vm_err *e);
+// Runs the executor's vision tower over every image of mm that has no features yet.
+int vm_mm_encode(vm_mm_inputs *mm, const vm_executor *ex, vm_err *e);
+
 // ---------------------------------------------------------------- requests
 
 typedef enum { VM_REQ_WAITING, VM_REQ_RUNNING, VM_REQ_FINISHED } vm_req_status;
@@ -97,6 +121,12 @@ typedef struct vm_request {
     int n_cached;            // prompt tokens found in the prefix cache (first schedule)
     bool counted_cache;
     int *blocks; int n_blocks, cap_blocks;
+    // images (NULL/0 for text requests): M-RoPE positions of the prompt [3][n_prompt],
+    // and each image's first pad token and count (prefix-cache extra keys)
+    vm_mm_inputs *mm;
+    int32_t *mrope_pos; int32_t rope_delta;
+    int *image_offset, *image_tokens;
+    const float **image_features;
     uint64_t *hashes; int n_hashes, cap_hashes; // chain hashes of the full blocks of tokens
     vm_req_status status;
     bool aborted;

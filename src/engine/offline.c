@@ -48,13 +48,19 @@ static void absorb(vm_offline_result *r, vm_request_output *o) {
 int vm_engine_generate(vm_engine *eng, int n, const char *const *texts, const int32_t *const *ids,
                        const int *n_ids, const vm_sampling_params *p, vm_offline_result *outs,
                        vm_err *e) {
+    return vm_engine_generate_mm(eng, n, texts, ids, n_ids, NULL, p, outs, e);
+}
+
+int vm_engine_generate_mm(vm_engine *eng, int n, const char *const *texts, const int32_t *const *ids,
+                          const int *n_ids, vm_mm_inputs *const *mm, const vm_sampling_params *p,
+                          vm_offline_result *outs, vm_err *e) {
     vm_stream **streams = calloc((size_t)(n > 0 ? n : 1), sizeof *streams);
     if (!streams) return vm_errf(e, "out of memory");
     memset(outs, 0, (size_t)n * sizeof *outs);
     int rc = 0;
     for (int i = 0; i < n; i++) {
-        streams[i] = vm_engine_submit(eng, texts ? texts[i] : NULL, ids ? ids[i] : NULL,
-                                      n_ids ? n_ids[i] : 0, p, e);
+        streams[i] = vm_engine_submit_mm(eng, texts ? texts[i] : NULL, ids ? ids[i] : NULL,
+                                         n_ids ? n_ids[i] : 0, mm ? mm[i] : NULL, p, e);
         if (!streams[i]) { rc = -1; break; }
     }
     bool threaded = vm_engine_is_threaded(eng);

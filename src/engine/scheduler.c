@@ -43,7 +43,16 @@ void vm_request_hashes(vm_request *r, int bs, int n_full) {
     if (vm_grow((void **)&r->hashes, &r->cap_hashes, n_full, sizeof *r->hashes)) return;
     for (int i = r->n_hashes; i < n_full; i++) {
         uint64_t parent = i ? r->hashes[i - 1] : 0;
-        r->hashes[i] = vm_block_hash(parent, r->tokens + (size_t)i * bs, bs, NULL, 0);
+        // blocks holding image tokens also key on the images' content (vLLM's extra keys)
+        uint64_t extra[8]; int n_extra = 0;
+        for (int k = 0; r->mm && k < r->mm->n_images; k++) {
+            int lo = r->image_offset[k], hi = lo + r->image_tokens[k];
+            if (hi <= i * bs || lo >= (i + 1) * bs) continue;
+            uint64_t h = r->mm->images[k].hash ^ ((uint64_t)(lo - i * bs) << 1);
+            if (n_extra < 8) extra[n_extra++] = h;
+            else extra[7] = extra[7] * 0x9e3779b97f4a7c15ULL ^ h;
+        }
+        r->hashes[i] = vm_block_hash(parent, r->tokens + (size_t)i * bs, bs, extra, n_extra);
     }
     r->n_hashes = n_full;
 }

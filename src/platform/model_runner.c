@@ -2,7 +2,9 @@
 // positions, per-sequence KV lengths and block tables, the slot of each token
 // in the paged KV cache, and the rows whose logits are needed; then runs one
 // forward pass over it.
+#include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "platform.h"
 
@@ -12,6 +14,10 @@ struct vm_model_runner {
     int32_t *seq_start, *ctx_len; int cap_seqs;
     int32_t *block_table; size_t cap_table;
     float *logits; size_t cap_logits;
+    // vision-language steps
+    int32_t *mrope; int cap_mrope;           // [3][n_tokens]
+    float *embeds; size_t cap_embeds;        // (n_embeds, feature_dim)
+    int32_t *embed_rows; int cap_embed_rows;
 };
 
 vm_model_runner *vm_model_runner_create(int block_size, int vocab_size, vm_err *e) {
@@ -25,6 +31,7 @@ void vm_model_runner_free(vm_model_runner *r) {
     if (!r) return;
     free(r->tokens); free(r->positions); free(r->slots); free(r->rows);
     free(r->seq_start); free(r->ctx_len); free(r->block_table); free(r->logits);
+    free(r->mrope); free(r->embeds); free(r->embed_rows);
     free(r);
 }
 
@@ -89,13 +96,68 @@ int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_
     }
     r->seq_start[n_seqs] = t;
 
+    // Vision-language requests in the batch: M-RoPE positions for every row
+    // (text rows: the same position on all three axes) and the image features
+    // of the image-pad rows that fall inside this step.
+    bool any_mm = false;
+    for (int s = 0; s < n_seqs; s++) if (seqs[s].mrope_pos) any_mm = true;
+    int n_embeds = 0;
+    if (any_mm) {
+        if (!ex->forward_mm || !ex->vision) return vm_errf(e, "model runner: this model takes no images");
+        const int D = ex->vision->feature_dim;
+        if (n_tokens > r->cap_mrope) {
+            void *p = realloc(r->mrope, (size_t)n_tokens * 3 * sizeof(int32_t));
+            void *q = p ? realloc(r->embed_rows, (size_t)n_tokens * sizeof(int32_t)) : NULL;
+            if (p) r->mrope = p;
+            if (q) r->embed_rows = q;
+            if (!p || !q) return vm_errf(e, "model runner: out of memory");
+            r->cap_mrope = r->cap_embed_rows = n_tokens;
+        }
+        int rows_img = 0;
+        for (int s = 0; s < n_seqs; s++) {
+            const vm_runner_seq *q = &seqs[s];
+            for (int i = 0; i < q->n_images; i++) {
+                int lo = VM_MAX(q->start, q->image_offset[i]);
+                int hi = VM_MIN(q->start + q->n_new, q->image_offset[i] + q->image_tokens[i]);
+                if (hi > lo) rows_img += hi - lo;
+            }
+        }
+        if ((size_t)rows_img * D > r->cap_embeds) {
+            void *p = realloc(r->embeds, (size_t)rows_img * D * sizeof(float));
+            if (!p) return vm_errf(e, "model runner: out of memory");
+            r->embeds = p; r->cap_embeds = (size_t)rows_img * D;
+        }
+        for (int s = 0; s < n_seqs; s++) {
+            const vm_runner_seq *q = &seqs[s];
+            int t0 = r->seq_start[s];
+            for (int p = q->start; p < q->start + q->n_new; p++) {
+                int t = t0 + p - q->start;
+                for (int a = 0; a < 3; a++)
+                    r->mrope[a * n_tokens + t] = !q->mrope_pos ? p
+                        : p < q->n_mrope ? q->mrope_pos[a * q->n_mrope + p] : p + q->rope_delta;
+            }
+            for (int i = 0; i < q->n_images; i++) {
+                int lo = VM_MAX(q->start, q->image_offset[i]);
+                int hi = VM_MIN(q->start + q->n_new, q->image_offset[i] + q->image_tokens[i]);
+                for (int p = lo; p < hi; p++, n_embeds++) {
+                    r->embed_rows[n_embeds] = t0 + p - q->start;
+                    memcpy(r->embeds + (size_t)n_embeds * D,
+                           q->image_features[i] + (size_t)(p - q->image_offset[i]) * D, (size_t)D * sizeof(float));
+                }
+            }
+        }
+    }
+
     vm_batch b = {
         .n_tokens = n_tokens, .tokens = r->tokens, .positions = r->positions,
         .n_seqs = n_seqs, .seq_start = r->seq_start, .ctx_len = r->ctx_len,
         .max_blocks_per_seq = max_blocks, .block_table = r->block_table,
         .slot_mapping = r->slots, .n_logits = n_rows, .logit_rows = r->rows,
     };
-    if (ex->forward(ex->ctx, &b, r->logits, e)) return -1;
+    if (any_mm) {
+        if (ex->forward_mm(ex->ctx, &b, n_embeds ? r->embeds : NULL, n_embeds ? r->embed_rows : NULL, n_embeds,
+                           r->mrope, r->logits, e)) return -1;
+    } else if (ex->forward(ex->ctx, &b, r->logits, e)) return -1;
     *logits = r->logits;
     *n_logits = n_rows;
     return 0;

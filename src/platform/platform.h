@@ -9,15 +9,32 @@
 
 #include "../common/common.h"
 #include "../model/model.h"
+#include "../vision/vision.h"
+
+// What a vision-language executor tells the engine about its image side.
+typedef struct vm_vision_info {
+    vm_vision_preproc preproc;
+    int image_token_id, vision_start_token_id, vision_end_token_id;
+    int merge_size;
+    int feature_dim;           // = the decoder's hidden size
+} vm_vision_info;
 
 // The forward pass the engine drives (the worker's model, or a fake one in tests).
 // forward: KV for the batch's slots is written; logits [n_logits, vocab_size] filled.
+// Vision-language models also set vision, encode_image and forward_mm
+// (vm_model_forward_embeds: image features at embed_rows, M-RoPE positions).
 typedef struct vm_executor {
     void *ctx;
     int vocab_size;
     int max_position_embeddings;
     int (*forward)(void *ctx, const vm_batch *b, float *logits, vm_err *e);
     void (*destroy)(void *ctx);
+    const vm_vision_info *vision; // NULL: text-only
+    // one image's pixel_values -> features (n_features, feature_dim), malloc'ed
+    int (*encode_image)(void *ctx, const float *pixels, const int grid_thw[3], float **features,
+                        int *n_features, vm_err *e);
+    int (*forward_mm)(void *ctx, const vm_batch *b, const float *embeds, const int32_t *embed_rows,
+                      int n_embeds, const int32_t *mrope_pos, float *logits, vm_err *e);
 } vm_executor;
 
 // ---------------------------------------------------------------- platform.c
@@ -52,6 +69,12 @@ typedef struct vm_runner_seq {
     int start, n_new;
     const int *blocks; int n_blocks; // block table
     int logits_from;         // positions [logits_from, start + n_new) need logits
+    // vision-language requests (NULL/0 otherwise)
+    const int32_t *mrope_pos; int n_mrope; // [3][n_mrope] prompt positions (t, h, w)
+    int32_t rope_delta;                    // position of token i >= n_mrope: i + rope_delta
+    int n_images;
+    const int *image_offset, *image_tokens; // prompt index of each image's first pad token, count
+    const float *const *image_features;     // [n_images] (image_tokens[i], feature_dim)
 } vm_runner_seq;
 
 typedef struct vm_model_runner vm_model_runner;

@@ -1,6 +1,10 @@
 // worker.c - owns the compute backend, the model and its paged KV cache, and
 // offers them to the engine as one executor (a forward pass over a vm_batch).
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "platform.h"
 
@@ -8,6 +12,8 @@ typedef struct vm_worker {
     vm_backend *be;
     vm_model *model;
     vm_kv_cache *kv;
+    vm_vision *vision;       // vision-language models: the image tower
+    vm_vision_info vinfo;
 } vm_worker;
 
 static int worker_forward(void *ctx, const vm_batch *b, float *logits, vm_err *e) {
@@ -15,10 +21,35 @@ static int worker_forward(void *ctx, const vm_batch *b, float *logits, vm_err *e
     return vm_model_forward(w->model, w->kv, b, logits, e);
 }
 
+static int worker_forward_mm(void *ctx, const vm_batch *b, const float *embeds, const int32_t *embed_rows,
+                             int n_embeds, const int32_t *mrope_pos, float *logits, vm_err *e) {
+    vm_worker *w = ctx;
+    return vm_model_forward_embeds(w->model, w->kv, b, embeds, embed_rows, n_embeds, mrope_pos, logits, e);
+}
+
+static int worker_encode_image(void *ctx, const float *pixels, const int grid_thw[3], float **features,
+                               int *n_features, vm_err *e) {
+    vm_worker *w = ctx;
+    int thw[1][3] = {{ grid_thw[0], grid_thw[1], grid_thw[2] }};
+    return vm_vision_forward(w->vision, pixels, 1, (const int (*)[3])thw, features, n_features, e);
+}
+
+// A model folder whose config.json has a "vision_config" is a vision-language model.
+static bool has_vision_config(const char *path) {
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg, "%s/config.json", path);
+    json_error_t je;
+    json_t *root = json_load_file(cfg, 0, &je);
+    bool yes = root && json_is_object(json_object_get(root, "vision_config"));
+    json_decref(root);
+    return yes;
+}
+
 static void worker_destroy(void *ctx) {
     vm_worker *w = ctx;
     if (!w) return;
     if (w->kv) vm_kv_cache_free(w->model, w->kv);
+    if (w->vision) vm_vision_free(w->vision);
     if (w->model) vm_model_free(w->model);
     if (w->be) w->be->destroy(w->be);
     free(w);
@@ -48,6 +79,21 @@ int vm_worker_create(const vm_worker_config *cfg, vm_executor *out, vm_worker_in
     }
     if (!(w->kv = vm_kv_cache_create(w->model, n_blocks, cfg->block_size, e))) goto fail;
 
+    if (has_vision_config(cfg->model)) {
+        if (!(w->vision = vm_vision_create(cfg->model, w->be, e))) goto fail;
+        const vm_vision_config *vc = vm_vision_get_config(w->vision);
+        if (vm_vision_preproc_load(&w->vinfo.preproc, cfg->model, e)) goto fail;
+        w->vinfo.image_token_id = vc->image_token_id;
+        w->vinfo.vision_start_token_id = vc->vision_start_token_id;
+        w->vinfo.vision_end_token_id = vc->vision_end_token_id;
+        w->vinfo.merge_size = vc->merge_size;
+        w->vinfo.feature_dim = vc->out_dim;
+        if (vc->out_dim != c->hidden_size) {
+            vm_errf(e, "%s: vision features (%d) do not match the decoder's hidden size (%d)", cfg->model,
+                    vc->out_dim, c->hidden_size);
+            goto fail;
+        }
+    }
     info->num_kv_blocks = n_blocks;
     info->max_model_len = max_len;
     info->vocab_size = c->vocab_size;
@@ -57,6 +103,11 @@ int vm_worker_create(const vm_worker_config *cfg, vm_executor *out, vm_worker_in
     *out = (vm_executor){ .ctx = w, .vocab_size = c->vocab_size,
                           .max_position_embeddings = c->max_position_embeddings,
                           .forward = worker_forward, .destroy = worker_destroy };
+    if (w->vision) {
+        out->vision = &w->vinfo;
+        out->encode_image = worker_encode_image;
+        out->forward_mm = worker_forward_mm;
+    }
     return 0;
 fail:
     worker_destroy(w);

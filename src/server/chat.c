@@ -135,9 +135,23 @@ void srv_chat_free(srv_chat *c) {
 
 // ---------------------------------------------------------------- messages
 
-// Checks each message and flattens content parts [{type:"text", text}] into a
-// string (joined with "\n", as vLLM does for string-content templates).
-static json_t *normalize_messages(json_t *messages, srv_error *err) {
+// The URL of an image content part: {"type": "image_url", "image_url": {"url": ...}}
+// (or "image_url": "..."); NULL when the part is not an image part.
+static const char *image_part_url(json_t *part, bool *is_image) {
+    const char *type = json_string_value(json_object_get(part, "type"));
+    *is_image = type && (!strcmp(type, "image_url") || !strcmp(type, "image"));
+    if (!*is_image) return NULL;
+    json_t *iu = json_object_get(part, !strcmp(type, "image") ? "image" : "image_url");
+    if (json_is_object(iu)) iu = json_object_get(iu, "url");
+    return json_string_value(iu);
+}
+
+// Checks each message. Text-only content parts [{type:"text", text}] are flattened
+// into a string (joined with "\n", as vLLM does for string-content templates);
+// content with images stays a list of {"type": "text", "text"} and {"type": "image"}
+// parts (vLLM's "openai" content format, which VLM templates iterate), and the
+// image URLs are appended to images in order.
+static json_t *normalize_messages(json_t *messages, json_t *images, srv_error *err) {
     if (!json_is_array(messages)) {
         srv_fail(err, 400, "messages", "'messages' must be a list of message objects");
         return NULL;
@@ -161,18 +175,47 @@ static json_t *normalize_messages(json_t *messages, srv_error *err) {
         json_t *copy = json_deep_copy(m);
         json_t *content = json_object_get(m, "content");
         if (json_is_array(content)) {
-            size_t total = 0, j; json_t *part;
+            size_t total = 0, j, n_img = 0; json_t *part;
             json_array_foreach(content, j, part) {
+                bool is_image = false;
+                const char *url = json_is_object(part) ? image_part_url(part, &is_image) : NULL;
+                if (is_image) {
+                    if (!url) {
+                        json_decref(copy);
+                        srv_fail(err, 400, "messages", "messages[%zu].content[%zu]: an image part needs "
+                                 "\"image_url\": {\"url\": \"data:...\" or \"http(s)://...\"}", i, j);
+                        goto fail;
+                    }
+                    n_img++;
+                    continue;
+                }
                 const char *type = json_string_value(json_object_get(part, "type"));
                 json_t *text = json_object_get(part, "text");
                 if (!json_is_object(part) || !type || strcmp(type, "text") || !json_is_string(text)) {
                     json_decref(copy);
                     srv_fail(err, 400, "messages",
                              "messages[%zu].content[%zu]: only {\"type\": \"text\", \"text\": ...} "
-                             "parts are supported", i, j);
+                             "and {\"type\": \"image_url\", \"image_url\": {\"url\": ...}} parts are supported", i, j);
                     goto fail;
                 }
                 total += json_string_length(text) + 1;
+            }
+            if (n_img > 0) {
+                json_t *parts = json_array();
+                json_array_foreach(content, j, part) {
+                    bool is_image;
+                    const char *url = image_part_url(part, &is_image);
+                    if (is_image) {
+                        json_array_append_new(images, json_string(url));
+                        json_array_append_new(parts, json_pack("{s:s}", "type", "image"));
+                    } else {
+                        json_array_append_new(parts, json_pack("{s:s,s:O}", "type", "text", "text",
+                                                               json_object_get(part, "text")));
+                    }
+                }
+                json_object_set_new(copy, "content", parts);
+                json_array_append_new(out, copy);
+                continue;
             }
             char *joined = malloc(total + 1), *q = joined;
             if (!joined) { json_decref(copy); srv_fail(err, 500, NULL, "out of memory"); goto fail; }
@@ -199,8 +242,8 @@ fail:
 
 char *srv_chat_render(const srv_chat *c, json_t *messages, json_t *tools,
                       bool add_generation_prompt, bool continue_final_message,
-                      json_t *kwargs, srv_error *err) {
-    json_t *msgs = normalize_messages(messages, err);
+                      json_t *kwargs, json_t *images, srv_error *err) {
+    json_t *msgs = normalize_messages(messages, images, err);
     if (!msgs) return NULL;
     if (continue_final_message && add_generation_prompt) {
         json_decref(msgs);

@@ -275,11 +275,12 @@ void srv_request_set_watch(srv_request *r, bool (*gone)(void *ctx), void *ctx) {
 typedef struct parsed_prompt {
     int32_t *ids; int n;
     char *text;                       // for echo
+    vm_mm_inputs *mm;                 // chat images (NULL: none)
 } parsed_prompt;
 
 static void free_prompts(parsed_prompt *p, int n) {
     if (!p) return;
-    for (int i = 0; i < n; i++) { free(p[i].ids); free(p[i].text); }
+    for (int i = 0; i < n; i++) { free(p[i].ids); free(p[i].text); vm_mm_inputs_release(p[i].mm); }
     free(p);
 }
 
@@ -549,8 +550,55 @@ static json_t *parse_body(const char *body, size_t len, srv_error *err) {
     return b;
 }
 
+// The chat's images: fetched (data: / http(s) URLs), decoded and preprocessed;
+// the prompt's image placeholders expanded to each image's token count.
+static int chat_images(vm_server *s, json_t *urls, int32_t **ids, int *n, vm_mm_inputs **mm_out,
+                       srv_error *err) {
+    size_t k = json_array_size(urls);
+    if (k == 0) return 0;
+    if (!vm_engine_is_vlm(s->eng))
+        return srv_fail(err, 400, "messages", "the model `%s` does not take images (it is not a "
+                        "vision-language model); send text content only", s->model_name);
+    if (k > 64) return srv_fail(err, 400, "messages", "at most 64 images per request, not %zu", k);
+    vm_image_input *in = calloc(k, sizeof *in);
+    void **bufs = calloc(k, sizeof *bufs);
+    int rc = -1;
+    vm_mm_inputs *mm = NULL;
+    if (!in || !bufs) { srv_fail(err, 500, NULL, "out of memory"); goto done; }
+    vm_image_fetch_opts fo;
+    vm_image_fetch_defaults(&fo);
+    for (size_t i = 0; i < k; i++) {
+        vm_err fe = {{0}};
+        size_t len = 0;
+        if (vm_image_source_read(json_string_value(json_array_get(urls, i)), &fo, &bufs[i], &len, &fe)) {
+            srv_fail(err, 400, "messages", "image %zu: %s", i + 1, fe.msg);
+            goto done;
+        }
+        in[i] = (vm_image_input){ .bytes = bufs[i], .n_bytes = len };
+    }
+    vm_err e = {{0}};
+    if (!(mm = vm_engine_prepare_images(s->eng, in, (int)k, 0, &e))) {
+        srv_fail(err, 400, "messages", "%s", e.msg);
+        goto done;
+    }
+    int32_t *exp; int n_exp;
+    if (vm_mm_expand_prompt(mm, *ids, *n, &exp, &n_exp, &e)) {
+        srv_fail(err, 400, "messages", "the chat template did not place the images: %s", e.msg);
+        goto done;
+    }
+    free(*ids);
+    *ids = exp; *n = n_exp;
+    *mm_out = mm; mm = NULL;
+    rc = 0;
+done:
+    for (size_t i = 0; bufs && i < k; i++) free(bufs[i]);
+    free(bufs); free(in);
+    vm_mm_inputs_release(mm);
+    return rc;
+}
+
 static int render_chat_prompt(vm_server *s, json_t *b, bool default_add_special, char **text,
-                              int32_t **ids, int *n, srv_error *err) {
+                              int32_t **ids, int *n, vm_mm_inputs **mm, srv_error *err) {
     bool add_gen = true, cont = false, add_special = default_add_special;
     if (get_bool(b, "add_generation_prompt", &add_gen, err) < 0) return -1;
     if (get_bool(b, "continue_final_message", &cont, err) < 0) return -1;
@@ -563,9 +611,22 @@ static int render_chat_prompt(vm_server *s, json_t *b, bool default_add_special,
     if (tools && !json_is_array(tools)) return srv_fail(err, 400, "tools", "'tools' must be a list");
     json_t *messages = json_object_get(b, "messages");
     if (!messages) return srv_fail(err, 400, "messages", "'messages' is required");
-    char *t = srv_chat_render(&s->chat, messages, tools, add_gen, cont, kwargs, err);
-    if (!t) return -1;
-    if (encode_text(s, t, add_special, ids, n, err) != 0) { free(t); return -1; }
+    json_t *images = json_array();
+    char *t = srv_chat_render(&s->chat, messages, tools, add_gen, cont, kwargs, images, err);
+    if (json_array_size(images) > 0 && !vm_engine_is_vlm(s->eng)) { // the reason, whatever the template did
+        free(t);
+        json_decref(images);
+        return srv_fail(err, 400, "messages", "the model `%s` does not take images (it is not a "
+                        "vision-language model); send text content only", s->model_name);
+    }
+    if (!t) { json_decref(images); return -1; }
+    if (encode_text(s, t, add_special, ids, n, err) != 0) { free(t); json_decref(images); return -1; }
+    if (chat_images(s, images, ids, n, mm, err) != 0) {
+        free(t); free(*ids); *ids = NULL; *n = 0;
+        json_decref(images);
+        return -1;
+    }
+    json_decref(images);
     *text = t;
     return 0;
 }
@@ -600,7 +661,8 @@ srv_request *srv_request_create(vm_server *s, srv_kind kind, const char *body, s
         prompts = calloc(1, sizeof *prompts);
         if (!prompts) { srv_fail(err, 500, NULL, "out of memory"); goto fail; }
         n_prompts = 1;
-        if (render_chat_prompt(s, b, false, &prompts[0].text, &prompts[0].ids, &prompts[0].n, err) != 0) goto fail;
+        if (render_chat_prompt(s, b, false, &prompts[0].text, &prompts[0].ids, &prompts[0].n, &prompts[0].mm,
+                               err) != 0) goto fail;
         if (prompts[0].n == 0) { srv_fail(err, 400, "messages", "the rendered prompt is empty"); goto fail; }
     } else {
         bool add_special = true;
@@ -643,7 +705,8 @@ srv_request *srv_request_create(vm_server *s, srv_kind kind, const char *body, s
             if (kind == SRV_COMPLETION && sp.max_tokens > 16) sp.max_tokens = 16;
         }
         vm_err e = {{0}};
-        r->prompts[i].stream = vm_engine_submit(s->eng, NULL, prompts[i].ids, prompts[i].n, &sp, &e);
+        r->prompts[i].stream = vm_engine_submit_mm(s->eng, NULL, prompts[i].ids, prompts[i].n, prompts[i].mm,
+                                                   &sp, &e);
         if (!r->prompts[i].stream) { srv_fail(err, 400, NULL, "%s", e.msg); goto fail; }
         r->prompts[i].n_prompt = prompts[i].n;
         if (r->echo) {
@@ -1039,7 +1102,9 @@ json_t *srv_tokenize(vm_server *s, const char *body, size_t len, srv_error *err)
     if (check_model(s, b, err) != 0) goto done;
     if (get_bool(b, "return_token_strs", &strs, err) < 0) goto done;
     if (field(b, "messages")) {
-        if (render_chat_prompt(s, b, false, &text, &ids, &n, err) != 0) goto done;
+        vm_mm_inputs *mm = NULL;
+        if (render_chat_prompt(s, b, false, &text, &ids, &n, &mm, err) != 0) goto done;
+        vm_mm_inputs_release(mm);
     } else {
         json_t *p = field(b, "prompt");
         bool add_special = true;

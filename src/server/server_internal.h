@@ -78,10 +78,11 @@ int srv_chat_load(srv_chat *c, const char *model_path, const char *override_file
                   vm_engine *eng, vm_err *e);
 void srv_chat_free(srv_chat *c);
 // Renders messages (+ tools, add_generation_prompt, extra kwargs) to a prompt.
+// Image parts' URLs are appended to images (a JSON array) in prompt order.
 // Returns a malloc'ed string or NULL with err filled (400 for bad messages).
 char *srv_chat_render(const srv_chat *c, json_t *messages, json_t *tools,
                       bool add_generation_prompt, bool continue_final_message,
-                      json_t *kwargs, srv_error *err);
+                      json_t *kwargs, json_t *images, srv_error *err);
 
 // ---------------------------------------------------------------- the server
 

@@ -33,6 +33,23 @@ void vm_image_free(vm_image *im);
 // CPU tensors (the torchvision path of transformers' image processors).
 int vm_image_resize_bicubic(const vm_image *in, int out_w, int out_h, vm_image *out, vm_err *e);
 
+// ---- image sources (image_source.c) -------------------------------------------
+
+typedef struct vm_image_fetch_opts {
+    size_t max_bytes;          // default 20 MiB
+    long timeout_s;            // whole transfer, default 10
+    int max_redirects;         // default 3
+    int allow_files;           // local paths / file:// (never for the server); default 0
+} vm_image_fetch_opts;
+
+void vm_image_fetch_defaults(vm_image_fetch_opts *o);
+// The encoded bytes of an image given as a data: URL (base64), an http(s):// URL
+// (libcurl; only http/https, also after redirects) or, with allow_files, a path.
+// *out: malloc'ed. opts NULL: defaults.
+int vm_image_source_read(const char *src, const vm_image_fetch_opts *opts, void **out, size_t *n, vm_err *e);
+// Standard or URL-safe base64 (whitespace ignored) -> malloc'ed bytes.
+int vm_base64_decode(const char *s, size_t n, void **out, size_t *n_out, size_t max_bytes, vm_err *e);
+
 // ---- preprocessing (HF Qwen2VLImageProcessor) ---------------------------------
 
 typedef struct vm_vision_preproc {

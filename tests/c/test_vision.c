@@ -279,3 +279,73 @@ static void check_logits(const char *model) {
 
 Test(vision, qwen2_vl_logits) { check_logits("qwen2_vl"); }
 Test(vision, qwen2_5_vl_logits) { check_logits("qwen2_5_vl"); }
+
+// Random and mutated bytes into the decoders (JPEG/PNG/WebP) and the base64 reader:
+// every input either decodes to a sane image or fails with a message; never a crash.
+// Run under ASan/UBSan with many more inputs by tests/fuzz/run_image_fuzz.sh
+// (VM_FUZZ_ITERS, default 1500 here).
+static uint64_t fuzz_rng(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+Test(vision, fuzz_decode, .timeout = 300) {
+    const char *seeds[] = { "rgb_60x90.png", "wide_37x120.jpg", "rgba_45x70.png", "gray_56x84.png",
+                            "tall_150x41.png" };
+    const int n_seeds = (int)(sizeof seeds / sizeof *seeds);
+    uint8_t *seed[8]; size_t seed_n[8];
+    for (int i = 0; i < n_seeds; i++) {
+        char path[256];
+        snprintf(path, sizeof path, VLM_DIR "/images/%s", seeds[i]);
+        seed[i] = read_all(path, &seed_n[i]);
+    }
+    // a tiny WebP (lossless 1x1) as a seed of its own
+    static const uint8_t webp[] = { 'R','I','F','F',26,0,0,0,'W','E','B','P','V','P','8','L',13,0,0,0,
+                                    0x2f,0,0,0,0x10,0x07,0x10,0x11,0x11,0x88,0x88,0xfe,0x07,0 };
+    seed[n_seeds] = malloc(sizeof webp); memcpy(seed[n_seeds], webp, sizeof webp); seed_n[n_seeds] = sizeof webp;
+    const int n_all = n_seeds + 1;
+    int iters = getenv("VM_FUZZ_ITERS") ? atoi(getenv("VM_FUZZ_ITERS")) : 1500;
+    uint64_t rs = 12345;
+    int decoded = 0;
+    for (int it = 0; it < iters; it++) {
+        int k = (int)(fuzz_rng(&rs) % (uint64_t)n_all);
+        size_t n = seed_n[k];
+        uint8_t *buf = malloc(n + 64);
+        memcpy(buf, seed[k], n);
+        switch (fuzz_rng(&rs) % 5) {
+        case 0: n = fuzz_rng(&rs) % (n + 1); break;                        // truncate
+        case 1: for (int j = 0; j < 1 + (int)(fuzz_rng(&rs) % 8); j++)       // flip bits
+                    buf[fuzz_rng(&rs) % n] ^= (uint8_t)(1u << (fuzz_rng(&rs) % 8));
+                break;
+        case 2: for (int j = 0; j < 1 + (int)(fuzz_rng(&rs) % 4); j++)       // overwrite header bytes
+                    buf[fuzz_rng(&rs) % VM_MIN(n, (size_t)64)] = (uint8_t)fuzz_rng(&rs);
+                break;
+        case 3: { size_t keep = VM_MIN(n, (size_t)(4 + fuzz_rng(&rs) % 32)); // magic + random
+                  for (size_t j = keep; j < n; j++) buf[j] = (uint8_t)fuzz_rng(&rs);
+                  break; }
+        default: { uint64_t v = fuzz_rng(&rs);                              // 32-bit fields to extremes
+                  size_t at = fuzz_rng(&rs) % (n > 4 ? n - 4 : 1);
+                  uint32_t x = (v & 1) ? 0xffffffffu : (uint32_t)(v >> 32);
+                  if (n >= 4) memcpy(buf + at, &x, 4);
+                  break; }
+        }
+        vm_err e = {{0}};
+        vm_image im;
+        if (vm_image_decode(buf, n, 1 << 20, &im, &e) == 0) {
+            cr_assert(im.width > 0 && im.height > 0 && (int64_t)im.width * im.height <= (1 << 20) && im.rgb);
+            volatile uint8_t sink = im.rgb[(size_t)im.width * im.height * 3 - 1]; (void)sink;
+            vm_image_free(&im);
+            decoded++;
+        } else {
+            cr_assert(e.msg[0], "decode failed without a message");
+        }
+        // the same bytes as base64 text
+        void *out; size_t on;
+        if (vm_base64_decode((const char *)buf, n, &out, &on, 1 << 20, &e) == 0) free(out);
+        free(buf);
+    }
+    fprintf(stderr, "fuzz_decode: %d inputs, %d decoded\n", iters, decoded);
+    for (int i = 0; i < n_all; i++) free(seed[i]);
+}

@@ -146,8 +146,36 @@ def test_concurrent_callers_are_batched_and_exact(runner):
 
 
 def test_images_raise_for_text_models(runner):
-    with pytest.raises(NotImplementedError, match="vision-language"):
+    with pytest.raises(VllmMetalError, match="not a vision-language model"):
         runner.generate("Describe this image.", images=["cat.jpg"], max_tokens=8)
+
+
+def test_images_with_a_vlm_match_transformers():
+    """The tiny Qwen2-VL (tests/data/tiny_vlm/qwen2_vl): golden prompt 0 from text with a
+    placeholder, the image as a path, as bytes and as a data: URL."""
+    import base64
+    import json
+    vlm = os.path.join(ROOT, "tests/data/tiny_vlm/qwen2_vl")
+    png = os.path.join(ROOT, "tests/data/tiny_vlm/images/rgb_60x90.png")
+    g = json.load(open(os.path.join(vlm, "golden.json")))["prompts"][0]
+    special = {1: "<s>", 250: "<|vision_start|>", 251: "<|vision_end|>", 252: "<|image_pad|>"}
+    prompt, last = "", None
+    for t in g["tokens"][:g["prompt_len"]]:
+        if not (t == 252 and last == 252):
+            prompt += special.get(t) or (chr(t) if 32 <= t <= 126 else chr(0x100 + t))
+        last = t
+    expect = g["tokens"][g["prompt_len"]:]
+    r = MetalModelRunner(MinimalConfig(vlm), threads=2, num_kv_blocks=64)
+    r.load_model()
+    data = open(png, "rb").read()
+    for im in (png, data, "data:image/png;base64," + base64.b64encode(data).decode()):
+        out = r.engine.generate(prompt, images=[im], max_tokens=len(expect), temperature=0, ignore_eos=True)
+        assert out["token_ids"] == expect
+        assert out["usage"]["prompt_tokens"] == g["prompt_len"]
+    # text stays text-only on a VLM; a missing file is a clear error
+    assert r.generate("<s>abc", max_tokens=2)
+    with pytest.raises(VllmMetalError, match="no-such.png"):
+        r.generate(prompt, images=["/no-such.png"], max_tokens=2)
 
 
 def test_errors_raise_with_the_library_message(runner, tmp_path):
