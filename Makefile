@@ -51,9 +51,11 @@ setup:
 run: setup all
 	$(BUILD)/vllm-metal --model $(MODEL)
 
-# Every C test binary, then the Python tests (against the real references).
+# Every C test binary, then the Python tests (against the real references),
+# then the C tests again cross-compiled for arm64 under qemu (NEON kernels).
 test: setup all tests
 	scripts/run_tests.sh
+	$(MAKE) test-arm64
 
 .PHONY: all setup run test tests clean
 clean:
@@ -64,3 +66,4 @@ clean:
 -include mk/install.mk
 .PHONY: install
 -include mk/vulkan.mk
+-include mk/arm64.mk

@@ -246,5 +246,9 @@ const vm_cpu_kernels *vm_cpu_kernels_select(void) {
         __builtin_cpu_supports("f16c"))
         return &vm_kernels_avx2;
 #endif
+#if defined(__aarch64__)
+    if (force && strcmp(force, "neon") == 0) return &vm_kernels_neon;
+    return vm_cpu_arm_dotprod() ? &vm_kernels_neon_dotprod : &vm_kernels_neon;
+#endif
     return &vm_kernels_generic;
 }

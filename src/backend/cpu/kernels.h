@@ -57,8 +57,14 @@ extern const vm_cpu_kernels vm_kernels_generic;
 #if defined(__x86_64__)
 extern const vm_cpu_kernels vm_kernels_avx2;
 #endif
+#if defined(__aarch64__)
+// kernels_neon.c: SDOT for the 8-bit dots where the CPU has DotProd, else SMULL.
+extern const vm_cpu_kernels vm_kernels_neon, vm_kernels_neon_dotprod;
+int vm_cpu_arm_dotprod(void); // run-time check (getauxval / sysctl)
+#endif
 
-// Best kernel set for this CPU (VLLM_METAL_KERNELS=generic forces the reference).
+// Best kernel set for this CPU (VLLM_METAL_KERNELS=generic forces the reference;
+// on arm64, VLLM_METAL_KERNELS=neon forces the NEON set without DotProd).
 const vm_cpu_kernels *vm_cpu_kernels_select(void);
 
 // Dequantize row `row` of w into out[w->cols] (any matrix dtype).

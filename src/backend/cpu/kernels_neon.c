@@ -1,0 +1,514 @@
+// kernels_neon.c - arm64 NEON versions of the row kernels in kernels.c.
+//
+// NEON (Advanced SIMD) and the f16<->f32 conversions are part of every arm64
+// CPU, so this file needs no extra compiler flags. Two tables:
+//   vm_kernels_neon_dotprod  8-bit integer dots with SDOT (ARMv8.2 DotProd:
+//                            every Apple Silicon chip, Cortex-A76+, Neoverse)
+//   vm_kernels_neon          the same with SMULL + SADALP (Cortex-A53/A72, ...)
+// They differ only in the GGUF q8 kernels, which this file therefore holds
+// once and compiles twice (it includes itself with VM_NEON_Q8 set, below);
+// the SDOT copy carries a target attribute, so the file builds for plain
+// armv8-a and the choice is made at run time (vm_cpu_arm_dotprod).
+//
+// Numerics follow kernels.c: quantize_q8 writes bit-identical blocks (f16
+// rounding by the FCVT instructions, round-half-even by FCVTNS); the dots
+// only add in another order.
+#if defined(__aarch64__)
+
+#ifndef VM_NEON_Q8 // ===================== first pass: everything else =====================
+#include "kernels.h"
+
+#include <arm_neon.h>
+
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+#elif defined(__linux__) || defined(__FreeBSD__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+#endif
+
+// The SDOT kernels' target (GCC's arm_neon.h defines vdotq_s32 under
+// arch=armv8.2-a+dotprod, so a plain "+dotprod" on armv8-a is not enough).
+#if defined(__ARM_FEATURE_DOTPROD)
+#define VM_TARGET_DOTPROD
+#elif defined(__clang__)
+#define VM_TARGET_DOTPROD __attribute__((target("dotprod")))
+#else
+#define VM_TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+
+int vm_cpu_arm_dotprod(void) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return 1;
+#elif defined(__APPLE__)
+    int v = 0;
+    size_t len = sizeof v;
+    if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &len, NULL, 0) == 0) return v != 0;
+    return 1; // macOS before 12 lacks the key; every Apple Silicon Mac has DotProd
+#elif defined(__linux__)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(__FreeBSD__)
+    unsigned long hw = 0;
+    return elf_aux_info(AT_HWCAP, &hw, sizeof hw) == 0 && (hw & HWCAP_ASIMDDP) != 0;
+#else
+    return 0;
+#endif
+}
+
+// ---- helpers ----
+
+static inline float h2f(uint16_t h) {
+    return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+static inline uint16_t f2h(float f) { // round to nearest even (FPCR default), as vm_f32_to_f16
+    return vget_lane_u16(vreinterpret_u16_f16(vcvt_f16_f32(vdupq_n_f32(f))), 0);
+}
+// 4 / 8 f16 or bf16 values from any byte address
+static inline float32x4_t f16x4_load(const uint8_t *p) {
+    return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p)));
+}
+static inline float32x4_t bf16_lo(uint16x8_t v) { return vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(v), 16)); }
+static inline float32x4_t bf16_hi(uint16x8_t v) { return vreinterpretq_f32_u32(vshll_high_n_u16(v, 16)); }
+// 8 unsigned / signed bytes -> two float32x4 (elements 0..3, 4..7)
+static inline void u8x8_to_f32(uint8x8_t b, float32x4_t *lo, float32x4_t *hi) {
+    uint16x8_t w = vmovl_u8(b);
+    *lo = vcvtq_f32_u32(vmovl_u16(vget_low_u16(w)));
+    *hi = vcvtq_f32_u32(vmovl_high_u16(w));
+}
+static inline void s8x8_to_f32(int8x8_t b, float32x4_t *lo, float32x4_t *hi) {
+    int16x8_t w = vmovl_s8(b);
+    *lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w)));
+    *hi = vcvtq_f32_s32(vmovl_high_s16(w));
+}
+// sum over 16 signed bytes times 16 floats, added to acc
+static inline float32x4_t fma_s8x16(float32x4_t acc, int8x16_t q, const float *x) {
+    float32x4_t a, b, c, d;
+    s8x8_to_f32(vget_low_s8(q), &a, &b);
+    s8x8_to_f32(vget_high_s8(q), &c, &d);
+    acc = vfmaq_f32(acc, a, vld1q_f32(x));
+    acc = vfmaq_f32(acc, b, vld1q_f32(x + 4));
+    acc = vfmaq_f32(acc, c, vld1q_f32(x + 8));
+    return vfmaq_f32(acc, d, vld1q_f32(x + 12));
+}
+
+// ---- float weight rows ----
+
+static float dot_f32(const void *w, const vm_xrow *x, int n) {
+    const uint8_t *p = w;
+    const float *xv = x->x;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const uint8_t *q = p + 4 * (size_t)i;
+        a0 = vfmaq_f32(a0, vreinterpretq_f32_u8(vld1q_u8(q)), vld1q_f32(xv + i));
+        a1 = vfmaq_f32(a1, vreinterpretq_f32_u8(vld1q_u8(q + 16)), vld1q_f32(xv + i + 4));
+        a2 = vfmaq_f32(a2, vreinterpretq_f32_u8(vld1q_u8(q + 32)), vld1q_f32(xv + i + 8));
+        a3 = vfmaq_f32(a3, vreinterpretq_f32_u8(vld1q_u8(q + 48)), vld1q_f32(xv + i + 12));
+    }
+    for (; i + 4 <= n; i += 4)
+        a0 = vfmaq_f32(a0, vreinterpretq_f32_u8(vld1q_u8(p + 4 * (size_t)i)), vld1q_f32(xv + i));
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) { float v; memcpy(&v, p + 4 * (size_t)i, 4); s += v * xv[i]; }
+    return s;
+}
+
+static float dot_f16(const void *w, const vm_xrow *x, int n) {
+    const uint8_t *p = w;
+    const float *xv = x->x;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const uint8_t *q = p + 2 * (size_t)i;
+        a0 = vfmaq_f32(a0, f16x4_load(q), vld1q_f32(xv + i));
+        a1 = vfmaq_f32(a1, f16x4_load(q + 8), vld1q_f32(xv + i + 4));
+        a2 = vfmaq_f32(a2, f16x4_load(q + 16), vld1q_f32(xv + i + 8));
+        a3 = vfmaq_f32(a3, f16x4_load(q + 24), vld1q_f32(xv + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, f16x4_load(p + 2 * (size_t)i), vld1q_f32(xv + i));
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) s += h2f(vm_load_u16(p + 2 * (size_t)i)) * xv[i];
+    return s;
+}
+
+static float dot_bf16(const void *w, const vm_xrow *x, int n) {
+    const uint8_t *p = w;
+    const float *xv = x->x;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        uint16x8_t v0 = vreinterpretq_u16_u8(vld1q_u8(p + 2 * (size_t)i));
+        uint16x8_t v1 = vreinterpretq_u16_u8(vld1q_u8(p + 2 * (size_t)i + 16));
+        a0 = vfmaq_f32(a0, bf16_lo(v0), vld1q_f32(xv + i));
+        a1 = vfmaq_f32(a1, bf16_hi(v0), vld1q_f32(xv + i + 4));
+        a2 = vfmaq_f32(a2, bf16_lo(v1), vld1q_f32(xv + i + 8));
+        a3 = vfmaq_f32(a3, bf16_hi(v1), vld1q_f32(xv + i + 12));
+    }
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) s += vm_bf16_to_f32(vm_load_u16(p + 2 * (size_t)i)) * xv[i];
+    return s;
+}
+
+// ---- GGUF blocks against f32 activations ----
+// Q4 byte j holds element j (low nibble) and j+16 (high nibble).
+
+static float dot_q4_0(const void *w, const vm_xrow *x, int n) {
+    const vm_block_q4_0 *b = w;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const int8x16_t eight = vdupq_n_s8(8);
+    float32x4_t total = vdupq_n_f32(0);
+    for (int ib = 0; ib < n / VM_QK; ib++) {
+        const float *xb = x->x + ib * VM_QK;
+        uint8x16_t q = vld1q_u8(b[ib].qs);
+        int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, m4)), eight);
+        int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), eight);
+        float32x4_t acc = fma_s8x16(fma_s8x16(vdupq_n_f32(0), lo, xb), hi, xb + 16);
+        total = vfmaq_n_f32(total, acc, h2f(b[ib].d));
+    }
+    return vaddvq_f32(total);
+}
+
+static float dot_q4_1(const void *w, const vm_xrow *x, int n) {
+    const vm_block_q4_1 *b = w;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    float32x4_t total = vdupq_n_f32(0);
+    float msum = 0;
+    for (int ib = 0; ib < n / VM_QK; ib++) {
+        const float *xb = x->x + ib * VM_QK;
+        uint8x16_t q = vld1q_u8(b[ib].qs);
+        int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(q, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
+        float32x4_t acc = fma_s8x16(fma_s8x16(vdupq_n_f32(0), lo, xb), hi, xb + 16);
+        total = vfmaq_n_f32(total, acc, h2f(b[ib].d));
+        msum += h2f(b[ib].m) * x->gsum[ib];
+    }
+    return vaddvq_f32(total) + msum;
+}
+
+static float dot_q8_0(const void *w, const vm_xrow *x, int n) {
+    const vm_block_q8_0 *b = w;
+    float32x4_t total = vdupq_n_f32(0);
+    for (int ib = 0; ib < n / VM_QK; ib++) {
+        const float *xb = x->x + ib * VM_QK;
+        float32x4_t acc = fma_s8x16(vdupq_n_f32(0), vld1q_s8(b[ib].qs), xb);
+        acc = fma_s8x16(acc, vld1q_s8(b[ib].qs + 16), xb + 16);
+        total = vfmaq_n_f32(total, acc, h2f(b[ib].d));
+    }
+    return vaddvq_f32(total);
+}
+
+// ---- MLX affine (w = scale*q + bias per group), values LSB-first in u32 words ----
+
+// 4-bit: byte j of a run holds element 2j (low nibble) and 2j+1 (high);
+// vld2q_f32 splits x into the matching even / odd lanes.
+static inline float32x4_t mlx4_group(const uint8_t *q, const float *x, int gs) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    float32x4_t acc0 = vdupq_n_f32(0), acc1 = acc0;
+    for (int i = 0; i < gs; i += 32, q += 16, x += 32) {
+        uint8x16_t b = vld1q_u8(q);
+        uint8x16_t ev = vandq_u8(b, m4), od = vshrq_n_u8(b, 4);
+        float32x4_t e0, e1, e2, e3, o0, o1, o2, o3;
+        u8x8_to_f32(vget_low_u8(ev), &e0, &e1);
+        u8x8_to_f32(vget_high_u8(ev), &e2, &e3);
+        u8x8_to_f32(vget_low_u8(od), &o0, &o1);
+        u8x8_to_f32(vget_high_u8(od), &o2, &o3);
+        float32x4x2_t x0 = vld2q_f32(x), x1 = vld2q_f32(x + 8), x2 = vld2q_f32(x + 16), x3 = vld2q_f32(x + 24);
+        acc0 = vfmaq_f32(acc0, e0, x0.val[0]); acc1 = vfmaq_f32(acc1, o0, x0.val[1]);
+        acc0 = vfmaq_f32(acc0, e1, x1.val[0]); acc1 = vfmaq_f32(acc1, o1, x1.val[1]);
+        acc0 = vfmaq_f32(acc0, e2, x2.val[0]); acc1 = vfmaq_f32(acc1, o2, x2.val[1]);
+        acc0 = vfmaq_f32(acc0, e3, x3.val[0]); acc1 = vfmaq_f32(acc1, o3, x3.val[1]);
+    }
+    return vaddq_f32(acc0, acc1);
+}
+
+// 8-bit: one byte per element, in order
+static inline float32x4_t mlx8_group(const uint8_t *q, const float *x, int gs) {
+    float32x4_t acc0 = vdupq_n_f32(0), acc1 = acc0;
+    for (int i = 0; i < gs; i += 16, q += 16, x += 16) {
+        uint8x16_t b = vld1q_u8(q);
+        float32x4_t a, c, d, e;
+        u8x8_to_f32(vget_low_u8(b), &a, &c);
+        u8x8_to_f32(vget_high_u8(b), &d, &e);
+        acc0 = vfmaq_f32(acc0, a, vld1q_f32(x));
+        acc1 = vfmaq_f32(acc1, c, vld1q_f32(x + 4));
+        acc0 = vfmaq_f32(acc0, d, vld1q_f32(x + 8));
+        acc1 = vfmaq_f32(acc1, e, vld1q_f32(x + 12));
+    }
+    return vaddq_f32(acc0, acc1);
+}
+
+// 2-bit: byte j holds elements 4j..4j+3 (bits 0-1, 2-3, 4-5, 6-7);
+// vld4q_f32 splits x into the four matching lane sets.
+static inline float32x4_t mlx2_group(const uint8_t *q, const float *x, int gs) {
+    const uint8x8_t m2 = vdup_n_u8(3);
+    float32x4_t acc0 = vdupq_n_f32(0), acc1 = acc0;
+    for (int i = 0; i < gs; i += 32, q += 8, x += 32) {
+        uint8x8_t b = vld1_u8(q);
+        float32x4x4_t x0 = vld4q_f32(x), x1 = vld4q_f32(x + 16);
+        uint8x8_t f[4] = { vand_u8(b, m2), vand_u8(vshr_n_u8(b, 2), m2), vand_u8(vshr_n_u8(b, 4), m2), vshr_n_u8(b, 6) };
+        for (int k = 0; k < 4; k++) {
+            float32x4_t lo, hi;
+            u8x8_to_f32(f[k], &lo, &hi);
+            acc0 = vfmaq_f32(acc0, lo, x0.val[k]);
+            acc1 = vfmaq_f32(acc1, hi, x1.val[k]);
+        }
+    }
+    return vaddq_f32(acc0, acc1);
+}
+
+static float dot_mlx(const vm_weight *w, int64_t row, const vm_xrow *x) {
+    const int bits = w->bits, gs = w->group_size;
+    if ((bits != 2 && bits != 4 && bits != 8) || gs <= 0 || gs % 32) return vm_kernels_generic.dot_mlx(w, row, x);
+    const int64_t n = w->cols, groups = n / gs;
+    const size_t gbytes = (size_t)gs * (size_t)bits / 8;
+    const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row * (size_t)(n * bits / 8);
+    float32x4_t total = vdupq_n_f32(0);
+    float bsum = 0;
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *q = rowp + (size_t)g * gbytes;
+        const float *xg = x->x + g * gs;
+        float32x4_t acc = bits == 4 ? mlx4_group(q, xg, gs) : bits == 8 ? mlx8_group(q, xg, gs) : mlx2_group(q, xg, gs);
+        float sc = vm_load_scale(w->scale_dtype, w->scales, row * groups + g);
+        float bi = vm_load_scale(w->scale_dtype, w->biases, row * groups + g);
+        total = vfmaq_n_f32(total, acc, sc);
+        bsum += bi * x->gsum[g];
+    }
+    return vaddvq_f32(total) + bsum;
+}
+
+// ---- 8-bit activation blocks ----
+
+static void quantize_q8(const float *x, vm_q8_block *out, int n) {
+    for (int ib = 0; ib < n / 32; ib++) {
+        const float *xb = x + ib * 32;
+        float32x4_t v[8];
+        float32x4_t m = vdupq_n_f32(0);
+        for (int k = 0; k < 8; k++) {
+            v[k] = vld1q_f32(xb + 4 * k);
+            m = vmaxnmq_f32(m, vabsq_f32(v[k])); // maxNum ignores NaN, as fmaxf
+        }
+        float amax = vmaxnmvq_f32(m);
+        float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+        int32x4_t q[8], sum = vdupq_n_s32(0);
+        for (int k = 0; k < 8; k++) {
+            q[k] = vcvtnq_s32_f32(vmulq_n_f32(v[k], id)); // round half to even, as nearbyintf
+            sum = vaddq_s32(sum, q[k]);
+        }
+        int16x8_t h0 = vcombine_s16(vmovn_s32(q[0]), vmovn_s32(q[1]));
+        int16x8_t h1 = vcombine_s16(vmovn_s32(q[2]), vmovn_s32(q[3]));
+        int16x8_t h2 = vcombine_s16(vmovn_s32(q[4]), vmovn_s32(q[5]));
+        int16x8_t h3 = vcombine_s16(vmovn_s32(q[6]), vmovn_s32(q[7]));
+        vst1q_s8(out[ib].q, vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
+        vst1q_s8(out[ib].q + 16, vcombine_s8(vmovn_s16(h2), vmovn_s16(h3)));
+        int32_t isum = vaddvq_s32(sum);
+        out[ib].d = h2f(f2h(d));
+        out[ib].s = h2f(f2h(d * (float)isum));
+        out[ib].isum = isum;
+    }
+}
+
+// 16 signed bytes times 16 signed bytes, summed into 4 i32 lanes: SMULL+SADALP
+static inline int32x4_t sdot_mull(int32x4_t acc, int8x16_t a, int8x16_t b) {
+    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+    return vpadalq_s16(acc, vmull_high_s8(a, b));
+}
+
+// SDOT. Older clang's arm_neon.h declares vdotq_s32 only when the whole file
+// is built with DotProd, so there the instruction is written out (the
+// function's target attribute lets the assembler take it).
+#if defined(__clang__) && !defined(__ARM_FEATURE_DOTPROD)
+VM_TARGET_DOTPROD static inline int32x4_t sdot_dp(int32x4_t acc, int8x16_t a, int8x16_t b) {
+    __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(acc) : "w"(a), "w"(b));
+    return acc;
+}
+#else
+#define sdot_dp(acc, a, b) vdotq_s32(acc, a, b)
+#endif
+
+// The q8 kernels, twice: with SDOT and without.
+#define VM_NEON_Q8 1
+#define Q8_ATTR VM_TARGET_DOTPROD
+#define Q8_SDOT(acc, a, b) sdot_dp(acc, a, b)
+#define Q8_NAME(f) f##_dp
+#include "kernels_neon.c"
+#undef Q8_ATTR
+#undef Q8_SDOT
+#undef Q8_NAME
+#define Q8_ATTR
+#define Q8_SDOT(acc, a, b) sdot_mull(acc, a, b)
+#define Q8_NAME(f) f##_mull
+#include "kernels_neon.c"
+#undef VM_NEON_Q8
+
+// ---- attention helpers ----
+
+static float vdot(const float *a, const float *b, int n) {
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = vfmaq_f32(a0, vld1q_f32(a + i), vld1q_f32(b + i));
+        a1 = vfmaq_f32(a1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+        a2 = vfmaq_f32(a2, vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
+        a3 = vfmaq_f32(a3, vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, vld1q_f32(a + i), vld1q_f32(b + i));
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy(float *y, float a, const float *x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
+        vst1q_f32(y + i + 4, vfmaq_n_f32(vld1q_f32(y + i + 4), vld1q_f32(x + i + 4), a));
+    }
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static float vdot_f16(const float *a, const uint16_t *b, int n) {
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        float16x8_t h0 = vreinterpretq_f16_u16(vld1q_u16(b + i)), h1 = vreinterpretq_f16_u16(vld1q_u16(b + i + 8));
+        a0 = vfmaq_f32(a0, vld1q_f32(a + i), vcvt_f32_f16(vget_low_f16(h0)));
+        a1 = vfmaq_f32(a1, vld1q_f32(a + i + 4), vcvt_high_f32_f16(h0));
+        a2 = vfmaq_f32(a2, vld1q_f32(a + i + 8), vcvt_f32_f16(vget_low_f16(h1)));
+        a3 = vfmaq_f32(a3, vld1q_f32(a + i + 12), vcvt_high_f32_f16(h1));
+    }
+    for (; i + 4 <= n; i += 4)
+        a0 = vfmaq_f32(a0, vld1q_f32(a + i), vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(b + i))));
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) s += a[i] * h2f(b[i]);
+    return s;
+}
+
+static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(x + i));
+        vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vcvt_f32_f16(vget_low_f16(h)), a));
+        vst1q_f32(y + i + 4, vfmaq_n_f32(vld1q_f32(y + i + 4), vcvt_high_f32_f16(h), a));
+    }
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))), a));
+    for (; i < n; i++) y[i] += a * h2f(x[i]);
+}
+
+const vm_cpu_kernels vm_kernels_neon_dotprod = {
+    "neon_dotprod", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
+    quantize_q8, dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp,
+    dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp, vdot, axpy, vdot_f16, axpy_f16,
+};
+
+const vm_cpu_kernels vm_kernels_neon = {
+    "neon", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
+    quantize_q8, dot_q4_0_q8_mull, dot_q4_1_q8_mull, dot_q8_0_q8_mull,
+    dot4_q4_0_q8_mull, dot4_q4_1_q8_mull, dot4_q8_0_q8_mull, vdot, axpy, vdot_f16, axpy_f16,
+};
+
+#else // ===================== second pass: the GGUF q8 kernels =====================
+// Included twice from above: Q8_SDOT(acc, a, b) adds the 16 products a[i]*b[i]
+// of two int8x16 into 4 i32 lanes; Q8_ATTR is the functions' target
+// attribute; Q8_NAME(f) their name. Integer block sums are exact, so only the
+// float sum of d_w*d_x*acc over blocks may round differently from kernels.c.
+
+// Q4_0: nibbles minus 8 as signed bytes (the same integer as acc - 8*isum)
+Q8_ATTR static float Q8_NAME(dot_q4_0_q8)(const void *w, const vm_q8_block *x, int n) {
+    const vm_block_q4_0 *b = w;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const int8x16_t eight = vdupq_n_s8(8);
+    float32x4_t acc = vdupq_n_f32(0);
+    for (int ib = 0; ib < n / 32; ib++) {
+        uint8x16_t q = vld1q_u8(b[ib].qs);
+        int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, m4)), eight);
+        int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), eight);
+        int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, vld1q_s8(x[ib].q)), hi, vld1q_s8(x[ib].q + 16));
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), h2f(b[ib].d) * x[ib].d);
+    }
+    return vaddvq_f32(acc);
+}
+
+Q8_ATTR static float Q8_NAME(dot_q4_1_q8)(const void *w, const vm_q8_block *x, int n) {
+    const vm_block_q4_1 *b = w;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    float32x4_t acc = vdupq_n_f32(0);
+    float msum = 0;
+    for (int ib = 0; ib < n / 32; ib++) {
+        uint8x16_t q = vld1q_u8(b[ib].qs);
+        int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(q, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
+        int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, vld1q_s8(x[ib].q)), hi, vld1q_s8(x[ib].q + 16));
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), h2f(b[ib].d) * x[ib].d);
+        msum += h2f(b[ib].m) * x[ib].s;
+    }
+    return vaddvq_f32(acc) + msum;
+}
+
+Q8_ATTR static float Q8_NAME(dot_q8_0_q8)(const void *w, const vm_q8_block *x, int n) {
+    const vm_block_q8_0 *b = w;
+    float32x4_t acc = vdupq_n_f32(0);
+    for (int ib = 0; ib < n / 32; ib++) {
+        int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), vld1q_s8(b[ib].qs), vld1q_s8(x[ib].q)),
+                              vld1q_s8(b[ib].qs + 16), vld1q_s8(x[ib].q + 16));
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), h2f(b[ib].d) * x[ib].d);
+    }
+    return vaddvq_f32(acc);
+}
+
+// 4 tokens per weight block: the block is unpacked once (prefill).
+Q8_ATTR static void Q8_NAME(dot4_q4_0_q8)(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
+    const vm_block_q4_0 *b = w;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const int8x16_t eight = vdupq_n_s8(8);
+    float32x4_t acc[4] = { vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0) };
+    for (int ib = 0; ib < n / 32; ib++) {
+        uint8x16_t q = vld1q_u8(b[ib].qs);
+        int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, m4)), eight);
+        int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), eight);
+        float dw = h2f(b[ib].d);
+        for (int t = 0; t < 4; t++) {
+            const vm_q8_block *xb = x + t * xs + ib;
+            int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, vld1q_s8(xb->q)), hi, vld1q_s8(xb->q + 16));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * xb->d);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = vaddvq_f32(acc[t]);
+}
+
+Q8_ATTR static void Q8_NAME(dot4_q4_1_q8)(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
+    const vm_block_q4_1 *b = w;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    float32x4_t acc[4] = { vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0) };
+    float msum[4] = { 0, 0, 0, 0 };
+    for (int ib = 0; ib < n / 32; ib++) {
+        uint8x16_t q = vld1q_u8(b[ib].qs);
+        int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(q, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
+        float dw = h2f(b[ib].d), mw = h2f(b[ib].m);
+        for (int t = 0; t < 4; t++) {
+            const vm_q8_block *xb = x + t * xs + ib;
+            int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, vld1q_s8(xb->q)), hi, vld1q_s8(xb->q + 16));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * xb->d);
+            msum[t] += mw * xb->s;
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = vaddvq_f32(acc[t]) + msum[t];
+}
+
+Q8_ATTR static void Q8_NAME(dot4_q8_0_q8)(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
+    const vm_block_q8_0 *b = w;
+    float32x4_t acc[4] = { vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0) };
+    for (int ib = 0; ib < n / 32; ib++) {
+        int8x16_t w0 = vld1q_s8(b[ib].qs), w1 = vld1q_s8(b[ib].qs + 16);
+        float dw = h2f(b[ib].d);
+        for (int t = 0; t < 4; t++) {
+            const vm_q8_block *xb = x + t * xs + ib;
+            int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), w0, vld1q_s8(xb->q)), w1, vld1q_s8(xb->q + 16));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * xb->d);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = vaddvq_f32(acc[t]);
+}
+
+#endif // VM_NEON_Q8
+#endif // __aarch64__
