@@ -11,6 +11,8 @@ VK_OK := $(shell pkg-config --exists vulkan 2>/dev/null && command -v glslc >/de
 VK_SHADERS := \
   matmul_f32:matmul:WT=0 matmul_f16:matmul:WT=1 matmul_bf16:matmul:WT=2 \
   matmul_a4:matmul:WT=3 matmul_a8:matmul:WT=4 matmul_a2:matmul:WT=5 \
+  matmul16_f32:matmul:WT=0,TN=16 matmul16_f16:matmul:WT=1,TN=16 matmul16_bf16:matmul:WT=2,TN=16 \
+  matmul16_a4:matmul:WT=3,TN=16 matmul16_a8:matmul:WT=4,TN=16 matmul16_a2:matmul:WT=5,TN=16 \
   embed_f32:embed:WT=0 embed_f16:embed:WT=1 embed_bf16:embed:WT=2 \
   embed_a4:embed:WT=3 embed_a8:embed:WT=4 embed_a2:embed:WT=5 \
   rmsnorm:rmsnorm: rope:rope: \

@@ -48,6 +48,8 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
 
 #define VK_SHADER_LIST(X)                                                                  \
     X(matmul_f32) X(matmul_f16) X(matmul_bf16) X(matmul_a4) X(matmul_a8) X(matmul_a2)      \
+    X(matmul16_f32) X(matmul16_f16) X(matmul16_bf16) X(matmul16_a4) X(matmul16_a8)         \
+    X(matmul16_a2)                                                                         \
     X(embed_f32) X(embed_f16) X(embed_bf16) X(embed_a4) X(embed_a8) X(embed_a2)            \
     X(rmsnorm) X(rope) X(cache_write_f32) X(cache_write_f16) X(attention_f32)              \
     X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows)
@@ -70,6 +72,24 @@ static const uint32_t spv_matmul_a8[] = {
 };
 static const uint32_t spv_matmul_a2[] = {
 #include "matmul_a2.inc"
+};
+static const uint32_t spv_matmul16_f32[] = {
+#include "matmul16_f32.inc"
+};
+static const uint32_t spv_matmul16_f16[] = {
+#include "matmul16_f16.inc"
+};
+static const uint32_t spv_matmul16_bf16[] = {
+#include "matmul16_bf16.inc"
+};
+static const uint32_t spv_matmul16_a4[] = {
+#include "matmul16_a4.inc"
+};
+static const uint32_t spv_matmul16_a8[] = {
+#include "matmul16_a8.inc"
+};
+static const uint32_t spv_matmul16_a2[] = {
+#include "matmul16_a2.inc"
 };
 static const uint32_t spv_embed_f32[] = {
 #include "embed_f32.inc"
@@ -166,6 +186,12 @@ typedef struct vec_entry {
     vm_buf *buf;
 } vec_entry;
 
+#define HZ_MAX 32
+#define PEND_MAX 4
+#define PROF_MAX 8192
+
+typedef struct { VkDeviceAddress w, sc, bi, x, y, bias; uint32_t rows, cols, n, rows_per_wg, group, has_bias; } mm_pc;
+
 typedef struct vk_impl {
     VkInstance instance;
     VkPhysicalDevice phys;
@@ -195,9 +221,27 @@ typedef struct vk_impl {
     vec_entry *vecs;
     size_t n_vecs, cap_vecs;
     vm_buf *attn_part;    // attention split partials
+
+    // Hazard tracking: buffer ranges read and written by the dispatches
+    // recorded since the last barrier. A dispatch gets a barrier in front of
+    // it only if it reads or writes what one of those wrote, or writes what
+    // one of them read.
+    VkDeviceAddress hz_rd[HZ_MAX][2], hz_wr[HZ_MAX][2];
+    int n_rd, n_wr;
+    // Matmuls recorded lazily (up to PEND_MAX), so that an add_bias on one's
+    // output folds into it.
+    struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy; const vm_buf *x, *y; } pend[PEND_MAX];
+    int n_pend;
+    // VLLM_METAL_VULKAN_PROFILE=1: a timestamp after every dispatch, summed per shader.
+    VkQueryPool qpool;
+    uint32_t n_q, qsh[PROF_MAX];
+    double prof_ms[SH_COUNT], prof_gpu_ms, ts_period;
+    uint64_t prof_n[SH_COUNT], n_barriers, n_dispatches, n_submits;
 } vk_impl;
 
 static vk_impl *impl_of(const vm_backend *be) { return be->impl; }
+static void pend_flush(vk_impl *v);
+static void rec_barrier(vk_impl *v);
 
 static void fail(vk_impl *v, const char *what, VkResult r) {
     if (v->failed) return;
@@ -275,6 +319,7 @@ static void buf_destroy(vk_impl *v, vm_buf *b) {
 // Frees b now, or after the pending commands (which may use it) have run.
 static void buf_release(vk_impl *v, vm_buf *b) {
     if (!b) return;
+    pend_flush(v);
     if (!v->recording) { buf_destroy(v, b); return; }
     if (v->n_deferred == v->cap_deferred) {
         size_t cap = v->cap_deferred ? 2 * v->cap_deferred : 16;
@@ -295,6 +340,12 @@ static int rec_begin(vk_impl *v) {
     VkResult r = vkBeginCommandBuffer(v->cmd, &bi);
     if (r != VK_SUCCESS) { fail(v, "vkBeginCommandBuffer", r); return -1; }
     v->recording = 1;
+    rec_barrier(v);   // what earlier submissions wrote is visible to this one
+    if (v->qpool) {
+        vkCmdResetQueryPool(v->cmd, v->qpool, 0, PROF_MAX);
+        vkCmdWriteTimestamp(v->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, v->qpool, 0);
+        v->n_q = 1;
+    }
     return 0;
 }
 
@@ -306,12 +357,29 @@ static void rec_barrier(vk_impl *v) {
                          VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT };
     VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
     vkCmdPipelineBarrier(v->cmd, st, st, 0, 1, &mb, 0, NULL, 0, NULL);
+    v->n_rd = v->n_wr = 0;
+    v->n_barriers++;
+}
+
+static int hz_hit(VkDeviceAddress (*set)[2], int n, VkDeviceAddress lo, VkDeviceAddress hi) {
+    for (int i = 0; i < n; i++)
+        if (lo < set[i][1] && set[i][0] < hi) return 1;
+    return 0;
+}
+
+static void hz_add(VkDeviceAddress (*set)[2], int *n, const vm_buf *b) {
+    set[*n][0] = b->addr;
+    set[*n][1] = b->addr + (b->size ? b->size : 1);
+    (*n)++;
 }
 
 // Submits the pending commands and waits for them.
 static int flush(vk_impl *v) {
+    pend_flush(v);
     if (v->recording) {
         v->recording = 0;
+        rec_barrier(v);
+        v->n_submits++;
         VkResult r = vkEndCommandBuffer(v->cmd);
         if (r != VK_SUCCESS) fail(v, "vkEndCommandBuffer", r);
         else {
@@ -319,6 +387,17 @@ static int flush(vk_impl *v) {
             if ((r = vkQueueSubmit(v->queue, 1, &si, v->fence)) != VK_SUCCESS) fail(v, "vkQueueSubmit", r);
             else if ((r = vkWaitForFences(v->dev, 1, &v->fence, VK_TRUE, UINT64_MAX)) != VK_SUCCESS) fail(v, "vkWaitForFences", r);
             vkResetFences(v->dev, 1, &v->fence);
+            if (v->qpool && !v->failed && v->n_q > 1) {
+                uint64_t ts[PROF_MAX];
+                if (vkGetQueryPoolResults(v->dev, v->qpool, 0, v->n_q, sizeof ts, ts, 8, VK_QUERY_RESULT_64_BIT) == VK_SUCCESS) {
+                    for (uint32_t i = 1; i < v->n_q; i++) {
+                        double ms = (double)(ts[i] - ts[i - 1]) * v->ts_period * 1e-6;
+                        v->prof_ms[v->qsh[i]] += ms;
+                        v->prof_n[v->qsh[i]]++;
+                        v->prof_gpu_ms += ms;
+                    }
+                }
+            }
         }
         vkResetCommandBuffer(v->cmd, 0);
     }
@@ -344,14 +423,54 @@ static VkPipeline pipeline(vk_impl *v, int sh) {
 
 #define PUSH_BYTES 128
 
-static void dispatch(vk_impl *v, int sh, const void *pc, size_t pc_size, uint32_t gx, uint32_t gy, uint32_t gz) {
+// Records one dispatch that reads the buffers rd and writes wr (NULLs
+// skipped; weights and uploaded vectors are not listed: nothing writes them
+// while commands are pending), with a barrier in front only on a hazard.
+static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uint32_t gx, uint32_t gy, uint32_t gz,
+                         const vm_buf *const *rd, int nrd, const vm_buf *const *wr, int nwr) {
     if (v->failed || gx == 0 || gy == 0 || gz == 0) return;
     VkPipeline p = pipeline(v, sh);
     if (!p || rec_begin(v) != 0) return;
+    int need = v->n_rd + nrd > HZ_MAX || v->n_wr + nwr > HZ_MAX;
+    for (int i = 0; i < nrd && !need; i++)
+        if (rd[i]) need = hz_hit(v->hz_wr, v->n_wr, rd[i]->addr, rd[i]->addr + (rd[i]->size ? rd[i]->size : 1));
+    for (int i = 0; i < nwr && !need; i++)
+        if (wr[i]) {
+            VkDeviceAddress lo = wr[i]->addr, hi = lo + (wr[i]->size ? wr[i]->size : 1);
+            need = hz_hit(v->hz_wr, v->n_wr, lo, hi) || hz_hit(v->hz_rd, v->n_rd, lo, hi);
+        }
+    if (need) rec_barrier(v);
+    for (int i = 0; i < nrd; i++) if (rd[i]) hz_add(v->hz_rd, &v->n_rd, rd[i]);
+    for (int i = 0; i < nwr; i++) if (wr[i]) hz_add(v->hz_wr, &v->n_wr, wr[i]);
     vkCmdBindPipeline(v->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p);
     vkCmdPushConstants(v->cmd, v->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
     vkCmdDispatch(v->cmd, gx, gy, gz);
-    rec_barrier(v);
+    v->n_dispatches++;
+    if (v->qpool && v->n_q < PROF_MAX) {
+        vkCmdWriteTimestamp(v->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, v->qpool, v->n_q);
+        v->qsh[v->n_q++] = (uint32_t)sh;
+    }
+}
+
+static void pend_flush(vk_impl *v) {
+    int n = v->n_pend;
+    v->n_pend = 0;
+    for (int i = 0; i < n; i++) {
+        struct pend_mm *p = &v->pend[i];
+        const vm_buf *rd[1] = { p->x }, *wr[1] = { p->y };
+        dispatch_raw(v, p->sh, &p->pc, sizeof p->pc, p->gx, p->gy, 1, rd, 1, wr, 1);
+    }
+}
+
+#define RD(...) (const vm_buf *const[]){ __VA_ARGS__ }
+#define NARGS(...) (int)(sizeof((const vm_buf *const[]){ __VA_ARGS__ }) / sizeof(const vm_buf *))
+// dispatch(v, sh, &pc, gx, gy, gz, RDS(a, b), WRS(c))
+#define RDS(...) RD(__VA_ARGS__), NARGS(__VA_ARGS__)
+#define WRS(...) RD(__VA_ARGS__), NARGS(__VA_ARGS__)
+static void dispatch(vk_impl *v, int sh, const void *pc, size_t pc_size, uint32_t gx, uint32_t gy, uint32_t gz,
+                     const vm_buf *const *rd, int nrd, const vm_buf *const *wr, int nwr) {
+    pend_flush(v);
+    dispatch_raw(v, sh, pc, pc_size, gx, gy, gz, rd, nrd, wr, nwr);
 }
 
 // 1-D grids of more than 65535 workgroups fold into y (shaders unfold them).
@@ -375,7 +494,9 @@ static vm_buf *staging_get(vk_impl *v, size_t bytes) {
 #define STAGING_MAX ((size_t)64 << 20)
 
 static void copy_region(vk_impl *v, VkBuffer src, size_t so, VkBuffer dst, size_t dO, size_t n) {
+    pend_flush(v);
     if (rec_begin(v) != 0) return;
+    rec_barrier(v);
     VkBufferCopy c = { so, dO, n };
     vkCmdCopyBuffer(v->cmd, src, dst, 1, &c);
     rec_barrier(v);
@@ -384,9 +505,11 @@ static void copy_region(vk_impl *v, VkBuffer src, size_t so, VkBuffer dst, size_
 static void vk_buf_write(vm_backend *be, vm_buf *b, size_t off, const void *src, size_t n) {
     vk_impl *v = impl_of(be);
     if (n == 0) return;
+    pend_flush(v);
     if (v->recording && n <= 65536 && off % 4 == 0 && n % 4 == 0) {
-        vkCmdUpdateBuffer(v->cmd, b->buf, off, n, src);   // in order with the recorded ops
         rec_barrier(v);
+        vkCmdUpdateBuffer(v->cmd, b->buf, off, n, src);   // in order with the recorded ops
+        rec_barrier(v);   // every later reader waits for it (uploaded vectors are not in the read lists)
         return;
     }
     flush(v);
@@ -587,7 +710,8 @@ static void vk_embed(vm_backend *be, const vm_weight *table, const vm_buf *token
     if (!kw) return;
     struct { VkDeviceAddress w, sc, bi, ids, y; uint32_t rows, cols, n, group; } pc =
         { kw->w, kw->sc, kw->bi, tokens->addr, out->addr, (uint32_t)table->rows, (uint32_t)table->cols, (uint32_t)n, (uint32_t)kw->group };
-    dispatch(v, SH_embed_f32 + kw->wt, &pc, sizeof pc, (uint32_t)((table->cols + 255) / 256), (uint32_t)n, 1);
+    dispatch(v, SH_embed_f32 + kw->wt, &pc, sizeof pc, (uint32_t)((table->cols + 255) / 256), (uint32_t)n, 1,
+             RDS(tokens), WRS(out));
 }
 
 static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows, int dim, vm_buf *out) {
@@ -597,7 +721,7 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
     struct { VkDeviceAddress x, w, y; uint32_t rows, dim; float eps; } pc = { x->addr, wa, out->addr, (uint32_t)rows, (uint32_t)dim, eps };
     uint32_t gx, gy;
     grid_1d((uint64_t)rows, &gx, &gy);
-    dispatch(v, SH_rmsnorm, &pc, sizeof pc, gx, gy, 1);
+    dispatch(v, SH_rmsnorm, &pc, sizeof pc, gx, gy, 1, RDS(x), WRS(out));
 }
 
 static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
@@ -606,36 +730,55 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     if (!kw) return;
     uint32_t rpw = 128 / v->subgroup_size;
     if (rpw < 1) rpw = 1;
-    struct { VkDeviceAddress w, sc, bi, x, y; uint32_t rows, cols, n, rows_per_wg, group; } pc =
-        { kw->w, kw->sc, kw->bi, x->addr, out->addr, (uint32_t)w->rows, (uint32_t)w->cols, (uint32_t)n, rpw, (uint32_t)kw->group };
-    dispatch(v, SH_matmul_f32 + kw->wt, &pc, sizeof pc, (uint32_t)((w->rows + rpw - 1) / rpw), (uint32_t)((n + 3) / 4), 1);
+    // batches of more than 8 tokens: tiles of 16 tokens (each weight row read n/16 times, not n/4)
+    int tn = n > 8 ? 16 : 4;
+    if (v->n_pend == PEND_MAX) pend_flush(v);
+    struct pend_mm *p = &v->pend[v->n_pend++];
+    p->sh = (tn == 16 ? SH_matmul16_f32 : SH_matmul_f32) + kw->wt;
+    p->pc = (mm_pc){ kw->w, kw->sc, kw->bi, x->addr, out->addr, 0, (uint32_t)w->rows, (uint32_t)w->cols, (uint32_t)n, rpw,
+                     (uint32_t)kw->group, 0 };
+    p->gx = (uint32_t)((w->rows + rpw - 1) / rpw);
+    p->gy = (uint32_t)((n + tn - 1) / tn);
+    p->x = x;
+    p->y = out;
 }
 
 typedef struct { VkDeviceAddress x, y, z, w; uint32_t n, dim; } elt_pc;
 
-static void eltwise(vk_impl *v, int sh, elt_pc pc) {
+static void eltwise(vk_impl *v, int sh, elt_pc pc, const vm_buf *r0, const vm_buf *r1, const vm_buf *w0) {
     uint32_t gx, gy;
     grid_1d(((uint64_t)pc.n + 255) / 256, &gx, &gy);
-    dispatch(v, sh, &pc, sizeof pc, gx, gy, 1);
+    dispatch(v, sh, &pc, sizeof pc, gx, gy, 1, RDS(r0, r1), WRS(w0));
 }
 
 static void vk_add_bias(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n, int dim) {
     vk_impl *v = impl_of(be);
     VkDeviceAddress ba = tensor_f32(v, bias);
     if (!ba) return;
-    eltwise(v, SH_add_bias, (elt_pc){ x->addr, ba, 0, 0, (uint32_t)n * (uint32_t)dim, (uint32_t)dim });
+    // fold into a pending matmul that wrote x (n rows of dim)
+    for (int i = v->n_pend - 1; i >= 0; i--) {
+        struct pend_mm *p = &v->pend[i];
+        if (p->y == x && !p->pc.has_bias && p->pc.rows == (uint32_t)dim && p->pc.n == (uint32_t)n) {
+            p->pc.bias = ba;
+            p->pc.has_bias = 1;
+            return;
+        }
+        if (p->y == x || p->x == x) break;
+    }
+    eltwise(v, SH_add_bias, (elt_pc){ x->addr, ba, 0, 0, (uint32_t)n * (uint32_t)dim, (uint32_t)dim }, x, NULL, x);
 }
 
 static void vk_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size_t n, vm_buf *out) {
-    eltwise(impl_of(be), SH_swiglu, (elt_pc){ gate->addr, up->addr, out->addr, 0, (uint32_t)n, 1 });
+    eltwise(impl_of(be), SH_swiglu, (elt_pc){ gate->addr, up->addr, out->addr, 0, (uint32_t)n, 1 }, gate, up, out);
 }
 
 static void vk_add(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n) {
-    eltwise(impl_of(be), SH_add, (elt_pc){ x->addr, y->addr, 0, 0, (uint32_t)n, 1 });
+    eltwise(impl_of(be), SH_add, (elt_pc){ x->addr, y->addr, 0, 0, (uint32_t)n, 1 }, x, y, x);
 }
 
 static void vk_get_rows(vm_backend *be, const vm_buf *x, const vm_buf *rows, int n_rows, int dim, vm_buf *out) {
-    eltwise(impl_of(be), SH_get_rows, (elt_pc){ x->addr, 0, out->addr, rows->addr, (uint32_t)n_rows * (uint32_t)dim, (uint32_t)dim });
+    eltwise(impl_of(be), SH_get_rows, (elt_pc){ x->addr, 0, out->addr, rows->addr, (uint32_t)n_rows * (uint32_t)dim, (uint32_t)dim },
+            x, rows, out);
 }
 
 static void vk_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads, int head_dim, const vm_rope *r) {
@@ -647,7 +790,7 @@ static void vk_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, i
     }
     struct { VkDeviceAddress x, pos, inv_freq; uint32_t n, n_heads, head_dim, half_rot, interleaved; float theta_scale; } pc =
         { x->addr, positions->addr, fa, (uint32_t)n, (uint32_t)n_heads, (uint32_t)head_dim, (uint32_t)half, (uint32_t)(r->interleaved != 0), r->theta_scale };
-    dispatch(v, SH_rope, &pc, sizeof pc, (uint32_t)((half + 63) / 64), (uint32_t)n, 1);
+    dispatch(v, SH_rope, &pc, sizeof pc, (uint32_t)((half + 63) / 64), (uint32_t)n, 1, RDS(x, positions), WRS(x));
 }
 
 static void vk_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *vb, const vm_attn_meta *m,
@@ -659,7 +802,7 @@ static void vk_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *vb, co
     int f16 = m->kv_dtype == VM_DTYPE_F16;
     uint32_t per = f16 ? (uint32_t)head_dim / 2 : (uint32_t)head_dim;
     dispatch(v, f16 ? SH_cache_write_f16 : SH_cache_write_f32, &pc, sizeof pc, (per + 63) / 64,
-             (uint32_t)m->n_tokens, (uint32_t)n_kv_heads);
+             (uint32_t)m->n_tokens, (uint32_t)n_kv_heads, RDS(k, vb, m->slot_mapping), WRS(k_cache, v_cache));
 }
 
 #define ATTN_TILE 64
@@ -697,10 +840,12 @@ static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache,
         { q->addr, k_cache->addr, v_cache->addr, dst, m->positions->addr, m->seq_start->addr, m->block_table->addr,
           (uint32_t)n_heads, (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)m->block_size,
           (uint32_t)m->max_blocks_per_seq, (uint32_t)m->n_seqs, n_splits, split_len, scale };
-    dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1);
+    const vm_buf *dst_buf = n_splits > 1 ? v->attn_part : out;
+    dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1,
+             RDS(q, k_cache, v_cache, m->positions, m->seq_start, m->block_table), WRS(dst_buf));
     if (n_splits > 1) {
         struct { VkDeviceAddress part, out; uint32_t head_dim, n_splits; } cp = { dst, out->addr, (uint32_t)head_dim, n_splits };
-        dispatch(v, SH_attn_combine, &cp, sizeof cp, items, 1, 1);
+        dispatch(v, SH_attn_combine, &cp, sizeof cp, items, 1, 1, RDS(v->attn_part), WRS(out));
     }
 }
 
@@ -722,6 +867,16 @@ static void vk_destroy(vm_backend *be) {
         if (v->dev) {
             flush(v);
             vkDeviceWaitIdle(v->dev);
+            if (v->qpool) {
+                fprintf(stderr, "vulkan profile: %llu submits, %llu dispatches, %llu barriers, GPU %.1f ms\n",
+                        (unsigned long long)v->n_submits, (unsigned long long)v->n_dispatches,
+                        (unsigned long long)v->n_barriers, v->prof_gpu_ms);
+                for (int i = 0; i < SH_COUNT; i++)
+                    if (v->prof_n[i])
+                        fprintf(stderr, "  %-18s %8llu x %8.2f us = %9.1f ms\n", shaders[i].name, (unsigned long long)v->prof_n[i],
+                                v->prof_ms[i] * 1e3 / (double)v->prof_n[i], v->prof_ms[i]);
+                vkDestroyQueryPool(v->dev, v->qpool, NULL);
+            }
             while (v->weights) { vk_weight *n = v->weights->next; buf_destroy(v, v->weights->buf); free(v->weights); v->weights = n; }
             for (size_t i = 0; i < v->n_vecs; i++) { buf_destroy(v, v->vecs[i].buf); free(v->vecs[i].bytes); }
             buf_destroy(v, v->staging);
@@ -918,6 +1073,13 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     VkPipelineLayoutCreateInfo lci = { .sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
                                        .pushConstantRangeCount = 1, .pPushConstantRanges = &range };
     if ((r = vkCreatePipelineLayout(v->dev, &lci, NULL, &v->layout)) != VK_SUCCESS) return vm_errf(e, "vulkan: pipeline layout (%d)", (int)r);
+    const char *prof = getenv("VLLM_METAL_VULKAN_PROFILE");
+    if (prof && *prof && strcmp(prof, "0") && props.limits.timestampComputeAndGraphics) {
+        VkQueryPoolCreateInfo qi = { .sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO, .queryType = VK_QUERY_TYPE_TIMESTAMP,
+                                     .queryCount = PROF_MAX };
+        if (vkCreateQueryPool(v->dev, &qi, NULL, &v->qpool) != VK_SUCCESS) v->qpool = VK_NULL_HANDLE;
+        v->ts_period = props.limits.timestampPeriod;
+    }
     return 0;
 }
 

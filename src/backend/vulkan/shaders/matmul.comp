@@ -3,7 +3,8 @@
 // A subgroup owns an output row: its lanes walk the row 8 columns at a time,
 // each for TN tokens at once, and subgroupAdd sums the lanes. A workgroup
 // covers rows_per_wg rows (its subgroups loop over them, whatever their size);
-// workgroup y is a tile of TN tokens.
+// workgroup y is a tile of TN tokens (4, or 16 for batches). With has_bias,
+// bias[row] is added (a folded add_bias).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -12,11 +13,13 @@
 
 layout(local_size_x = 128) in;
 layout(push_constant, std430) uniform Params {
-    U32 w; F32 sc; F32 bi; F32x4 x; F32 y;
-    uint rows, cols, n, rows_per_wg, group;
+    U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias;
+    uint rows, cols, n, rows_per_wg, group, has_bias;
 } pc;
 
+#ifndef TN
 #define TN 4
+#endif
 
 void main() {
     const uint chunks = pc.cols / 8u;
@@ -67,8 +70,9 @@ void main() {
                 }
             }
         }
+        const float b = pc.has_bias != 0u ? pc.bias.v[r] : 0.0;
         for (uint t = 0; t < TN; t++) {
-            float s = subgroupAdd(acc[t]);
+            float s = subgroupAdd(acc[t]) + b;
             if (subgroupElect() && t < nt) pc.y.v[(t0 + t) * pc.rows + r] = s;
         }
     }
