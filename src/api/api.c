@@ -248,7 +248,7 @@ static char *template_from_config(const char *dir) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     json_error_t je;
-    json_t *cfg = json_load_file(path, 0, &je);
+    json_t *cfg = json_load_file(path, JSON_DECODE_INT_AS_REAL, &je);
     char *out = NULL;
     json_t *v = json_object_get(cfg, "chat_template");
     if (json_is_string(v)) out = strdup(json_string_value(v));

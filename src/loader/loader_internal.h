@@ -47,6 +47,11 @@ int vm_store_map_file(vm_weight_store *ws, const char *path, vm_err *e);
 vm_tensor *vm_store_add_tensor(vm_weight_store *ws, const char *name, size_t name_len,
                                size_t file_index, vm_err *e);
 
+// Decoder-name aliasing applied to every tensor name and MLX override key
+// (language_model.model.* -> model.*, ...): the length of the prefix to drop,
+// *repl its replacement; 0 and "" when the name stays.
+size_t vm_name_alias(const char *name, size_t name_len, const char **repl);
+
 // Readers: fill ws (tensors, files, metadata). Return 0 or -1 with a message.
 int vm_safetensors_load_file(vm_weight_store *ws, const char *path, vm_err *e);
 int vm_safetensors_load_index(vm_weight_store *ws, const char *index_path, vm_err *e);

@@ -222,7 +222,12 @@ int vm_safetensors_load_index(vm_weight_store *ws, const char *index_path, vm_er
             goto done;
         }
     json_object_foreach(map, name, val) {
-        vm_tensor key = {.name = name};
+        // the store holds the aliased name (vm_name_alias); look that up
+        char alias[512];
+        const char *repl;
+        size_t nl = strlen(name), drop = vm_name_alias(name, nl, &repl);
+        if (drop) snprintf(alias, sizeof alias, "%s%s", repl, name + drop);
+        vm_tensor key = {.name = drop ? alias : name};
         const vm_tensor *kp = &key;
         const vm_tensor **hit = bsearch(&kp, ord, ws->n_tensors, sizeof *ord, cmp_tensor_name);
         const char *shard = json_string_value(val);
@@ -322,7 +327,11 @@ int vm_mlx_load_config(vm_weight_store *ws, const char *config_path, vm_err *e) 
             rc = vm_errf(e, "%s: field '%s.%s': bits/group_size invalid", config_path, field, key);
             goto done;
         }
-        if (!(ov.module = strdup(key))) { rc = vm_errf(e, "%s: out of memory", config_path); goto done; }
+        const char *repl;
+        size_t klen = strlen(key), drop = vm_name_alias(key, klen, &repl), rl = strlen(repl);
+        if (!(ov.module = malloc(klen - drop + rl + 1))) { rc = vm_errf(e, "%s: out of memory", config_path); goto done; }
+        memcpy(ov.module, repl, rl);
+        memcpy(ov.module + rl, key + drop, klen - drop + 1);
         ws->overrides[ws->n_overrides++] = ov;
     }
 done:

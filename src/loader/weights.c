@@ -45,6 +45,26 @@ int vm_store_map_file(vm_weight_store *ws, const char *path, vm_err *e) {
     return (int)ws->n_files++;
 }
 
+// Checkpoint layouts that nest the text decoder under a prefix keep the
+// decoder's names below it: mlx-vlm writes language_model.model.* and
+// language_model.lm_head.*, transformers 5 model.language_model.*. The store
+// indexes them under the plain decoder names (model.*, lm_head.*); other
+// names (vision_tower.*, visual.*, GGUF's blk.*) pass unchanged.
+// Returns the length of the prefix to drop and sets *repl to what replaces it.
+size_t vm_name_alias(const char *name, size_t name_len, const char **repl) {
+    static const struct { const char *from, *to; } map[] = {
+        { "language_model.model.", "model." },
+        { "language_model.lm_head.", "lm_head." },
+        { "model.language_model.", "model." },
+    };
+    for (size_t i = 0; i < VM_ARRAY_LEN(map); i++) {
+        size_t n = strlen(map[i].from);
+        if (name_len >= n && memcmp(name, map[i].from, n) == 0) { *repl = map[i].to; return n; }
+    }
+    *repl = "";
+    return 0;
+}
+
 vm_tensor *vm_store_add_tensor(vm_weight_store *ws, const char *name, size_t name_len,
                                size_t file_index, vm_err *e) {
     if (ws->n_tensors == ws->cap_tensors) {
@@ -53,10 +73,13 @@ vm_tensor *vm_store_add_tensor(vm_weight_store *ws, const char *name, size_t nam
         if (!nt) { vm_errf(e, "%s: out of memory", ws->files[file_index].path); return NULL; }
         ws->tensors = nt; ws->cap_tensors = cap;
     }
-    char *copy = malloc(name_len + 1);
+    const char *repl;
+    size_t drop = vm_name_alias(name, name_len, &repl), rl = strlen(repl);
+    char *copy = malloc(name_len - drop + rl + 1);
     if (!copy) { vm_errf(e, "%s: out of memory", ws->files[file_index].path); return NULL; }
-    memcpy(copy, name, name_len);
-    copy[name_len] = 0;
+    memcpy(copy, repl, rl);
+    memcpy(copy + rl, name + drop, name_len - drop);
+    copy[rl + name_len - drop] = 0;
     vm_tensor *t = &ws->tensors[ws->n_tensors++];
     memset(t, 0, sizeof *t);
     t->name = copy;

@@ -350,8 +350,10 @@ static int add_eos(vm_tokenizer *t, int32_t id, vm_err *e) {
 }
 
 static int apply_config(vm_tokenizer *t, const char *config_path, vm_err *e) {
+    // Integers as reals: many configs carry "model_max_length": 1e30 written as an
+    // integer, beyond what jansson takes as one; only strings and booleans are read here.
     json_error_t je;
-    json_t *cfg = json_load_file(config_path, 0, &je);
+    json_t *cfg = json_load_file(config_path, JSON_DECODE_INT_AS_REAL, &je);
     if (!cfg) return vm_errf(e, "%s: %s (line %d)", config_path, je.text, je.line);
     int32_t bos = config_token(t, cfg, "bos_token"), eos = config_token(t, cfg, "eos_token");
     int32_t pad = config_token(t, cfg, "pad_token"), unk = config_token(t, cfg, "unk_token");

@@ -31,6 +31,7 @@ struct vm_vision {
     vm_backend *be;
     vm_weight_store *ws;
     vm_weight patch;
+    void *patch_owned;          // the patch-embed weight reordered from channels-last (MLX), else NULL
     vision_block *blocks;
     const float *ln_q_w, *ln_q_b;
     vm_weight m_fc1, m_fc2;
@@ -182,19 +183,25 @@ static int linear(vm_vision *v, const char *pre, const char *name, int64_t rows,
 }
 
 // Conv3d weight [D, C, T, P, P] (HF) viewed as a (D, C*T*P*P) matrix: the
-// processor flattens each patch in the same (C, T, P, P) order.
+// processor flattens each patch in the same (C, T, P, P) order. mlx-vlm
+// stores it channels-last, [D, T, P, P, C] (MLX's Conv3d layout); that one is
+// reordered once into an owned [D, C, T, P, P] copy (the tensor is small:
+// D * 1176 elements).
 static int patch_weight(vm_vision *v, const char *pre, vm_err *e) {
     const vm_vision_config *c = &v->cfg;
     char full[256];
     snprintf(full, sizeof full, "%spatch_embed.proj.weight", pre);
     const vm_tensor *t = vm_weights_find(v->ws, full);
-    const int64_t cols = (int64_t)c->in_channels * c->temporal_patch_size * c->patch_size * c->patch_size;
+    const int C = c->in_channels, T = c->temporal_patch_size, P = c->patch_size;
+    const int64_t cols = (int64_t)C * T * P * P;
     if (!t) return vm_errf(e, "tensor %s missing", full);
-    if (t->ndim != 5 || t->shape[0] != c->embed_dim || t->shape[1] != c->in_channels ||
-        t->shape[2] != c->temporal_patch_size || t->shape[3] != c->patch_size || t->shape[4] != c->patch_size)
-        return vm_errf(e, "%s: %s: expected Conv3d weight [%d, %d, %d, %d, %d] (channels-last MLX layout is not "
-                       "supported yet)", t->file, full, c->embed_dim, c->in_channels, c->temporal_patch_size,
-                       c->patch_size, c->patch_size);
+    const int dims_ok = t->ndim == 5 && t->shape[0] == c->embed_dim;
+    const int torch_layout = dims_ok && t->shape[1] == C && t->shape[2] == T && t->shape[3] == P && t->shape[4] == P;
+    const int mlx_layout = !torch_layout && dims_ok && t->shape[1] == T && t->shape[2] == P && t->shape[3] == P &&
+                           t->shape[4] == C;
+    if (!torch_layout && !mlx_layout)
+        return vm_errf(e, "%s: %s: expected Conv3d weight [%d, %d, %d, %d, %d] (or channels-last [%d, %d, %d, %d, %d])",
+                       t->file, full, c->embed_dim, C, T, P, P, c->embed_dim, T, P, P, C);
     if (t->dtype != VM_DTYPE_F32 && t->dtype != VM_DTYPE_F16 && t->dtype != VM_DTYPE_BF16)
         return vm_errf(e, "%s: %s: dtype %s not supported", t->file, full, vm_dtype_name(t->dtype));
     memset(&v->patch, 0, sizeof v->patch);
@@ -203,6 +210,20 @@ static int patch_weight(vm_vision *v, const char *pre, vm_err *e) {
     v->patch.rows = c->embed_dim;
     v->patch.cols = cols;
     v->patch.data = t->data;
+    if (mlx_layout) {
+        const size_t es = t->dtype == VM_DTYPE_F32 ? 4 : 2, spatial = (size_t)T * P * P;
+        uint8_t *dst = malloc((size_t)c->embed_dim * cols * es);
+        if (!dst) return vm_errf(e, "out of memory");
+        const uint8_t *src = t->data;
+        // dst[d][ch][s] = src[d][s][ch], s = (t, y, x) flattened
+        for (int64_t d = 0; d < c->embed_dim; d++)
+            for (size_t sp = 0; sp < spatial; sp++)
+                for (int ch = 0; ch < C; ch++)
+                    memcpy(dst + (((size_t)d * C + ch) * spatial + sp) * es,
+                           src + (((size_t)d * spatial + sp) * C + ch) * es, es);
+        v->patch_owned = dst;
+        v->patch.data = dst;
+    }
     return v->be->weight_prepare(v->be, &v->patch, e);
 }
 
@@ -267,6 +288,7 @@ void vm_vision_free(vm_vision *v) {
     if (v->bx) v->be->buf_free(v->be, v->bx);
     if (v->by) v->be->buf_free(v->be, v->by);
     vm_weights_free(v->ws);
+    free(v->patch_owned);
     free(v);
 }
 

@@ -12,6 +12,9 @@
 #include "engine/engine.h"
 
 #define VLM "tests/data/tiny_vlm/qwen2_vl"
+// the same model as mlx-vlm converts it (4-bit MLX text decoder, vision_tower.*
+// names, channels-last patch embed); goldens from mlx-vlm itself
+#define VLM_MLX "tests/data/tiny_vlm/qwen2_vl_mlx_q4"
 #define IMAGE_TOKEN 252
 
 static void *read_all(const char *path, size_t *n) {
@@ -43,9 +46,11 @@ static const char *image_file(const char *name) {
 }
 
 // prompts 0 and 1 of golden.json (default pixel limits)
-static void load_golden(golden *g, int which) {
+static void load_golden_from(const char *dir, golden *g, int which) {
     json_error_t je;
-    json_t *root = json_load_file(VLM "/golden.json", 0, &je);
+    char path[256];
+    snprintf(path, sizeof path, "%s/golden.json", dir);
+    json_t *root = json_load_file(path, 0, &je);
     cr_assert(root, "%s", je.text);
     json_t *p = json_array_get(json_object_get(root, "prompts"), (size_t)which);
     json_t *toks = json_object_get(p, "tokens");
@@ -63,10 +68,12 @@ static void load_golden(golden *g, int which) {
     json_decref(root);
 }
 
-static vm_engine *make_engine_cached(int batched, int blocks, int block_size, int caching) {
+static void load_golden(golden *g, int which) { load_golden_from(VLM, g, which); }
+
+static vm_engine *make_engine_model(const char *model, int batched, int blocks, int block_size, int caching) {
     vm_engine_args a;
     vm_engine_args_init(&a);
-    a.model = VLM;
+    a.model = model;
     a.max_num_batched_tokens = batched;
     a.num_kv_blocks = blocks;
     a.block_size = block_size;
@@ -77,6 +84,10 @@ static vm_engine *make_engine_cached(int batched, int blocks, int block_size, in
     cr_assert(eng, "%s", e.msg);
     cr_assert(vm_engine_is_vlm(eng));
     return eng;
+}
+
+static vm_engine *make_engine_cached(int batched, int blocks, int block_size, int caching) {
+    return make_engine_model(VLM, batched, blocks, block_size, caching);
 }
 
 static vm_engine *make_engine(int batched, int blocks, int block_size) {
@@ -127,7 +138,7 @@ static void run_all(vm_engine *eng, vm_stream **st, int n, int32_t (*toks)[32], 
 static void expect_golden(const golden *g, const int32_t *toks, int n, const char *what) {
     cr_expect(n == g->n_expect, "%s: %d tokens", what, n);
     for (int i = 0; i < n && i < g->n_expect; i++)
-        cr_expect(toks[i] == g->expect[i], "%s: token %d is %d, transformers %d", what, i, toks[i], g->expect[i]);
+        cr_expect(toks[i] == g->expect[i], "%s: token %d is %d, reference %d", what, i, toks[i], g->expect[i]);
 }
 
 // Whole prefill and chunked prefill (7-token chunks split the images).
@@ -149,6 +160,32 @@ Test(engine_vlm, matches_transformers) {
             run_all(eng, &st, 1, toks, &n, NULL);
             char what[64];
             snprintf(what, sizeof what, "prompt %d, budget %d", which, budgets[b]);
+            expect_golden(&g, toks[0], n, what);
+        }
+        vm_engine_free(eng);
+    }
+}
+
+// The mlx-community layout (mlx-vlm's converter): whole and chunked prefill,
+// greedy tokens equal mlx-vlm's.
+Test(engine_vlm, mlx_q4_matches_mlx_vlm) {
+    int budgets[2] = { 2048, 7 };
+    for (int b = 0; b < 2; b++) {
+        vm_engine *eng = make_engine_model(VLM_MLX, budgets[b], 64, 8, 1);
+        for (int which = 0; which < 2; which++) {
+            golden g;
+            load_golden_from(VLM_MLX, &g, which);
+            vm_mm_inputs *mm = images_of(eng, g.images, g.n_images);
+            vm_sampling_params sp;
+            greedy(&sp, g.n_expect);
+            vm_err e = {{0}};
+            vm_stream *st = vm_engine_submit_mm(eng, NULL, g.prompt, g.n_prompt, mm, &sp, &e);
+            cr_assert(st, "%s", e.msg);
+            vm_mm_inputs_release(mm);
+            int32_t toks[1][32]; int n;
+            run_all(eng, &st, 1, toks, &n, NULL);
+            char what[64];
+            snprintf(what, sizeof what, "mlx q4 prompt %d, budget %d", which, budgets[b]);
             expect_golden(&g, toks[0], n, what);
         }
         vm_engine_free(eng);
