@@ -31,7 +31,7 @@ deps() {
 }
 
 # Python test tools. Pinned so goldens stay reproducible.
-VENV_PACKAGES="pytest==8.3.4 numpy==1.26.4 tokenizers==0.21.0 jinja2==3.1.6 openai==1.59.7 requests==2.32.3"
+VENV_PACKAGES="pytest==8.3.4 numpy==1.26.4 tokenizers==0.21.0 jinja2==3.1.6 openai==3.57.0 requests==2.32.3 prometheus-client==0.26.0"
 venv() {
     local v="$CACHE/venv"
     local stamp="$v/.vllm-metal-$(echo "$VENV_PACKAGES" | md5sum | cut -c1-12)"

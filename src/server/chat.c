@@ -54,7 +54,7 @@ static int load_hf(srv_chat *c, const char *dir, vm_err *e) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     json_error_t je;
-    json_t *cfg = json_load_file(path, 0, &je);
+    json_t *cfg = json_load_file(path, JSON_DECODE_INT_AS_REAL, &je);
     if (cfg) {
         if (!c->source) c->source = template_field(cfg);
         c->bos_token = token_field(cfg, "bos_token");
@@ -172,8 +172,23 @@ static json_t *normalize_messages(json_t *messages, json_t *images, srv_error *e
             srv_fail(err, 400, "messages", "messages[%zu].role must be a string", i);
             goto fail;
         }
-        json_t *copy = json_deep_copy(m);
+        // OpenAI's roles, "ipython" (Llama 3.x) and "tool_results" (Mistral) for tool results
+        static const char *const roles[] = {"system", "developer", "user", "assistant", "tool",
+                                            "function", "ipython", "tool_results"};
+        const char *rs = json_string_value(role);
+        bool known = false;
+        for (size_t k = 0; k < sizeof roles / sizeof *roles && !known; k++) known = !strcmp(rs, roles[k]);
+        if (!known) {
+            srv_fail(err, 400, "messages", "messages[%zu].role '%.64s' is not one of system, developer, "
+                     "user, assistant, tool, function, ipython, tool_results", i, rs);
+            goto fail;
+        }
         json_t *content = json_object_get(m, "content");
+        if ((!content || json_is_null(content)) && strcmp(rs, "assistant")) { // an assistant turn may carry only tool_calls
+            srv_fail(err, 400, "messages", "messages[%zu].content is required for role '%s'", i, rs);
+            goto fail;
+        }
+        json_t *copy = json_deep_copy(m);
         if (json_is_array(content)) {
             size_t total = 0, j, n_img = 0; json_t *part;
             json_array_foreach(content, j, part) {
@@ -275,7 +290,9 @@ char *srv_chat_render(const srv_chat *c, json_t *messages, json_t *tools,
     vm_err e = {{0}};
     if (vm_chat_template_render(c->tpl, ctx, &out, &e) != 0) {
         out = NULL;
-        srv_fail(err, 400, NULL, "chat template error: %s", e.msg);
+        const char *why = e.msg;
+        if (!strncmp(why, "chat template error: ", 21)) why += 21;
+        srv_fail(err, 400, "messages", "chat template error: %s", why);
     }
     json_decref(ctx);
     if (out && continue_final_message) {

@@ -357,11 +357,27 @@ typedef struct parsed_params {
     int32_t *allowed;
     const char **bad_words;
     bool max_tokens_given;
+    const char *max_field;             // the field that gave max_tokens
 } parsed_params;
 
 static void params_free(parsed_params *pp) {
     free(pp->stop_ids); free(pp->bias_ids); free(pp->bias_vals); free(pp->allowed);
     free(pp->bad_words);
+}
+
+// The request field an engine validation message starts with ("temperature
+// must be ...") as a static string for the error's "param", or NULL.
+static const char *param_named_in(const char *msg) {
+    static const char *const fields[] = {"n", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
+                                         "frequency_penalty", "repetition_penalty", "max_tokens", "min_tokens",
+                                         "logprobs", "prompt_logprobs", "stop", "stop_token_ids", "seed",
+                                         "logit_bias", "allowed_token_ids", "bad_words"};
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+        size_t k = strlen(fields[i]);
+        if (!strncmp(msg, fields[i], k) && (msg[k] == ' ' || msg[k] == ':' || msg[k] == '\''))
+            return fields[i];
+    }
+    return NULL;
 }
 
 static int parse_common(vm_server *s, srv_kind kind, json_t *b, parsed_params *pp, srv_request *r,
@@ -390,15 +406,16 @@ static int parse_common(vm_server *s, srv_kind kind, json_t *b, parsed_params *p
         sp->seed = s->cfg.seed + atomic_fetch_add(&s->next_seed, 1);
     }
     int max_tokens = -1;
+    const char *max_field = "max_tokens";
     if ((rc = get_int_range(b, "max_tokens", &max_tokens, INT32_MIN, INT32_MAX, err)) < 0) return -1;
     if (rc == 1) pp->max_tokens_given = true;
     if (kind == SRV_CHAT) {
         if ((rc = get_int_range(b, "max_completion_tokens", &max_tokens, INT32_MIN, INT32_MAX, err)) < 0) return -1;
-        if (rc == 1) pp->max_tokens_given = true;
+        if (rc == 1) { pp->max_tokens_given = true; max_field = "max_completion_tokens"; }
     }
+    pp->max_field = max_field;
     if (pp->max_tokens_given && max_tokens < 1)
-        return srv_fail(err, 400, kind == SRV_CHAT ? "max_completion_tokens" : "max_tokens",
-                        "max_tokens must be at least 1, got %d.", max_tokens);
+        return srv_fail(err, 400, max_field, "%s must be at least 1, got %d.", max_field, max_tokens);
     sp->max_tokens = max_tokens;
     if (get_int_range(b, "min_tokens", &sp->min_tokens, 0, INT32_MAX, err) < 0) return -1;
     if (get_flag(b, "ignore_eos", &sp->ignore_eos, err) < 0) return -1;
@@ -516,9 +533,10 @@ static int parse_common(vm_server *s, srv_kind kind, json_t *b, parsed_params *p
         if (strcmp(type, "text"))
             return srv_fail(err, 400, "response_format", "response_format type '%s' is not supported", type);
     }
+    if ((v = field(b, "user")) && !json_is_string(v)) return srv_fail(err, 400, "user", "'user' must be a string");
     vm_err e = {{0}};
     if (vm_sampling_params_validate(sp, s->vocab_size, s->max_logprobs, &e) != 0)
-        return srv_fail(err, 400, NULL, "%s", e.msg);
+        return srv_fail(err, 400, param_named_in(e.msg), "%s", e.msg);
     r->n = sp->n;
     return 0;
 }
@@ -681,7 +699,7 @@ srv_request *srv_request_create(vm_server *s, srv_kind kind, const char *body, s
             goto fail;
         }
         if (pp.max_tokens_given && (long long)np + pp.sp.max_tokens > s->max_model_len) {
-            srv_fail(err, 400, kind == SRV_CHAT ? "max_completion_tokens" : "max_tokens",
+            srv_fail(err, 400, pp.max_field,
                      "'max_tokens' or 'max_completion_tokens' is too large: %d. This model's maximum "
                      "context length is %d tokens and your request has %d input tokens (%d > %d - %d).",
                      pp.sp.max_tokens, s->max_model_len, np, pp.sp.max_tokens, s->max_model_len, np);
