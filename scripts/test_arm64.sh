@@ -9,7 +9,8 @@
 #   ARM64_TESTS="test_kernels ..." only these binaries (default: all)
 #   ARM64_SKIP="test_x ..."        binaries to build but not run (default:
 #                                  test_engine_model, ~6 min per CPU model under
-#                                  qemu; ARM64_SKIP= runs it too)
+#                                  qemu, and test_vulkan: the cross build has no
+#                                  Vulkan; ARM64_SKIP= runs them too)
 #   ARM64_JOBS=N                   parallel compile jobs (default: nproc)
 #   ARM64_MODEL=1                  also the default-model tests (slow: tens of minutes)
 set -uo pipefail
@@ -61,7 +62,7 @@ for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
     if [ -n "${ARM64_TESTS:-}" ]; then case " $ARM64_TESTS " in *" $name "*) ;; *) continue ;; esac; fi
-    case " ${ARM64_SKIP-test_engine_model} " in *" $name "*) echo "== $t: skipped (ARM64_SKIP)"; continue ;; esac
+    case " ${ARM64_SKIP-test_engine_model test_vulkan} " in *" $name "*) echo "== $t: skipped (ARM64_SKIP)"; continue ;; esac
     for cpu in $CPUS; do
         echo "== $t (qemu -cpu $cpu)"
         s=$(date +%s)
