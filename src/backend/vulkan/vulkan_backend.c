@@ -3,10 +3,14 @@
 // Buffers are plain VkBuffers reached by shaders through 64-bit device
 // addresses passed in push constants (VK_KHR_buffer_device_address, core in
 // 1.2), so there are no descriptor sets. Ops are recorded into one command
-// buffer with a memory barrier after each dispatch and submitted once per
-// sync (or when the host must see or replace memory: buf_read, a large
-// buf_write). Small buf_writes while commands are pending are recorded in
-// order (vkCmdUpdateBuffer), so the host's call order is the GPU's.
+// buffer (barriers only on buffer hazards) and submitted when the host must
+// see or replace memory: buf_read, a buf_write of more than UPDATE_MAX bytes.
+// Other buf_writes are recorded in order (vkCmdUpdateBuffer), also when
+// nothing is pending yet (they open the recording), so the host's call
+// order is the GPU's and a decode step (metadata in, ops, logits out) is one
+// submit. sync does not submit: it reports the first failure recorded so
+// far; a failure of the submit itself (device lost) is reported by the
+// next sync.
 //
 // Memory: on a discrete GPU every buffer is device-local and the host goes
 // through a staging buffer. Where device-local memory is also host-visible
@@ -211,6 +215,7 @@ typedef struct vk_impl {
     char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
 
     int recording;        // commands pending in cmd
+    int wr_open;          // buffer updates recorded since the last barrier (the next command waits for them)
     vm_err err;           // first failure of a void op, returned by sync
     int failed;
 
@@ -358,6 +363,7 @@ static void rec_barrier(vk_impl *v) {
     VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
     vkCmdPipelineBarrier(v->cmd, st, st, 0, 1, &mb, 0, NULL, 0, NULL);
     v->n_rd = v->n_wr = 0;
+    v->wr_open = 0;
     v->n_barriers++;
 }
 
@@ -412,9 +418,13 @@ static VkPipeline pipeline(vk_impl *v, int sh) {
                                     .codeSize = shaders[sh].size, .pCode = shaders[sh].code };
     VkResult r = vkCreateShaderModule(v->dev, &mi, NULL, &v->modules[sh]);
     if (r != VK_SUCCESS) { fail(v, shaders[sh].name, r); return VK_NULL_HANDLE; }
+    // constant_id 0: the subgroup size (shaders that size per-lane arrays by it)
+    VkSpecializationMapEntry me = { 0, 0, sizeof(uint32_t) };
+    VkSpecializationInfo spec = { 1, &me, sizeof(uint32_t), &v->subgroup_size };
     VkComputePipelineCreateInfo ci = { .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = { .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
-                   .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = v->modules[sh], .pName = "main" },
+                   .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = v->modules[sh], .pName = "main",
+                   .pSpecializationInfo = &spec },
         .layout = v->layout };
     r = vkCreateComputePipelines(v->dev, VK_NULL_HANDLE, 1, &ci, NULL, &v->pipes[sh]);
     if (r != VK_SUCCESS) { v->pipes[sh] = VK_NULL_HANDLE; fail(v, shaders[sh].name, r); return VK_NULL_HANDLE; }
@@ -431,7 +441,7 @@ static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uin
     if (v->failed || gx == 0 || gy == 0 || gz == 0) return;
     VkPipeline p = pipeline(v, sh);
     if (!p || rec_begin(v) != 0) return;
-    int need = v->n_rd + nrd > HZ_MAX || v->n_wr + nwr > HZ_MAX;
+    int need = v->wr_open || v->n_rd + nrd > HZ_MAX || v->n_wr + nwr > HZ_MAX;
     for (int i = 0; i < nrd && !need; i++)
         if (rd[i]) need = hz_hit(v->hz_wr, v->n_wr, rd[i]->addr, rd[i]->addr + (rd[i]->size ? rd[i]->size : 1));
     for (int i = 0; i < nwr && !need; i++)
@@ -492,6 +502,7 @@ static vm_buf *staging_get(vk_impl *v, size_t bytes) {
 }
 
 #define STAGING_MAX ((size_t)64 << 20)
+#define UPDATE_MAX ((size_t)256 << 10)   // larger writes go through the staging buffer (a submit)
 
 static void copy_region(vk_impl *v, VkBuffer src, size_t so, VkBuffer dst, size_t dO, size_t n) {
     pend_flush(v);
@@ -506,10 +517,19 @@ static void vk_buf_write(vm_backend *be, vm_buf *b, size_t off, const void *src,
     vk_impl *v = impl_of(be);
     if (n == 0) return;
     pend_flush(v);
-    if (v->recording && n <= 65536 && off % 4 == 0 && n % 4 == 0) {
-        rec_barrier(v);
-        vkCmdUpdateBuffer(v->cmd, b->buf, off, n, src);   // in order with the recorded ops
-        rec_barrier(v);   // every later reader waits for it (uploaded vectors are not in the read lists)
+    // Recorded in order with the ops: while commands are pending, or (device
+    // memory the host cannot map) to open the recording, so that the step's
+    // metadata writes join its one submit. A run of writes shares one barrier
+    // in front (earlier commands may read or write b) and one behind (every
+    // later command waits for them: uploaded vectors are in no read list).
+    if ((v->recording || !b->map) && n <= UPDATE_MAX && off % 4 == 0 && n % 4 == 0) {
+        if (rec_begin(v) != 0) return;
+        if (!v->wr_open) rec_barrier(v);
+        for (size_t done = 0; done < n; done += 65536) {
+            size_t len = n - done < 65536 ? n - done : 65536;
+            vkCmdUpdateBuffer(v->cmd, b->buf, off + done, len, (const char *)src + done);
+        }
+        v->wr_open = 1;
         return;
     }
     flush(v);
@@ -718,9 +738,12 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
     vk_impl *v = impl_of(be);
     VkDeviceAddress wa = tensor_f32(v, w);
     if (!wa) return;
-    struct { VkDeviceAddress x, w, y; uint32_t rows, dim; float eps; } pc = { x->addr, wa, out->addr, (uint32_t)rows, (uint32_t)dim, eps };
+    // rows that fit the registers of one subgroup (8 a lane): a subgroup each, 256/subgroup rows a workgroup
+    uint32_t per_sg = (uint32_t)dim <= 8 * v->subgroup_size && v->subgroup_size <= 256, rpw = per_sg ? 256 / v->subgroup_size : 1;
+    struct { VkDeviceAddress x, w, y; uint32_t rows, dim; float eps; uint32_t per_sg; } pc =
+        { x->addr, wa, out->addr, (uint32_t)rows, (uint32_t)dim, eps, per_sg };
     uint32_t gx, gy;
-    grid_1d((uint64_t)rows, &gx, &gy);
+    grid_1d(((uint64_t)rows + rpw - 1) / rpw, &gx, &gy);
     dispatch(v, SH_rmsnorm, &pc, sizeof pc, gx, gy, 1, RDS(x), WRS(out));
 }
 
@@ -805,24 +828,27 @@ static void vk_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *vb, co
              (uint32_t)m->n_tokens, (uint32_t)n_kv_heads, RDS(k, vb, m->slot_mapping), WRS(k_cache, v_cache));
 }
 
-#define ATTN_TILE 64
+#define ATTN_WG 128   // attention.comp's workgroup
+#define ATTN_U 4      // positions per subgroup per step
 
 static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache, const vm_buf *v_cache,
                          const vm_attn_meta *m, int n_heads, int n_kv_heads, int head_dim, float scale, vm_buf *out) {
     vk_impl *v = impl_of(be);
-    if (head_dim > 256 || (m->kv_dtype == VM_DTYPE_F16 && head_dim % 2)) {
+    if (head_dim > 256 || head_dim % 2) {
         if (!v->failed) { v->failed = 1; vm_errf(&v->err, "vulkan attention: head_dim %d unsupported (even, at most 256)", head_dim); }
         return;
     }
     // Split the context so that there are enough workgroups to fill the GPU
-    // (decode: few tokens x heads over a long context).
+    // (decode: few tokens x heads, also over a short context), in tiles of
+    // what one workgroup's subgroups take in one step.
     uint32_t items = (uint32_t)m->n_tokens * (uint32_t)n_heads;
-    uint32_t tiles = (uint32_t)((m->max_ctx_len + ATTN_TILE - 1) / ATTN_TILE);
-    uint32_t want = items >= 256 ? 1 : (256 + items - 1) / items;
+    uint32_t tile = (ATTN_WG / (v->subgroup_size < ATTN_WG ? v->subgroup_size : ATTN_WG)) * ATTN_U;
+    uint32_t tiles = (uint32_t)((m->max_ctx_len + tile - 1) / tile);
+    uint32_t want = items >= 512 ? 1 : (512 + items - 1) / items;
     if (want > tiles) want = tiles;
     if (want > 64) want = 64;
     if (want < 1) want = 1;
-    uint32_t split_len = (tiles + want - 1) / want * ATTN_TILE;
+    uint32_t split_len = (tiles + want - 1) / want * tile;
     uint32_t n_splits = (uint32_t)((m->max_ctx_len + split_len - 1) / split_len);
     if (n_splits < 1) n_splits = 1;
     VkDeviceAddress dst = out->addr;
@@ -849,9 +875,12 @@ static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache,
     }
 }
 
+// Submits nothing (see the top): the next buf_read does, with its copy in the
+// same command buffer.
 static int vk_sync(vm_backend *be, vm_err *e) {
     vk_impl *v = impl_of(be);
-    if (flush(v) != 0 || v->failed) {
+    pend_flush(v);
+    if (v->failed) {
         vm_errf(e, "%s", v->err.msg);
         return -1;
     }

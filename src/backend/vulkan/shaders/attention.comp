@@ -1,40 +1,53 @@
 #version 450
 // Causal paged attention. Workgroup (x = token*n_heads + head, y = split):
 // the split covers cache positions [split*split_len, ...) up to the token's
-// position; they are walked in tiles of 64 with an online softmax. With one
-// split the result goes straight to out (n_tokens, n_heads, head_dim); with
+// position. Each subgroup walks its own positions, U at a time: its lanes
+// hold the head dims as pairs (lane, lane+SG, ...), so K and V rows are read
+// coalesced and the dot is a subgroupAdd; every subgroup keeps an online
+// softmax (max, sum, o) that the workgroup merges at the end. With one split
+// the result goes straight to out (n_tokens, n_heads, head_dim); with
 // several, each writes (max, sum, unnormalized o[head_dim]) to part and
-// attn_combine.comp merges them (decode over long contexts).
+// attn_combine.comp merges them (decode). head_dim must be even.
 // Arithmetic is f32 throughout, also with an f16 cache (KV16).
 #extension GL_GOOGLE_include_directive : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
 #include "common.glsl"
 
-#define TILE 64
-#define MAXD 256
-#define DPT (MAXD / TILE)   // head dims per invocation
+#define WG 128
+#define MAXP 128            // head_dim / 2 at most
+#define U 4                 // positions per subgroup per step
+layout(constant_id = 0) const uint SG = 32u;   // the subgroup size (set at pipeline creation)
+const uint PPL = (MAXP + SG - 1u) / SG;      // dim pairs per lane
 
-layout(local_size_x = TILE) in;
+layout(local_size_x = WG) in;
+#if KV16
+#define KVT U32
+#else
+#define KVT F32x2
+#endif
 layout(push_constant, std430) uniform Params {
-    F32 q; U32 kc; U32 vc; F32 out_; I32 pos; I32 seq_start; I32 table;
+    F32x2 q; KVT kc; KVT vc; F32 out_; I32 pos; I32 seq_start; I32 table;
     uint n_heads, n_kv_heads, head_dim, block_size, max_blocks, n_seqs, n_splits, split_len;
     float scale;
 } pc;
 
-shared float qs[MAXD];
-shared float sc[TILE];
+shared float sm_m[WG], sm_l[WG];
+shared vec2 so[MAXP];
 
-float kv_at(U32 c, uint i) {
+vec2 kv2(KVT c, uint i) {
 #if KV16
-    return f16_at(c, i);
+    return unpackHalf2x16(c.v[i]);
 #else
-    return uintBitsToFloat(c.v[i]);
+    return c.v[i];
 #endif
 }
 
 void main() {
     const uint item = gl_WorkGroupID.x, split = gl_WorkGroupID.y, tid = gl_LocalInvocationIndex;
+    const uint lane = gl_SubgroupInvocationID, sg = gl_SubgroupID, nsg = gl_NumSubgroups;
     const uint t = item / pc.n_heads, h = item % pc.n_heads;
-    const uint kvh = h / (pc.n_heads / pc.n_kv_heads), hd = pc.head_dim;
+    const uint kvh = h / (pc.n_heads / pc.n_kv_heads), hd = pc.head_dim, hp = hd / 2u;
     // sequence of token t: last s with seq_start[s] <= t
     uint lo = 0, hi = pc.n_seqs;
     while (hi - lo > 1u) { uint mid = (lo + hi) / 2u; if (uint(pc.seq_start.v[mid]) <= t) lo = mid; else hi = mid; }
@@ -42,59 +55,78 @@ void main() {
     const uint n_ctx = uint(pc.pos.v[t]) + 1u;
     const uint begin = split * pc.split_len, end = min(n_ctx, begin + pc.split_len);
 
-    for (uint d = tid; d < hd; d += TILE) qs[d] = pc.q.v[item * hd + d];
-    float o[DPT];
-    for (uint i = 0; i < DPT; i++) o[i] = 0.0;
+    vec2 qr[PPL], o[PPL];
+    for (uint k = 0; k < PPL; k++) {
+        uint d = k * SG + lane;
+        qr[k] = d < hp ? pc.q.v[item * hp + d] : vec2(0.0);
+        o[k] = vec2(0.0);
+    }
     float m = -1.0 / 0.0, l = 0.0;
-    barrier();
-    for (uint p0 = begin; p0 < end; p0 += TILE) {
-        uint p = p0 + tid;
-        float s = -1.0 / 0.0;
-        if (p < end) {
-            uint blk = uint(pc.table.v[table + p / pc.block_size]);
-            uint base = ((blk * pc.n_kv_heads + kvh) * pc.block_size + p % pc.block_size) * hd;
+    for (uint p0 = begin + sg * U; p0 < end; p0 += nsg * U) {
+        float s[U];
+        uint rb[U];
+        for (uint j = 0; j < U; j++) {
+            uint p = p0 + j;
             float d = 0.0;
-            for (uint i = 0; i < hd; i++) d += qs[i] * kv_at(pc.kc, base + i);
-            s = d * pc.scale;
+            rb[j] = 0u;
+            if (p < end) {
+                uint blk = uint(pc.table.v[table + p / pc.block_size]);
+                rb[j] = ((blk * pc.n_kv_heads + kvh) * pc.block_size + p % pc.block_size) * hp;
+                for (uint k = 0; k < PPL; k++) {
+                    uint dd = k * SG + lane;
+                    if (dd < hp) d += dot(qr[k], kv2(pc.kc, rb[j] + dd));
+                }
+            }
+            s[j] = d;
         }
-        sc[tid] = s;
-        barrier();
-        float tmax = m;
-        uint cnt = min(uint(TILE), end - p0);
-        for (uint j = 0; j < cnt; j++) tmax = max(tmax, sc[j]);
-        barrier();
-        sc[tid] = tid < cnt ? exp(s - tmax) : 0.0;
-        barrier();
-        float alpha = exp(m - tmax);
-        float tsum = 0.0;
-        for (uint j = 0; j < cnt; j++) tsum += sc[j];
-        l = l * alpha + tsum;
-        m = tmax;
-        for (uint i = 0; i < DPT; i++) o[i] *= alpha;
-        for (uint j = 0; j < cnt; j++) {
-            uint pj = p0 + j;
-            uint blk = uint(pc.table.v[table + pj / pc.block_size]);
-            uint base = ((blk * pc.n_kv_heads + kvh) * pc.block_size + pj % pc.block_size) * hd;
-            float wj = sc[j];
-            for (uint i = 0; i < DPT; i++) {
-                uint d = tid + i * TILE;
-                if (d < hd) o[i] += wj * kv_at(pc.vc, base + d);
+        float mx = m;
+        for (uint j = 0; j < U; j++) {
+            s[j] = subgroupAdd(s[j]) * pc.scale;
+            if (p0 + j < end) mx = max(mx, s[j]);
+        }
+        float alpha = exp(m - mx), ws = 0.0;
+        for (uint j = 0; j < U; j++) { s[j] = p0 + j < end ? exp(s[j] - mx) : 0.0; ws += s[j]; }
+        l = l * alpha + ws;
+        m = mx;
+        for (uint k = 0; k < PPL; k++) o[k] *= alpha;
+        for (uint j = 0; j < U; j++) {
+            if (p0 + j < end) {
+                for (uint k = 0; k < PPL; k++) {
+                    uint dd = k * SG + lane;
+                    if (dd < hp) o[k] += s[j] * kv2(pc.vc, rb[j] + dd);
+                }
             }
         }
+    }
+    // merge the subgroups
+    if (subgroupElect()) { sm_m[sg] = m; sm_l[sg] = l; }
+    for (uint d = tid; d < MAXP; d += WG) so[d] = vec2(0.0);
+    barrier();
+    float M = -1.0 / 0.0, L = 0.0;
+    for (uint i = 0; i < nsg; i++) M = max(M, sm_m[i]);
+    for (uint i = 0; i < nsg; i++) if (sm_m[i] > -1.0 / 0.0) L += sm_l[i] * exp(sm_m[i] - M);
+    float f = m > -1.0 / 0.0 ? exp(m - M) : 0.0;
+    for (uint i = 0; i < nsg; i++) {
+        if (sg == i && f > 0.0)
+            for (uint k = 0; k < PPL; k++) {
+                uint dd = k * SG + lane;
+                if (dd < hp) so[dd] += o[k] * f;
+            }
         barrier();
     }
     if (pc.n_splits == 1u) {
-        float inv = 1.0 / l;
-        for (uint i = 0; i < DPT; i++) {
-            uint d = tid + i * TILE;
-            if (d < hd) pc.out_.v[item * hd + d] = o[i] * inv;
+        float inv = 1.0 / L;
+        for (uint d = tid; d < hp; d += WG) {
+            vec2 r = so[d] * inv;
+            pc.out_.v[item * hd + 2u * d] = r.x;
+            pc.out_.v[item * hd + 2u * d + 1u] = r.y;
         }
     } else {
         uint base = (item * pc.n_splits + split) * (hd + 2u);
-        if (tid == 0u) { pc.out_.v[base] = m; pc.out_.v[base + 1u] = l; }
-        for (uint i = 0; i < DPT; i++) {
-            uint d = tid + i * TILE;
-            if (d < hd) pc.out_.v[base + 2u + d] = o[i];
+        if (tid == 0u) { pc.out_.v[base] = M; pc.out_.v[base + 1u] = L; }
+        for (uint d = tid; d < hp; d += WG) {
+            pc.out_.v[base + 2u + 2u * d] = so[d].x;
+            pc.out_.v[base + 3u + 2u * d] = so[d].y;
         }
     }
 }
