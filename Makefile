@@ -67,3 +67,4 @@ clean:
 .PHONY: install
 -include mk/vulkan.mk
 -include mk/arm64.mk
+-include mk/bench.mk

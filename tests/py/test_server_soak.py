@@ -18,6 +18,8 @@ import time
 import pytest
 import requests
 
+from server_util import running_server
+
 openai = pytest.importorskip("openai")
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -90,45 +92,13 @@ def kv_bytes_per_token(model):
     return meta[f"{a}.block_count"] * 2 * kv * hd * 2
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    env = dict(os.environ, VLLM_METAL_DEBUG="0")
-    env.pop("VLLM_API_KEY", None)
-    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vllm-metal-soak-{port}.log"), "w+")
-    proc = subprocess.Popen([BIN, "--model", MODEL, "--port", str(port), "--served-model-name", NAME,
-                             "--api-key", KEY, "--max-model-len", "512", "--max-num-seqs", str(CLIENTS),
-                             "--num-gpu-blocks-override", str(BLOCKS), "--block-size", str(BLOCK_SIZE),
-                             "--max-num-batched-tokens", str(BATCH_TOKENS)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, "server exited: " + open(log.name).read()
-        try:
-            if requests.get(base + "/health", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("server did not become healthy: " + open(log.name).read())
-    yield {"base": base, "proc": proc, "log": log.name}
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("server did not stop on SIGTERM")
-    log.close()
+    with running_server(BIN, ["--model", MODEL, "--served-model-name", NAME,
+                              "--api-key", KEY, "--max-model-len", "512", "--max-num-seqs", str(CLIENTS),
+                              "--num-gpu-blocks-override", str(BLOCKS), "--block-size", str(BLOCK_SIZE),
+                              "--max-num-batched-tokens", str(BATCH_TOKENS)], "soak") as s:
+        yield s
 
 
 def rss_mib(pid):

@@ -22,6 +22,8 @@ import zlib
 import pytest
 import requests
 
+from server_util import running_server
+
 openai = pytest.importorskip("openai")
 
 ROOT = os.path.join(os.path.dirname(__file__), "../..")
@@ -38,12 +40,6 @@ SPECIAL = {0: "<|endoftext|>", 1: "<s>", 2: "</s>", 250: "<|vision_start|>", 251
 
 def tiny_text(ids):  # as scripts/oracles/make_tiny_vlm_tokenizer.py spells ids
     return "".join(SPECIAL.get(i) or (chr(i) if 32 <= i <= 126 else chr(0x100 + i)) for i in ids)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def golden(which):
@@ -115,31 +111,10 @@ def images_http():
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vllm-metal-vlm-{port}.log"), "w+")
-    proc = subprocess.Popen([BIN, "--model", VLM, "--port", str(port), "--served-model-name", "tiny-vlm",
-                             "--num-gpu-blocks-override", "128", "--max-num-seqs", "4", "--block-size", "8",
-                             "--threads", "2"], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        assert proc.poll() is None, "server exited: " + open(log.name).read()
-        try:
-            if requests.get(base + "/health", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("server did not become healthy: " + open(log.name).read())
-    yield {"base": base, "proc": proc, "log": log.name}
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_server(BIN, ["--model", VLM, "--served-model-name", "tiny-vlm",
+                              "--num-gpu-blocks-override", "128", "--max-num-seqs", "4", "--block-size", "8",
+                              "--threads", "2"], "vlm", timeout=60) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
