@@ -1,32 +1,21 @@
-// thread_pool.c - workers wait on a generation counter; each job is split into
-// chunks claimed with an atomic counter, so uneven chunks balance themselves.
+// thread_pool.c - persistent workers for data-parallel loops.
+//
+// A job is split into chunks. Chunks are claimed through one 64-bit atomic
+// holding (job number << 32 | next chunk), so a worker that wakes up late can
+// never take a chunk of a later job, and the caller waits only for the chunks
+// to be done, not for every worker to check in: a worker the OS has
+// descheduled does not hold up the forward pass.
 #include "thread_pool.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
-struct vm_thread_pool {
-    int n_threads;              // including the caller
-    pthread_t *threads;
-    pthread_mutex_t mu;
-    pthread_cond_t start_cv;
-    unsigned long generation;   // bumped per job
-    int stop;
-    // the current job
-    vm_parallel_fn fn;
-    void *ctx;
-    int n, chunk;
-    atomic_int next_chunk;
-    atomic_int workers_busy;
-    atomic_ulong published;  // generation, readable without the mutex
-    atomic_int stop_flag;
-};
-
-// Spin this many pause instructions before yielding the core: long enough to
-// bridge the gap between the back-to-back jobs of a forward pass, short enough
-// that a loaded machine (more runnable threads than cores) is not starved.
+// Spin this many pause instructions before sleeping: long enough to bridge
+// the gap between the back-to-back jobs of a forward pass, short enough that
+// a loaded machine (more runnable threads than cores) is not starved.
 #define SPIN_ITERS 20000
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -37,17 +26,47 @@ static inline void vm_cpu_relax(void) { __asm__ __volatile__("yield"); }
 static inline void vm_cpu_relax(void) {}
 #endif
 
+struct vm_thread_pool {
+    int n_threads;              // including the caller
+    pthread_t *threads;
+    pthread_mutex_t mu;         // guards sleeping only
+    pthread_cond_t start_cv;
+    // the current job (written before `claim` publishes it)
+    vm_parallel_fn fn;
+    void *ctx;
+    int n, chunk, n_chunks;
+    _Atomic uint64_t claim;     // job << 32 | next chunk index
+    atomic_int done;            // chunks finished of the current job
+    atomic_int stop;
+};
+
 typedef struct { vm_thread_pool *p; int index; } worker_arg;
 
-static void run_chunks(vm_thread_pool *p, int thread_index) {
-    int n_chunks = (p->n + p->chunk - 1) / p->chunk;
+// Claims and runs chunks of job `job` until none are left (or a newer job
+// has replaced it). Returns the number of chunks this thread ran.
+static void run_chunks(vm_thread_pool *p, uint32_t job, int thread_index) {
     for (;;) {
-        int c = atomic_fetch_add(&p->next_chunk, 1);
-        if (c >= n_chunks) break;
-        int begin = c * p->chunk;
-        int end = begin + p->chunk < p->n ? begin + p->chunk : p->n;
-        p->fn(p->ctx, begin, end, thread_index);
+        uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
+        if ((uint32_t)(c >> 32) != job) return;
+        // The job's fields are read after seeing its number (acquire), and the
+        // claim below only succeeds while that job is still the current one.
+        vm_parallel_fn fn = p->fn;
+        void *ctx = p->ctx;
+        int n = p->n, chunk = p->chunk, n_chunks = p->n_chunks;
+        uint32_t idx = (uint32_t)c;
+        if ((int)idx >= n_chunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        int begin = (int)idx * chunk;
+        int end = begin + chunk < n ? begin + chunk : n;
+        fn(ctx, begin, end, thread_index);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
     }
+}
+
+static uint32_t current_job(vm_thread_pool *p) {
+    return (uint32_t)(atomic_load_explicit(&p->claim, memory_order_acquire) >> 32);
 }
 
 static void *worker_main(void *arg) {
@@ -55,22 +74,19 @@ static void *worker_main(void *arg) {
     vm_thread_pool *p = wa->p;
     int index = wa->index;
     free(wa);
-    unsigned long seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-        // Spin briefly first: a forward pass issues hundreds of jobs back to back,
-        // and sleeping/waking through the kernel costs more than the jobs.
-        for (int spin = 0; spin < SPIN_ITERS && !atomic_load(&p->stop_flag) &&
-                           atomic_load(&p->published) == seen; spin++)
+        for (int spin = 0; spin < SPIN_ITERS && !atomic_load(&p->stop) && current_job(p) == seen; spin++)
             if (spin % 1024 == 1023) sched_yield(); else vm_cpu_relax();
-        pthread_mutex_lock(&p->mu);
-        while (!p->stop && p->generation == seen) pthread_cond_wait(&p->start_cv, &p->mu);
-        if (p->stop) break;
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
-        run_chunks(p, index);
-        atomic_fetch_sub(&p->workers_busy, 1);
+        if (current_job(p) == seen && !atomic_load(&p->stop)) {
+            pthread_mutex_lock(&p->mu);
+            while (!atomic_load(&p->stop) && current_job(p) == seen) pthread_cond_wait(&p->start_cv, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop)) break;
+        seen = current_job(p);
+        run_chunks(p, seen, index);
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -97,8 +113,7 @@ vm_thread_pool *vm_thread_pool_create(int n_threads) {
 void vm_thread_pool_free(vm_thread_pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    atomic_store(&p->stop_flag, 1);
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->start_cv);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
@@ -118,17 +133,20 @@ void vm_parallel_for(vm_thread_pool *p, int n, int grain, vm_parallel_fn fn, voi
     int chunk = (n + nt * 4 - 1) / (nt * 4);
     if (chunk < grain) chunk = grain;
     if (nt == 1 || chunk >= n) { fn(ctx, 0, n, 0); return; }
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n = n;
+    p->chunk = chunk;
+    p->n_chunks = (n + chunk - 1) / chunk;
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    uint32_t job = current_job(p) + 1;
+    atomic_store_explicit(&p->claim, (uint64_t)job << 32, memory_order_release);  // publish
     pthread_mutex_lock(&p->mu);
-    p->fn = fn; p->ctx = ctx; p->n = n; p->chunk = chunk;
-    atomic_store(&p->next_chunk, 0);
-    atomic_store(&p->workers_busy, nt - 1);
-    p->generation++;
-    atomic_store(&p->published, p->generation);
     pthread_cond_broadcast(&p->start_cv);
     pthread_mutex_unlock(&p->mu);
-    run_chunks(p, 0);
-    // Jobs are short: wait by spinning (workers finish within microseconds),
-    // yielding now and then in case a worker is waiting for a core.
-    for (int spin = 1; atomic_load(&p->workers_busy) > 0; spin++)
+    run_chunks(p, job, 0);
+    // The caller runs chunks too, so only chunks already claimed by others
+    // remain: wait for those, yielding now and then.
+    for (int spin = 1; atomic_load_explicit(&p->done, memory_order_acquire) < p->n_chunks; spin++)
         if (spin % 256 == 0) sched_yield(); else vm_cpu_relax();
 }
