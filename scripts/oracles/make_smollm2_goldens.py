@@ -14,7 +14,11 @@ Writes tests/data/smollm2/:
       top-1 ids at every position of prompt+continuation from one batched
       eval (logits_all), with each position's top1-top2 logit margin so a
       test can skip near ties. For 3 prompts also the full last-prompt-position
-      logits (49152 floats, 5 significant digits).
+      logits (49152 floats, 5 significant digits). For every prompt, checksums
+      of the exact float32 logits (sum over i of (bits_i + 1) * (2i + 1) mod 2^64,
+      bits_i the i-th float's 32 bits, i over the rows concatenated): the last
+      prompt position, the 31 decode steps of the greedy run and all rows of the
+      teacher-forced eval, so a test can check bit-exact agreement.
   transformers_gguf_golden.json transformers' GGUF loader (dequantized to f32):
       the same 3 prompts as the llama.cpp full logits: transformers' token
       ids, 32 greedy ids from generate(), top-1 at every position of
@@ -155,6 +159,13 @@ def prompt_texts(template):
     return out
 
 
+def bitsum(arr):
+    bits = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1).view(np.uint32).astype(np.uint64)
+    weights = np.arange(bits.size, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    with np.errstate(over="ignore"):
+        return f"{int(np.sum((bits + np.uint64(1)) * weights, dtype=np.uint64)):016x}"
+
+
 def top1_and_margin(scores):
     """scores (n, vocab) -> argmax ids and top1-top2 margins."""
     part = np.partition(scores, -2, axis=1)
@@ -180,11 +191,15 @@ def run_llamacpp(path):
         llm.reset()
         llm.eval(ptoks)
         last_prompt_logits = np.array(llm.scores[len(ptoks) - 1], dtype=np.float32)
-        gen = []
-        for _ in range(N_GEN):
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        gen, decode_rows = [], []
+        for i in range(N_GEN):
+            row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            if i > 0:
+                decode_rows.append(row)
+            tok = int(np.argmax(row))
             gen.append(tok)
-            llm.eval([tok])
+            if i + 1 < N_GEN:
+                llm.eval([tok])
         # teacher forced: one batch over prompt + continuation
         all_toks = ptoks + gen
         llm.reset()
@@ -202,6 +217,9 @@ def run_llamacpp(path):
             "eos_at": gen.index(EOS_ID) if EOS_ID in gen else None,
             "teacher_forced_top1": tf_top1,
             "teacher_forced_margin": [fmt(m, 4) for m in tf_margin],
+            "logits_bitsum": {"last_prompt": bitsum(last_prompt_logits),
+                              "greedy_decode": bitsum(np.stack(decode_rows)),
+                              "teacher_forced": bitsum(scores)},
         })
         # greedy (incremental) vs teacher-forced (batched) disagreements: near ties
         disagree = [i for i in range(len(gen))

@@ -36,6 +36,11 @@ typedef struct vm_attn_meta {
     const vm_buf *block_table;  // i32 [n_seqs * max_blocks_per_seq]
     const vm_buf *slot_mapping; // i32 [n_tokens]: block*block_size + offset, or -1 to skip
     vm_dtype kv_dtype;          // F32 or F16
+    // i32 [n_seqs], or NULL: positions >= decode_from[s] are tokens generated one
+    // at a time. With an F16 cache the CPU backend sums such tokens' attention in
+    // the order llama.cpp uses for a one-token batch, and every other token in
+    // the order of its prompt-batch GEMM (results then match llama.cpp's bit for bit).
+    const vm_buf *decode_from;
 } vm_attn_meta;
 
 // KV cache layer layout: [num_blocks][n_kv_heads][block_size][head_dim] of kv_dtype.

@@ -700,7 +700,8 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         int from = end == r->n_tokens ? end - 1 : end; // last row samples
         if (r->sp.prompt_logprobs >= 0 && !r->plp_sent && st->start < r->n_prompt - 1) from = st->start;
         eng->seqs[i] = (vm_runner_seq){ .tokens = r->tokens, .start = st->start, .n_new = st->n_new,
-                                        .blocks = r->blocks, .n_blocks = r->n_blocks, .logits_from = from };
+                                        .blocks = r->blocks, .n_blocks = r->n_blocks, .logits_from = from,
+                                        .decode_from = r->n_prompt >= 2 ? r->n_prompt : 0 };
         if (r->mm) {
             eng->seqs[i].mrope_pos = r->mrope_pos; eng->seqs[i].n_mrope = r->n_prompt;
             eng->seqs[i].rope_delta = r->rope_delta;

@@ -29,7 +29,7 @@ struct vm_model {
     // activation scratch, sized for max_tokens rows
     vm_buf *x, *xn, *q, *k, *v, *attn, *proj, *gate, *up;
     // step metadata
-    vm_buf *tokens, *positions, *seq_start, *ctx_len, *slots, *logit_rows, *block_table;
+    vm_buf *tokens, *positions, *seq_start, *ctx_len, *slots, *logit_rows, *block_table, *decode_from;
     size_t block_table_cap;
     vm_buf *logits;
     size_t logits_cap;
@@ -138,7 +138,7 @@ static int alloc_scratch(vm_model *m, vm_err *e) {
         {&m->k, n * kvd * f}, {&m->v, n * kvd * f}, {&m->attn, n * qd * f},
         {&m->proj, n * c->hidden_size * f}, {&m->gate, n * c->intermediate_size * f},
         {&m->up, n * c->intermediate_size * f}, {&m->tokens, n * 4}, {&m->positions, n * 4},
-        {&m->seq_start, (n + 1) * 4}, {&m->ctx_len, n * 4}, {&m->slots, n * 4},
+        {&m->seq_start, (n + 1) * 4}, {&m->ctx_len, n * 4}, {&m->decode_from, n * 4}, {&m->slots, n * 4},
         {&m->logit_rows, n * 4}, {&m->mrope_pos[0], n * 4}, {&m->mrope_pos[1], n * 4}, {&m->mrope_pos[2], n * 4},
     };
     for (size_t i = 0; i < VM_ARRAY_LEN(want); i++)
@@ -179,7 +179,7 @@ fail:
 void vm_model_free(vm_model *m) {
     if (!m) return;
     vm_buf *bufs[] = { m->x, m->xn, m->q, m->k, m->v, m->attn, m->proj, m->gate, m->up, m->tokens,
-                       m->positions, m->seq_start, m->ctx_len, m->slots, m->logit_rows,
+                       m->positions, m->seq_start, m->ctx_len, m->decode_from, m->slots, m->logit_rows,
                        m->block_table, m->logits, m->mrope_pos[0], m->mrope_pos[1], m->mrope_pos[2] };
     for (size_t i = 0; i < VM_ARRAY_LEN(bufs); i++)
         if (bufs[i]) m->be->buf_free(m->be, bufs[i]);
@@ -295,6 +295,7 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
     be->buf_write(be, m->positions, 0, b->positions, (size_t)n * 4);
     be->buf_write(be, m->seq_start, 0, b->seq_start, (size_t)(b->n_seqs + 1) * 4);
     be->buf_write(be, m->ctx_len, 0, b->ctx_len, (size_t)b->n_seqs * 4);
+    if (b->decode_from) be->buf_write(be, m->decode_from, 0, b->decode_from, (size_t)b->n_seqs * 4);
     be->buf_write(be, m->slots, 0, b->slot_mapping, (size_t)n * 4);
     size_t bt_bytes = (size_t)b->n_seqs * b->max_blocks_per_seq * 4;
     if (ensure_buf(be, &m->block_table, &m->block_table_cap, bt_bytes ? bt_bytes : 4, e) != 0) return -1;
@@ -302,7 +303,8 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
     int max_ctx = 1;
     for (int s = 0; s < b->n_seqs; s++) max_ctx = VM_MAX(max_ctx, b->ctx_len[s]);
     vm_attn_meta meta = { n, b->n_seqs, kv->block_size, b->max_blocks_per_seq, max_ctx,
-                          m->positions, m->seq_start, m->ctx_len, m->block_table, m->slots, kv->dtype };
+                          m->positions, m->seq_start, m->ctx_len, m->block_table, m->slots, kv->dtype,
+                          b->decode_from ? m->decode_from : NULL };
     const float scale = 1.0f / sqrtf((float)hd);
 
     be->embed(be, &m->embed, m->tokens, n, m->x);                 // x (n, H)

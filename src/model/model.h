@@ -65,6 +65,9 @@ typedef struct vm_batch {
     const int32_t *slot_mapping; // [n_tokens]
     int n_logits;
     const int32_t *logit_rows;   // [n_logits] rows of the flat batch that need logits
+    // [n_seqs] or NULL (all prompt): positions >= decode_from[s] are generated
+    // tokens (see vm_attn_meta.decode_from)
+    const int32_t *decode_from;
 } vm_batch;
 
 // Loads weights (mmap) and config; max_batch_tokens sizes the activation scratch.

@@ -2,6 +2,8 @@
 // stays reserved as in the engine), fed in chunks of the model's batch size.
 #include "session.h"
 
+#include <stdint.h>
+
 #include <stdlib.h>
 
 struct vm_session {
@@ -67,8 +69,10 @@ int vm_session_eval(vm_session *s, const int32_t *tokens, int n, int all_logits,
         }
         int last_chunk = done + len == n;
         int32_t seq_start[2] = { 0, len }, ctx_len[1] = { s->n_past + len };
+        // a one-token call is a decode step, a longer one a prompt batch (as in llama.cpp)
+        int32_t decode_from[1] = { n == 1 ? s->n_past : INT32_MAX };
         vm_batch b = { len, tokens + done, s->positions, 1, seq_start, ctx_len, s->n_blocks,
-                       s->block_table, s->slots, 0, s->rows };
+                       s->block_table, s->slots, 0, s->rows, decode_from };
         float *out = NULL;
         if (logits && all_logits) { b.n_logits = len; out = logits + (size_t)done * vocab; }
         else if (logits && last_chunk) { b.n_logits = 1; b.logit_rows = &s->rows[len - 1]; out = logits; }

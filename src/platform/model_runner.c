@@ -11,7 +11,7 @@
 struct vm_model_runner {
     int block_size, vocab_size;
     int32_t *tokens, *positions, *slots, *rows; int cap_tokens;
-    int32_t *seq_start, *ctx_len; int cap_seqs;
+    int32_t *seq_start, *ctx_len, *decode_from; int cap_seqs;
     int32_t *block_table; size_t cap_table;
     float *logits; size_t cap_logits;
     // vision-language steps
@@ -30,7 +30,7 @@ vm_model_runner *vm_model_runner_create(int block_size, int vocab_size, vm_err *
 void vm_model_runner_free(vm_model_runner *r) {
     if (!r) return;
     free(r->tokens); free(r->positions); free(r->slots); free(r->rows);
-    free(r->seq_start); free(r->ctx_len); free(r->block_table); free(r->logits);
+    free(r->seq_start); free(r->ctx_len); free(r->decode_from); free(r->block_table); free(r->logits);
     free(r->mrope); free(r->embeds); free(r->embed_rows);
     free(r);
 }
@@ -52,6 +52,9 @@ static int reserve(vm_model_runner *r, int n_tokens, int n_seqs, size_t table, s
         void *b = realloc(r->ctx_len, (size_t)(n_seqs + 1) * sizeof(int32_t));
         if (!b) return -1;
         r->ctx_len = b;
+        void *d = realloc(r->decode_from, (size_t)(n_seqs + 1) * sizeof(int32_t));
+        if (!d) return -1;
+        r->decode_from = d;
         r->cap_seqs = n_seqs + 1;
     }
     if (table > r->cap_table) {
@@ -85,6 +88,7 @@ int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_
         const vm_runner_seq *q = &seqs[s];
         r->seq_start[s] = t;
         r->ctx_len[s] = q->start + q->n_new;
+        r->decode_from[s] = q->decode_from;
         int32_t *bt = r->block_table + (size_t)s * max_blocks;
         for (int b = 0; b < max_blocks; b++) bt[b] = b < q->n_blocks ? q->blocks[b] : 0;
         for (int p = q->start; p < q->start + q->n_new; p++, t++) {
@@ -152,7 +156,7 @@ int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_
         .n_tokens = n_tokens, .tokens = r->tokens, .positions = r->positions,
         .n_seqs = n_seqs, .seq_start = r->seq_start, .ctx_len = r->ctx_len,
         .max_blocks_per_seq = max_blocks, .block_table = r->block_table,
-        .slot_mapping = r->slots, .n_logits = n_rows, .logit_rows = r->rows,
+        .slot_mapping = r->slots, .n_logits = n_rows, .logit_rows = r->rows, .decode_from = r->decode_from,
     };
     if (any_mm) {
         if (ex->forward_mm(ex->ctx, &b, n_embeds ? r->embeds : NULL, n_embeds ? r->embed_rows : NULL, n_embeds,

@@ -69,6 +69,7 @@ typedef struct vm_runner_seq {
     int start, n_new;
     const int *blocks; int n_blocks; // block table
     int logits_from;         // positions [logits_from, start + n_new) need logits
+    int decode_from;         // positions >= decode_from are generated tokens (vm_batch.decode_from)
     // vision-language requests (NULL/0 otherwise)
     const int32_t *mrope_pos; int n_mrope; // [3][n_mrope] prompt positions (t, h, w)
     int32_t rope_delta;                    // position of token i >= n_mrope: i + rope_delta

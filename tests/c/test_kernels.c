@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/thread_pool.h"
@@ -138,6 +139,44 @@ Test(kernels, attention_helpers) {
     vm_kernels_generic.axpy(y1, 0.37f, a, 77);
     simd->axpy(y2, 0.37f, a, 77);
     for (int i = 0; i < 77; i++) cr_expect(fabsf(y1[i] - y2[i]) <= 1e-6f, "axpy[%d]", i);
+}
+
+// llama.cpp's arithmetic: every kernel set must give the generic version's bits.
+Test(kernels, ggml_arithmetic_bit_identical) {
+    const vm_cpu_kernels *simd = vm_cpu_kernels_select(), *ref = &vm_kernels_generic;
+    for (int n = 8; n <= 584; n += 24) {
+        uint16_t a[584], b[584];
+        for (int i = 0; i < n; i++) { a[i] = vm_f32_to_f16(frand() * 4); b[i] = vm_f32_to_f16(frand() * 4); }
+        float x = simd->dot_f16_chain8(a, b, n), y = ref->dot_f16_chain8(a, b, n);
+        cr_expect(memcmp(&x, &y, 4) == 0, "dot_f16_chain8 n=%d: %a vs %a", n, x, y);
+        x = simd->dot_f16_acc32(a, b, n); y = ref->dot_f16_acc32(a, b, n);
+        cr_expect(memcmp(&x, &y, 4) == 0, "dot_f16_acc32 n=%d: %a vs %a", n, x, y);
+    }
+    for (int n = 1; n <= 300; n += 13) {
+        float x[300], y1[300], y2[300], u[300];
+        for (int i = 0; i < n; i++) { x[i] = frand() * 30; u[i] = frand(); }
+        x[n / 2] = -INFINITY;                                  // masked
+        if (n > 3) { x[1] = -200; x[2] = 100; }                // the slow path of the exponential
+        double s1 = simd->exp_sum(y1, x, 5.0f, n), s2 = ref->exp_sum(y2, x, 5.0f, n);
+        cr_expect(s1 == s2 && memcmp(y1, y2, sizeof(float) * n) == 0, "exp_sum n=%d", n);
+        x[n / 2] = frand();
+        simd->silu_mul(y1, x, u, (size_t)n);
+        ref->silu_mul(y2, x, u, (size_t)n);
+        cr_expect(memcmp(y1, y2, sizeof(float) * n) == 0, "silu_mul n=%d", n);
+    }
+}
+
+// The emulated exponential is within 2 ulp of libm's over the range it is used on.
+Test(kernels, ggml_expf_accuracy) {
+    for (float x = -100.0f; x < 88.0f; x += 0.0137f) {
+        float a = vm_ggml_expf(x), b = expf(x);
+        if (b < 0x1p-126f) cr_expect(fabsf(a - b) <= 0x1p-148f, "exp(%g): %a vs %a", x, a, b); // subnormal
+        else cr_expect(fabsf(a - b) <= 2.5e-7f * b, "exp(%g): %a vs %a", x, a, b);
+    }
+    cr_expect(vm_ggml_expf(-INFINITY) == 0.0f);
+    cr_expect(vm_ggml_expf(-200.0f) == 0.0f);
+    cr_expect(isinf(vm_ggml_expf(100.0f)));
+    cr_expect(vm_ggml_expf(0.0f) == 1.0f);
 }
 
 Test(thread_pool, every_item_once) {

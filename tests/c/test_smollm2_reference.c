@@ -8,10 +8,13 @@
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
+#include "backend/cpu/kernels.h"
 #include "model/session.h"
 
 static const char *model_path(void) {
@@ -40,7 +43,28 @@ typedef struct {
     int confident_positions, confident_equal;  // reference margin >= NEAR_TIE
     int greedy_diverged_confidently;           // greedy differed where the reference was sure
     double worst_logit_rel;
+    int bit_checks, bit_exact;                 // logits checksums equal to the reference's
 } agreement;
+
+// The golden's checksum of exact float32 logits: sum over i of (bits_i + 1) * (2i + 1)
+// mod 2^64, i counting over all rows (scripts/oracles/make_smollm2_goldens.py).
+static uint64_t bitsum_add(uint64_t acc, const float *x, size_t n, uint64_t *idx) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, x + i, 4);
+        acc += ((uint64_t)b + 1) * (2 * (*idx)++ + 1);
+    }
+    return acc;
+}
+
+static void bit_check(agreement *a, json_t *p, const char *what, uint64_t ours) {
+    json_t *sums = json_object_get(p, "logits_bitsum");
+    const char *ref = json_string_value(json_object_get(sums, what));
+    if (!ref) return;
+    a->bit_checks++;
+    if (strtoull(ref, NULL, 16) == ours) a->bit_exact++;
+    else cr_log_info("%s: %s logits not bit-exact", json_string_value(json_object_get(p, "name")), what);
+}
 
 // Greedy 32 tokens and teacher-forced top-1 for every prompt of a golden file.
 static agreement compare(const char *golden_file, int check_logits) {
@@ -76,12 +100,19 @@ static agreement compare(const char *golden_file, int check_logits) {
             }
             a.worst_logit_rel = fmax(a.worst_logit_rel, maxd / maxg);
         }
+        uint64_t idx = 0;
+        bit_check(&a, p, "last_prompt", bitsum_add(0, logits, (size_t)vocab, &idx));
+        uint64_t dsum = 0, didx = 0;
         int equal = 1, first_diff = -1;
         for (int t = 0; t < ng; t++) {
             int32_t tok = vm_argmax(logits, vocab);
             if (tok != greedy[t]) { equal = 0; first_diff = t; break; }
-            if (t + 1 < ng) cr_assert(vm_session_eval(s, &tok, 1, 0, logits, &e) == 0, "%s", e.msg);
+            if (t + 1 < ng) {
+                cr_assert(vm_session_eval(s, &tok, 1, 0, logits, &e) == 0, "%s", e.msg);
+                dsum = bitsum_add(dsum, logits, (size_t)vocab, &didx);
+            }
         }
+        if (equal) bit_check(&a, p, "greedy_decode", dsum);
         a.prompts++;
         a.prompts_equal += equal;
         if (!equal && json_number_value(json_array_get(margin, np - 1 + first_diff)) >= NEAR_TIE) {
@@ -96,6 +127,8 @@ static agreement compare(const char *golden_file, int check_logits) {
         memcpy(all + np, greedy, sizeof(int32_t) * ng);
         vm_session_reset(s);
         cr_assert(vm_session_eval(s, all, np + ng, 1, logits, &e) == 0, "%s", e.msg);
+        idx = 0;
+        bit_check(&a, p, "teacher_forced", bitsum_add(0, logits, (size_t)(np + ng) * vocab, &idx));
         int same = 0;
         for (int t = 0; t < np + ng; t++) {
             int ok = vm_argmax(logits + (size_t)t * vocab, vocab) == top1[t];
@@ -136,8 +169,17 @@ Test(smollm2, agrees_with_llama_cpp, .timeout = 600) {
               a.confident_positions - a.confident_equal);
     cr_expect(a.greedy_diverged_confidently == 0, "%d greedy runs diverged away from a near tie",
               a.greedy_diverged_confidently);
-    cr_expect(a.positions_equal >= 0.97 * a.positions, "teacher-forced top-1 agreement %d/%d",
+    cr_log_info("llama.cpp: logits bit-exact in %d/%d checks (last prompt position, greedy decode steps, "
+                "teacher-forced rows; kernels %s)", a.bit_exact, a.bit_checks, vm_cpu_kernels_select()->name);
+    // The acceptance line: >= 18/20 greedy runs equal and >= 99% teacher-forced top-1.
+    cr_expect(a.prompts_equal >= 18, "greedy tokens equal on %d/%d prompts", a.prompts_equal, a.prompts);
+    cr_expect(a.positions_equal >= 0.99 * a.positions, "teacher-forced top-1 agreement %d/%d",
               a.positions_equal, a.positions);
+    // llama.cpp's x86 build runs AVX2 code; our AVX2 kernels reproduce its
+    // arithmetic exactly (other kernel sets sum in other orders).
+    if (strcmp(vm_cpu_kernels_select()->name, "avx2") == 0)
+        cr_expect(a.bit_exact == a.bit_checks && a.bit_checks >= 40, "logits bit-exact in %d/%d checks",
+                  a.bit_exact, a.bit_checks);
 }
 
 // Dequantized f32 run against transformers' GGUF loader (dequantizes to f32).

@@ -322,8 +322,8 @@ static void check_attention(vm_dtype kv, int decode_only) {
     pair ppos = pair_new(pos, (size_t)nq * 4), pss = pair_new(seq_start, (size_t)(n_seqs + 1) * 4);
     pair pcl = pair_new(ctx_len, (size_t)n_seqs * 4), ptb = pair_new(qtable, (size_t)n_seqs * max_blocks * 4);
     int max_ctx = decode_only ? ctx[2] : 300;
-    vm_attn_meta ag = { nq, n_seqs, bs, max_blocks, max_ctx, ppos.g, pss.g, pcl.g, ptb.g, psl.g, kv };
-    vm_attn_meta ac = { nq, n_seqs, bs, max_blocks, max_ctx, ppos.c, pss.c, pcl.c, ptb.c, psl.c, kv };
+    vm_attn_meta ag = { nq, n_seqs, bs, max_blocks, max_ctx, ppos.g, pss.g, pcl.g, ptb.g, psl.g, kv, NULL };
+    vm_attn_meta ac = { nq, n_seqs, bs, max_blocks, max_ctx, ppos.c, pss.c, pcl.c, ptb.c, psl.c, kv, NULL };
     float scale = 1.0f / 8.0f;
     gpu->attention(gpu, pq.g, pkc.g, pvc.g, &ag, heads, kvh, hd, scale, po.g);
     cpu->attention(cpu, pq.c, pkc.c, pvc.c, &ac, heads, kvh, hd, scale, po.c);

@@ -109,7 +109,7 @@ static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, flo
         const float *xr = xi + (size_t)r * dim;
         float *orow = o + (size_t)r * dim;
         double ss = 0;
-        for (int i = 0; i < dim; i++) ss += (double)xr[i] * xr[i];
+        for (int i = 0; i < dim; i++) ss += (double)(xr[i] * xr[i]); // f32 square, f64 sum (as ggml)
         float inv = 1.0f / sqrtf((float)(ss / dim) + eps);
         for (int i = 0; i < dim; i++) orow[i] = xr[i] * inv * vec_get(w, i);
     }
@@ -233,8 +233,9 @@ static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, 
                 float *v = xi + ((size_t)t * n_heads + h) * head_dim;
                 int a = r->interleaved ? 2 * i : i, b = r->interleaved ? 2 * i + 1 : i + half;
                 float x0 = v[a], x1 = v[b];
-                v[a] = x0 * cs - x1 * sn;
-                v[b] = x1 * cs + x0 * sn;
+                // the fused forms of ggml's compiled loop (checked against its output)
+                v[a] = fmaf(x0, cs, -(x1 * sn));
+                v[b] = fmaf(x0, sn, x1 * cs);
             }
         }
     }
@@ -270,50 +271,105 @@ typedef struct attn_job {
     const vm_attn_meta *m;
     const float *q;
     const void *kc, *vc;
-    const int32_t *pos, *seq_of_token, *table;
+    const int32_t *pos, *seq_of_token, *table, *decode_from;
     int n_heads, n_kv_heads, head_dim;
     float scale;
-    float *scores;     // [n_threads][max_ctx_len + head_dim]
+    float *scores;     // [n_threads][attn_scratch_floats()]
+    size_t per_thread;
     float *out;
 } attn_job;
 
-// One (token, head): scores over the sequence's cached positions [0, pos],
-// softmax, weighted sum of V. With an f16 cache, q and the weights are
-// rounded to f16 first (llama.cpp's default cache arithmetic).
+// Per-thread scratch: scores (padded to 8), q as f16, 32 partial-sum rows of head_dim.
+static size_t attn_scratch_floats(int max_ctx_len, int head_dim) {
+    return (size_t)max_ctx_len + 8 + (size_t)head_dim + 32 * (size_t)head_dim;
+}
+
+// f32 cache: scores over the sequence's cached positions [0, pos], softmax,
+// weighted sum of V.
+static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *q, int n_ctx, int kvh,
+                         float *sc, float *o) {
+    const vm_attn_meta *m = j->m;
+    const int hd = j->head_dim, bs = m->block_size;
+    float mx = -INFINITY;
+    for (int p = 0; p < n_ctx; p++) {
+        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+        sc[p] = j->k->vdot(q, (const float *)j->kc + off, hd) * j->scale;
+        if (sc[p] > mx) mx = sc[p];
+    }
+    double sum = 0;
+    for (int p = 0; p < n_ctx; p++) { sc[p] = expf(sc[p] - mx); sum += sc[p]; }
+    float inv = (float)(1.0 / sum);
+    memset(o, 0, (size_t)hd * 4);
+    for (int p = 0; p < n_ctx; p++) {
+        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+        j->k->axpy(o, sc[p] * inv, (const float *)j->vc + off, hd);
+    }
+}
+
+// f16 cache: llama.cpp's CPU attention without flash attention, rounding for
+// rounding. q and the softmax weights are rounded to f16; K.q and weights.V are
+// f16 dot products whose summation order depends on how llama.cpp ran the
+// token: a prompt batch goes through its f16 GEMM (one 8-lane chain per
+// output), a single decoded token through its f16 vec_dot (32 partial sums).
+// `single` picks the second. Positions past the context count as masked
+// zeros, which leave every partial sum unchanged.
+static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *q, int n_ctx, int kvh,
+                         int single, float *scratch, float *o) {
+    const vm_attn_meta *m = j->m;
+    const int hd = j->head_dim, bs = m->block_size;
+    float *sc = scratch;
+    uint16_t *qh = (uint16_t *)(scratch + m->max_ctx_len + 8);
+    float *acc = scratch + m->max_ctx_len + 8 + hd;
+    for (int i = 0; i < hd; i++) qh[i] = vm_f32_to_f16(q[i]);
+    float (*dot)(const uint16_t *, const uint16_t *, int) =
+        single || hd % 8 ? j->k->dot_f16_acc32 : j->k->dot_f16_chain8;
+    float mx = -INFINITY;
+    for (int p = 0; p < n_ctx; p++) {
+        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+        sc[p] = dot((const uint16_t *)j->kc + off, qh, hd) * j->scale;
+        if (sc[p] > mx) mx = sc[p];
+    }
+    double sum = j->k->exp_sum(sc, sc, mx, n_ctx);
+    float inv = (float)(1.0 / sum);
+    const int lanes = single ? 32 : 8;
+    memset(acc, 0, (size_t)lanes * hd * 4);
+    for (int p = 0; p < n_ctx; p++) {
+        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+        float w = vm_f16_to_f32(vm_f32_to_f16(sc[p] * inv));
+        j->k->axpy_f16(acc + (size_t)(p % lanes) * hd, w, (const uint16_t *)j->vc + off, hd);
+    }
+    for (int d = 0; d < hd; d++) {
+        float s8[8];
+        if (single) {
+            const float *a = acc + d;
+            for (int l = 0; l < 8; l++)
+                s8[l] = (a[(size_t)l * hd] + a[(size_t)(16 + l) * hd]) + (a[(size_t)(8 + l) * hd] + a[(size_t)(24 + l) * hd]);
+            float t0 = s8[0] + s8[4], t1 = s8[1] + s8[5], t2 = s8[2] + s8[6], t3 = s8[3] + s8[7];
+            o[d] = (t0 + t1) + (t2 + t3);
+        } else {
+            for (int l = 0; l < 8; l++) s8[l] = acc[(size_t)l * hd + d];
+            o[d] = vm_hsum8(s8);
+        }
+    }
+}
+
 static void attn_items(void *ctx, int begin, int end, int thread_index) {
     const attn_job *j = ctx;
     const vm_attn_meta *m = j->m;
-    const int hd = j->head_dim, bs = m->block_size, group = j->n_heads / j->n_kv_heads;
-    const int f16 = m->kv_dtype == VM_DTYPE_F16;
-    float *sc = j->scores + (size_t)thread_index * (m->max_ctx_len + hd);
-    float *qh = sc + m->max_ctx_len;
+    const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads;
+    float *scratch = j->scores + (size_t)thread_index * j->per_thread;
     for (int item = begin; item < end; item++) {
         int t = item / j->n_heads, h = item % j->n_heads, kvh = h / group;
         int s = j->seq_of_token[t];
         const int32_t *blocks = j->table + (size_t)s * m->max_blocks_per_seq;
         const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
-        if (f16) {
-            for (int i = 0; i < hd; i++) qh[i] = vm_f16_to_f32(vm_f32_to_f16(q[i]));
-            q = qh;
-        }
-        int n_ctx = j->pos[t] + 1;
-        float mx = -INFINITY;
-        for (int p = 0; p < n_ctx; p++) {
-            size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
-            float d = f16 ? j->k->vdot_f16(q, (const uint16_t *)j->kc + off, hd) : j->k->vdot(q, (const float *)j->kc + off, hd);
-            sc[p] = d * j->scale;
-            if (sc[p] > mx) mx = sc[p];
-        }
-        double sum = 0;
-        for (int p = 0; p < n_ctx; p++) { sc[p] = expf(sc[p] - mx); sum += sc[p]; }
-        float inv = (float)(1.0 / sum);
         float *o = j->out + ((size_t)t * j->n_heads + h) * hd;
-        memset(o, 0, (size_t)hd * 4);
-        for (int p = 0; p < n_ctx; p++) {
-            size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
-            float w = sc[p] * inv;
-            if (f16) j->k->axpy_f16(o, vm_f16_to_f32(vm_f32_to_f16(w)), (const uint16_t *)j->vc + off, hd);
-            else j->k->axpy(o, w, (const float *)j->vc + off, hd);
+        int n_ctx = j->pos[t] + 1;
+        if (m->kv_dtype == VM_DTYPE_F16) {
+            int single = j->decode_from && j->pos[t] >= j->decode_from[s];
+            attn_one_f16(j, blocks, q, n_ctx, kvh, single, scratch, o);
+        } else {
+            attn_one_f32(j, blocks, q, n_ctx, kvh, scratch, o);
         }
     }
 }
@@ -323,24 +379,24 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
                           vm_buf *out) {
     cpu_impl *c = impl_of(be);
     int nt = vm_thread_pool_size(c->pool);
-    size_t need = (size_t)nt * (m->max_ctx_len + head_dim) + (size_t)m->n_tokens;
+    size_t per = attn_scratch_floats(m->max_ctx_len, head_dim);
+    size_t need = (size_t)nt * per + (size_t)m->n_tokens;
     float *scratch = scratch_get(c, need);
     if (!scratch) { memset(out->data, 0, (size_t)m->n_tokens * n_heads * head_dim * 4); return; }
-    int32_t *seq_of_token = (int32_t *)(scratch + (size_t)nt * (m->max_ctx_len + head_dim));
+    int32_t *seq_of_token = (int32_t *)(scratch + (size_t)nt * per);
     const int32_t *starts = m->seq_start->data;
     for (int s = 0; s < m->n_seqs; s++)
         for (int t = starts[s]; t < starts[s + 1]; t++) seq_of_token[t] = s;
     attn_job j = { c->k, m, q->data, k_cache->data, v_cache->data, m->positions->data, seq_of_token,
-                   m->block_table->data, n_heads, n_kv_heads, head_dim, scale, scratch, out->data };
+                   m->block_table->data, m->decode_from ? m->decode_from->data : NULL,
+                   n_heads, n_kv_heads, head_dim, scale, scratch, per, out->data };
     vm_parallel_for(c->pool, m->n_tokens * n_heads, 1, attn_items, &j);
 }
 
 // ---- elementwise ---------------------------------------------------------------
 
 static void cpu_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size_t n, vm_buf *out) {
-    const float *g = gate->data, *u = up->data;
-    float *o = out->data;
-    for (size_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    impl_of(be)->k->silu_mul(out->data, gate->data, up->data, n);
 }
 
 static void cpu_add(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n) {

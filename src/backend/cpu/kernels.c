@@ -124,14 +124,15 @@ static float dot_q4_0_q8(const void *w, const vm_q8_block *x, int n) {
 
 static float dot_q4_1_q8(const void *w, const vm_q8_block *x, int n) {
     const vm_block_q4_1 *b = w;
-    float s = 0;
+    float s = 0, ms = 0;
     for (int ib = 0; ib < n / 32; ib++) {
         int32_t acc = 0;
         for (int j = 0; j < 16; j++)
             acc += (b[ib].qs[j] & 0x0f) * x[ib].q[j] + (b[ib].qs[j] >> 4) * x[ib].q[j + 16];
-        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)acc + vm_f16_to_f32(b[ib].m) * x[ib].s;
+        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)acc;
+        ms = fmaf(vm_f16_to_f32(b[ib].m), x[ib].s, ms);
     }
-    return s;
+    return s + ms;
 }
 
 static float dot_q8_0_q8(const void *w, const vm_q8_block *x, int n) {
@@ -172,13 +173,73 @@ static float vdot_f16(const float *a, const uint16_t *b, int n) {
 }
 
 static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
-    for (int i = 0; i < n; i++) y[i] += a * vm_f16_to_f32(x[i]);
+    for (int i = 0; i < n; i++) y[i] = fmaf(a, vm_f16_to_f32(x[i]), y[i]);
+}
+
+// ---- llama.cpp's arithmetic, lane by lane -------------------------------------
+
+static inline float f_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t u_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+float vm_ggml_expf(float x) {
+    const float shift = 0x1.8p23f;
+    float z = fmaf(x, 0x1.715476p+0f, shift);          // x / ln2, rounded by the shift
+    float n = z - shift;
+    float r = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x)); // x - n ln2 (two parts)
+    uint32_t e = u_of(z) << 23;
+    float k = f_of(e + u_of(1.0f));                    // 2^n for |n| <= 126
+    float r2 = r * r;
+    float p = fmaf(fmaf(fmaf(0x1.0e4020p-7f, r, 0x1.573e2ep-5f), r2, fmaf(0x1.555e66p-3f, r, 0x1.fffdb6p-2f)),
+                   r2, 0x1.ffffecp-1f * r);           // exp(r) - 1
+    if (!(fabsf(n) > 126)) return fmaf(p, k, k);
+    uint32_t g = n <= 0 ? 0x82000000u : 0;             // split 2^n in two factors
+    float s1 = f_of(g + 0x7f000000u), s2 = f_of(e - g);
+    if (fabsf(n) > 192) return s1 * s1;               // over/underflow
+    return fmaf(s2, p, s2) * s1;
+}
+
+float vm_generic_dot_f16_chain8(const uint16_t *a, const uint16_t *b, int n) {
+    float acc[8] = { 0 };
+    for (int i = 0; i < n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(vm_f16_to_f32(a[i + l]), vm_f16_to_f32(b[i + l]), acc[l]);
+    return vm_hsum8(acc);
+}
+
+float vm_generic_dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n) {
+    float acc[32] = { 0 };
+    const int np = n - n % 32;
+    for (int i = 0; i < np; i += 32)
+        for (int l = 0; l < 32; l++) acc[l] = fmaf(vm_f16_to_f32(a[i + l]), vm_f16_to_f32(b[i + l]), acc[l]);
+    float s[8];
+    for (int l = 0; l < 8; l++) s[l] = (acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l]);
+    float t0 = s[0] + s[4], t1 = s[1] + s[5], t2 = s[2] + s[6], t3 = s[3] + s[7];
+    double sum = (t0 + t1) + (t2 + t3);
+    for (int i = np; i < n; i++) sum += (double)(vm_f16_to_f32(a[i]) * vm_f16_to_f32(b[i]));
+    return (float)sum;
+}
+
+double vm_generic_exp_sum(float *y, const float *x, float max, int n) {
+    double sum = 0;
+    for (int i = 0; i < n; i += 8) {
+        float v[8];
+        for (int l = 0; l < 8; l++) v[l] = i + l < n ? vm_ggml_expf(x[i + l] - max) : 0.0f;
+        for (int l = 0; l < 8 && i + l < n; l++) y[i + l] = v[l];
+        sum += (double)vm_hsum8(v);
+    }
+    return sum;
+}
+
+void vm_generic_silu_mul(float *out, const float *g, const float *u, size_t n) {
+    size_t i = 0, nv = n - n % 8;
+    for (; i < nv; i++) out[i] = g[i] / (1.0f + vm_ggml_expf(0.0f - g[i])) * u[i];
+    for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy, vdot_f16, axpy_f16,
+    vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
 };
 
 void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {

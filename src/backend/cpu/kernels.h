@@ -50,8 +50,35 @@ typedef struct vm_cpu_kernels {
     float (*vdot)(const float *a, const float *b, int n);      // a . b
     void (*axpy)(float *y, float a, const float *x, int n);    // y += a * x
     float (*vdot_f16)(const float *a, const uint16_t *b, int n); // a . f16 b
-    void (*axpy_f16)(float *y, float a, const uint16_t *x, int n); // y += a * f16 x
+    void (*axpy_f16)(float *y, float a, const uint16_t *x, int n); // y += a * f16 x (fused)
+    // llama.cpp's CPU arithmetic for GGUF models (see docs/ARCHITECTURE.md, "GGUF
+    // arithmetic"). Each is bit-identical across kernel sets (fused multiply-adds
+    // in a fixed order), so results do not depend on the CPU's vector width.
+    // f16 dot, one 8-lane fused chain then vm_hsum8 (ggml's batched f16 GEMM); n % 8 == 0
+    float (*dot_f16_chain8)(const uint16_t *a, const uint16_t *b, int n);
+    // f16 dot, 4 x 8-lane chains over 32-element steps (ggml's f16 vec_dot)
+    float (*dot_f16_acc32)(const uint16_t *a, const uint16_t *b, int n);
+    // y[i] = vm_ggml_expf(x[i] - max) for i < n; returns the sum over 8-element
+    // chunks (each vm_hsum8'd, lanes past n count 0) accumulated in double
+    double (*exp_sum)(float *y, const float *x, float max, int n);
+    // out = silu(g) * u with silu(x) = x / (1 + vm_ggml_expf(0 - x)), in 8-element
+    // groups; the last n % 8 use libm expf
+    void (*silu_mul)(float *out, const float *g, const float *u, size_t n);
 } vm_cpu_kernels;
+
+// The exponential llama.cpp's x86/ARM vector code uses (a degree-5 polynomial
+// after range reduction by ln 2, exact special cases); one lane of it.
+float vm_ggml_expf(float x);
+// ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)): the 8-lane horizontal sum order
+static inline float vm_hsum8(const float a[8]) {
+    float x0 = a[0] + a[4], x1 = a[1] + a[5], x2 = a[2] + a[6], x3 = a[3] + a[7];
+    return (x0 + x2) + (x1 + x3);
+}
+// generic versions, shared by kernel sets without their own
+float vm_generic_dot_f16_chain8(const uint16_t *a, const uint16_t *b, int n);
+float vm_generic_dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n);
+double vm_generic_exp_sum(float *y, const float *x, float max, int n);
+void vm_generic_silu_mul(float *out, const float *g, const float *u, size_t n);
 
 extern const vm_cpu_kernels vm_kernels_generic;
 #if defined(__x86_64__)

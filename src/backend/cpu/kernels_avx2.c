@@ -4,6 +4,7 @@
 #include "kernels.h"
 
 #include <immintrin.h>
+#include <math.h>
 
 // F16C conversion (the generic vm_f16_to_f32 branches on subnormals)
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
@@ -219,7 +220,7 @@ static float dot_q4_1_q8(const void *w, const vm_q8_block *x, int n) {
     for (int ib = 0; ib < n / 32; ib++) {
         __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), dot_u8s8(nibbles_u8(b[ib].qs), xq), acc);
-        msum += h2f(b[ib].m) * x[ib].s;
+        msum = fmaf(h2f(b[ib].m), x[ib].s, msum);
     }
     return hsum8(acc) + msum;
 }
@@ -266,7 +267,7 @@ static void dot4_q4_1_q8(const void *w, const vm_q8_block *x, size_t xs, int n, 
         for (int t = 0; t < 4; t++) {
             const vm_q8_block *xb = x + t * xs + ib;
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb->d), dot_u8s8(wq, _mm256_loadu_si256((const __m256i *)xb->q)), acc[t]);
-            msum[t] += mw * xb->s;
+            msum[t] = fmaf(mw, xb->s, msum[t]);
         }
     }
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + msum[t];
@@ -325,12 +326,101 @@ static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * h2f(x[i]);
+    for (; i < n; i++) y[i] = fmaf(a, h2f(x[i]), y[i]);
+}
+
+// ---- llama.cpp's arithmetic (lane for lane the same as kernels.c) -------------
+
+static inline __m256 expf8(__m256 x) {
+    const __m256 shift = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift);
+    const __m256 n = _mm256_sub_ps(z, shift);
+    const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+    const __m256 r2 = _mm256_mul_ps(r, r);
+    const __m256 p = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), r, _mm256_set1_ps(0x1.573e2ep-5f)), r2,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), r, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        r2, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), r));
+    const __m256 absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    const __m256 big = _mm256_cmp_ps(absn, _mm256_set1_ps(126), _CMP_GT_OQ);
+    const __m256 fast = _mm256_fmadd_ps(p, k, k);
+    if (!_mm256_movemask_ps(big)) return fast;
+    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                       _mm256_set1_epi32((int)0x82000000u));
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256 huge = _mm256_cmp_ps(absn, _mm256_set1_ps(192), _CMP_GT_OQ);
+    const __m256 scaled = _mm256_mul_ps(_mm256_fmadd_ps(s2, p, s2), s1);
+    __m256 out = _mm256_blendv_ps(fast, scaled, big);
+    return _mm256_blendv_ps(out, _mm256_mul_ps(s1, s1), huge);
+}
+
+static inline __m256 f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+static float dot_f16_chain8(const uint16_t *a, const uint16_t *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(f16x8(a + i), f16x8(b + i), acc);
+    return hsum8(acc);
+}
+
+static float dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    const int np = n - n % 32;
+    for (int i = 0; i < np; i += 32) {
+        s0 = _mm256_fmadd_ps(f16x8(a + i), f16x8(b + i), s0);
+        s1 = _mm256_fmadd_ps(f16x8(a + i + 8), f16x8(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(f16x8(a + i + 16), f16x8(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(f16x8(a + i + 24), f16x8(b + i + 24), s3);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    t = _mm_hadd_ps(t, t);
+    t = _mm_hadd_ps(t, t);
+    double sum = _mm_cvtss_f32(t);
+    for (int i = np; i < n; i++) sum += (double)(h2f(a[i]) * h2f(b[i]));
+    return (float)sum;
+}
+
+static double exp_sum(float *y, const float *x, float max, int n) {
+    double sum = 0;
+    const __m256 mv = _mm256_set1_ps(max);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = expf8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        _mm256_storeu_ps(y + i, v);
+        sum += (double)hsum8(v);
+    }
+    if (i < n) {
+        float t[8] = { 0 }, v[8];
+        for (int l = 0; i + l < n; l++) t[l] = x[i + l];
+        _mm256_storeu_ps(v, expf8(_mm256_sub_ps(_mm256_loadu_ps(t), mv)));
+        for (int l = 0; l < 8; l++) {
+            if (i + l < n) y[i + l] = v[l];
+            else v[l] = 0.0f;
+        }
+        sum += (double)hsum8(_mm256_loadu_ps(v));
+    }
+    return sum;
+}
+
+static void silu_mul(float *out, const float *g, const float *u, size_t n) {
+    size_t i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy, vdot_f16, axpy_f16,
+    dot_f16_chain8, dot_f16_acc32, exp_sum, silu_mul,
 };
 #endif

@@ -19,6 +19,7 @@
 #include "kernels.h"
 
 #include <arm_neon.h>
+#include <math.h>
 
 #if defined(__APPLE__)
 #include <sys/sysctl.h>
@@ -393,19 +394,21 @@ static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
     }
     for (; i + 4 <= n; i += 4)
         vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))), a));
-    for (; i < n; i++) y[i] += a * h2f(x[i]);
+    for (; i < n; i++) y[i] = fmaf(a, h2f(x[i]), y[i]);
 }
 
 const vm_cpu_kernels vm_kernels_neon_dotprod = {
     "neon_dotprod", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp,
     dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp, vdot, axpy, vdot_f16, axpy_f16,
+    vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
 };
 
 const vm_cpu_kernels vm_kernels_neon = {
     "neon", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_mull, dot_q4_1_q8_mull, dot_q8_0_q8_mull,
     dot4_q4_0_q8_mull, dot4_q4_1_q8_mull, dot4_q8_0_q8_mull, vdot, axpy, vdot_f16, axpy_f16,
+    vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
 };
 
 #else // ===================== second pass: the GGUF q8 kernels =====================
@@ -440,7 +443,7 @@ Q8_ATTR static float Q8_NAME(dot_q4_1_q8)(const void *w, const vm_q8_block *x, i
         int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(q, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
         int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, vld1q_s8(x[ib].q)), hi, vld1q_s8(x[ib].q + 16));
         acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), h2f(b[ib].d) * x[ib].d);
-        msum += h2f(b[ib].m) * x[ib].s;
+        msum = fmaf(h2f(b[ib].m), x[ib].s, msum);
     }
     return vaddvq_f32(acc) + msum;
 }
@@ -489,7 +492,7 @@ Q8_ATTR static void Q8_NAME(dot4_q4_1_q8)(const void *w, const vm_q8_block *x, s
             const vm_q8_block *xb = x + t * xs + ib;
             int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, vld1q_s8(xb->q)), hi, vld1q_s8(xb->q + 16));
             acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * xb->d);
-            msum[t] += mw * xb->s;
+            msum[t] = fmaf(mw, xb->s, msum[t]);
         }
     }
     for (int t = 0; t < 4; t++) out[t] = vaddvq_f32(acc[t]) + msum[t];
