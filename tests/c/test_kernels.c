@@ -163,6 +163,14 @@ Test(kernels, ggml_arithmetic_bit_identical) {
         simd->silu_mul(y1, x, u, (size_t)n);
         ref->silu_mul(y2, x, u, (size_t)n);
         cr_expect(memcmp(y1, y2, sizeof(float) * n) == 0, "silu_mul n=%d", n);
+        x[0] = 70000.0f; x[n - 1] = 1e-9f;                     // f16 overflow and subnormal
+        simd->round_f16(y1, x, 0.5f, n);
+        ref->round_f16(y2, x, 0.5f, n);
+        cr_expect(memcmp(y1, y2, sizeof(float) * n) == 0, "round_f16 n=%d", n);
+        uint16_t h1[300], h2[300];
+        simd->to_f16(h1, x, n);
+        ref->to_f16(h2, x, n);
+        cr_expect(memcmp(h1, h2, 2 * (size_t)n) == 0, "to_f16 n=%d", n);
     }
 }
 

@@ -256,8 +256,9 @@ static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, co
             const float *ks = (const float *)k->data + ((size_t)t * n_kv_heads + h) * head_dim;
             const float *vs = (const float *)v->data + ((size_t)t * n_kv_heads + h) * head_dim;
             if (m->kv_dtype == VM_DTYPE_F16) {
-                uint16_t *kd = (uint16_t *)k_cache->data + dst, *vd = (uint16_t *)v_cache->data + dst;
-                for (int i = 0; i < head_dim; i++) { kd[i] = vm_f32_to_f16(ks[i]); vd[i] = vm_f32_to_f16(vs[i]); }
+                uint16_t *kd = k_cache->data, *vd = v_cache->data;
+                impl_of(be)->k->to_f16(kd + dst, ks, head_dim);
+                impl_of(be)->k->to_f16(vd + dst, vs, head_dim);
             } else {
                 memcpy((float *)k_cache->data + dst, ks, (size_t)head_dim * 4);
                 memcpy((float *)v_cache->data + dst, vs, (size_t)head_dim * 4);
@@ -315,42 +316,57 @@ static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *
 // zeros, which leave every partial sum unchanged.
 static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *q, int n_ctx, int kvh,
                          int single, float *scratch, float *o) {
+    const vm_cpu_kernels *k = j->k;
     const vm_attn_meta *m = j->m;
     const int hd = j->head_dim, bs = m->block_size;
     float *sc = scratch;
     uint16_t *qh = (uint16_t *)(scratch + m->max_ctx_len + 8);
     float *acc = scratch + m->max_ctx_len + 8 + hd;
-    for (int i = 0; i < hd; i++) qh[i] = vm_f32_to_f16(q[i]);
-    float (*dot)(const uint16_t *, const uint16_t *, int) =
-        single || hd % 8 ? j->k->dot_f16_acc32 : j->k->dot_f16_chain8;
+    const uint16_t *kc = j->kc, *vc = j->vc;
+    k->to_f16(qh, q, hd);
+    float (*dot)(const uint16_t *, const uint16_t *, int) = single || hd % 8 ? k->dot_f16_acc32 : k->dot_f16_chain8;
     float mx = -INFINITY;
-    for (int p = 0; p < n_ctx; p++) {
-        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
-        sc[p] = dot((const uint16_t *)j->kc + off, qh, hd) * j->scale;
-        if (sc[p] > mx) mx = sc[p];
-    }
-    double sum = j->k->exp_sum(sc, sc, mx, n_ctx);
-    float inv = (float)(1.0 / sum);
-    const int lanes = single ? 32 : 8;
-    memset(acc, 0, (size_t)lanes * hd * 4);
-    for (int p = 0; p < n_ctx; p++) {
-        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
-        float w = vm_f16_to_f32(vm_f32_to_f16(sc[p] * inv));
-        j->k->axpy_f16(acc + (size_t)(p % lanes) * hd, w, (const uint16_t *)j->vc + off, hd);
-    }
-    for (int d = 0; d < hd; d++) {
-        float s8[8];
-        if (single) {
-            const float *a = acc + d;
-            for (int l = 0; l < 8; l++)
-                s8[l] = (a[(size_t)l * hd] + a[(size_t)(16 + l) * hd]) + (a[(size_t)(8 + l) * hd] + a[(size_t)(24 + l) * hd]);
-            float t0 = s8[0] + s8[4], t1 = s8[1] + s8[5], t2 = s8[2] + s8[6], t3 = s8[3] + s8[7];
-            o[d] = (t0 + t1) + (t2 + t3);
-        } else {
-            for (int l = 0; l < 8; l++) s8[l] = acc[(size_t)l * hd + d];
-            o[d] = vm_hsum8(s8);
+    for (int p0 = 0; p0 < n_ctx; p0 += bs) {
+        const uint16_t *kb = kc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
+        for (int p = p0; p < n_ctx && p < p0 + bs; p++) {
+            sc[p] = dot(kb + (size_t)(p - p0) * hd, qh, hd) * j->scale;
+            if (sc[p] > mx) mx = sc[p];
         }
     }
+    double sum = k->exp_sum(sc, sc, mx, n_ctx);
+    k->round_f16(sc, sc, (float)(1.0 / sum), n_ctx);
+    // weights.V: lane p % lanes of the reference's partial sums gets position p
+    const int lanes = single ? 32 : 8, used = VM_MIN(lanes, n_ctx);
+    memset(acc, 0, (size_t)used * hd * 4);
+    for (int p0 = 0; p0 < n_ctx; p0 += bs) {
+        const uint16_t *vb = vc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
+        for (int p = p0; p < n_ctx && p < p0 + bs; p++)
+            k->axpy_f16(acc + (size_t)(p % lanes) * hd, sc[p], vb + (size_t)(p - p0) * hd, hd);
+    }
+    if (used < lanes) memset(acc + (size_t)used * hd, 0, (size_t)(lanes - used) * hd * 4);
+    float *a = acc;
+#define LANE(l) (a + (size_t)(l) * hd)
+    if (single) {
+        // four 8-lane vectors (lanes 0-7, 8-15, ...): (v0 + v2) + (v1 + v3), then
+        // halves added pairwise: ((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))
+        for (int l = 0; l < 8; l++) {
+            float *s0 = LANE(l);
+            const float *s1 = LANE(16 + l), *s2 = LANE(8 + l), *s3 = LANE(24 + l);
+            for (int d = 0; d < hd; d++) s0[d] = (s0[d] + s1[d]) + (s2[d] + s3[d]);
+        }
+        for (int d = 0; d < hd; d++) {
+            float t0 = LANE(0)[d] + LANE(4)[d], t1 = LANE(1)[d] + LANE(5)[d];
+            float t2 = LANE(2)[d] + LANE(6)[d], t3 = LANE(3)[d] + LANE(7)[d];
+            o[d] = (t0 + t1) + (t2 + t3);
+        }
+    } else {
+        for (int d = 0; d < hd; d++) {                  // vm_hsum8 over the 8 lanes
+            float x0 = LANE(0)[d] + LANE(4)[d], x1 = LANE(1)[d] + LANE(5)[d];
+            float x2 = LANE(2)[d] + LANE(6)[d], x3 = LANE(3)[d] + LANE(7)[d];
+            o[d] = (x0 + x2) + (x1 + x3);
+        }
+    }
+#undef LANE
 }
 
 static void attn_items(void *ctx, int begin, int end, int thread_index) {

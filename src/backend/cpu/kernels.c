@@ -235,11 +235,20 @@ void vm_generic_silu_mul(float *out, const float *g, const float *u, size_t n) {
     for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+void vm_generic_to_f16(uint16_t *dst, const float *src, int n) {
+    for (int i = 0; i < n; i++) dst[i] = vm_f32_to_f16(src[i]);
+}
+
+void vm_generic_round_f16(float *dst, const float *src, float scale, int n) {
+    for (int i = 0; i < n; i++) dst[i] = vm_f16_to_f32(vm_f32_to_f16(src[i] * scale));
+}
+
 const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy, vdot_f16, axpy_f16,
     vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
+    vm_generic_to_f16, vm_generic_round_f16,
 };
 
 void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {

@@ -64,6 +64,9 @@ typedef struct vm_cpu_kernels {
     // out = silu(g) * u with silu(x) = x / (1 + vm_ggml_expf(0 - x)), in 8-element
     // groups; the last n % 8 use libm expf
     void (*silu_mul)(float *out, const float *g, const float *u, size_t n);
+    // f16 conversions, round to nearest even: dst = f16(src); dst = f32(f16(src * scale))
+    void (*to_f16)(uint16_t *dst, const float *src, int n);
+    void (*round_f16)(float *dst, const float *src, float scale, int n);
 } vm_cpu_kernels;
 
 // The exponential llama.cpp's x86/ARM vector code uses (a degree-5 polynomial
@@ -79,6 +82,8 @@ float vm_generic_dot_f16_chain8(const uint16_t *a, const uint16_t *b, int n);
 float vm_generic_dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n);
 double vm_generic_exp_sum(float *y, const float *x, float max, int n);
 void vm_generic_silu_mul(float *out, const float *g, const float *u, size_t n);
+void vm_generic_to_f16(uint16_t *dst, const float *src, int n);
+void vm_generic_round_f16(float *dst, const float *src, float scale, int n);
 
 extern const vm_cpu_kernels vm_kernels_generic;
 #if defined(__x86_64__)

@@ -402,6 +402,7 @@ const vm_cpu_kernels vm_kernels_neon_dotprod = {
     quantize_q8, dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp,
     dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp, vdot, axpy, vdot_f16, axpy_f16,
     vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
+    vm_generic_to_f16, vm_generic_round_f16,
 };
 
 const vm_cpu_kernels vm_kernels_neon = {
@@ -409,6 +410,7 @@ const vm_cpu_kernels vm_kernels_neon = {
     quantize_q8, dot_q4_0_q8_mull, dot_q4_1_q8_mull, dot_q8_0_q8_mull,
     dot4_q4_0_q8_mull, dot4_q4_1_q8_mull, dot4_q8_0_q8_mull, vdot, axpy, vdot_f16, axpy_f16,
     vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
+    vm_generic_to_f16, vm_generic_round_f16,
 };
 
 #else // ===================== second pass: the GGUF q8 kernels =====================
