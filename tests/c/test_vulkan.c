@@ -145,31 +145,58 @@ static test_weight make_weight(vm_dtype dt, int rows, int cols, int bits, int gr
 
 static void free_weight(test_weight *t) { free(t->data); free(t->scales); free(t->biases); }
 
+// Token counts cover the matvec tiles (1, 4, 8 tokens) and the GEMM tiles
+// (32 and 64 tokens, partial tiles on both axes); float weights also take a
+// column count that is no multiple of the GEMM's 32-column step. Each n also
+// runs matmul + add_bias + a residual add (folded into the matmul on the GPU).
 static void check_matmul(const char *what, vm_dtype dt, int bits, int group, vm_dtype sdt) {
     NEED_GPU();
-    const int rows = 67, cols = 256;
+    const int float_w = dt == VM_DTYPE_F32 || dt == VM_DTYPE_F16 || dt == VM_DTYPE_BF16;
+    const int rows = 67, cols = float_w ? 264 : 256;
     test_weight t = make_weight(dt, rows, cols, bits, group, sdt);
     vm_err e = {{0}};
     vm_weight wg = t.w, wc = t.w;
     cr_assert(gpu->weight_prepare(gpu, &wg, &e) == 0, "%s: %s", what, e.msg);
     cr_assert(cpu->weight_prepare(cpu, &wc, &e) == 0, "%s: %s", what, e.msg);
-    for (int n = 1; n <= 9; n += 4) {
-        float *x = rnd_vec((size_t)n * cols, 1.0f);
+    float bias[67];
+    for (int i = 0; i < rows; i++) bias[i] = rnd();
+    vm_tensor bt = { .name = "bias", .dtype = VM_DTYPE_F32, .ndim = 1, .shape = { rows }, .data = bias };
+    static const int ns[] = { 1, 3, 5, 9, 33, 70 };
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        const int n = ns[k];
+        float *x = rnd_vec((size_t)n * cols, 1.0f), *r = rnd_vec((size_t)n * rows, 1.0f);
         pair px = pair_new(x, (size_t)n * cols * 4), py = pair_new(NULL, (size_t)n * rows * 4);
         gpu->matmul(gpu, &wg, px.g, n, py.g);
         cpu->matmul(cpu, &wc, px.c, n, py.c);
         double rel = pair_rel(py, (size_t)n * rows, what);
         cr_expect(rel < 1e-4, "%s matmul n=%d: rel %.3g", what, n, rel);
-        // embedding: rows of the same table
-        int32_t ids[9];
-        for (int i = 0; i < n; i++) ids[i] = (int32_t)(rnd_u32() % rows);
-        if (n > 1) ids[1] = -1;  // out of range gives zeros
-        pair pi = pair_new(ids, (size_t)n * 4), pe = pair_new(NULL, (size_t)n * cols * 4);
-        gpu->embed(gpu, &wg, pi.g, n, pe.g);
-        cpu->embed(cpu, &wc, pi.c, n, pe.c);
-        rel = pair_rel(pe, (size_t)n * cols, what);
-        cr_expect(rel < 1e-6, "%s embed n=%d: rel %.3g", what, n, rel);
-        pair_free(px); pair_free(py); pair_free(pi); pair_free(pe);
+        // out = x @ W^T + bias; res += out
+        pair pr = pair_new(r, (size_t)n * rows * 4);
+        gpu->matmul(gpu, &wg, px.g, n, py.g);
+        cpu->matmul(cpu, &wc, px.c, n, py.c);
+        gpu->add_bias(gpu, py.g, &bt, n, rows);
+        cpu->add_bias(cpu, py.c, &bt, n, rows);
+        gpu->add(gpu, pr.g, py.g, (size_t)n * rows);
+        cpu->add(cpu, pr.c, py.c, (size_t)n * rows);
+        rel = pair_rel(py, (size_t)n * rows, what);
+        cr_expect(rel < 1e-4, "%s matmul+bias n=%d: rel %.3g", what, n, rel);
+        rel = pair_rel(pr, (size_t)n * rows, what);
+        cr_expect(rel < 1e-4, "%s matmul+bias+residual n=%d: rel %.3g", what, n, rel);
+        pair_free(pr);
+        free(r);
+        if (n <= 9) {
+            // embedding: rows of the same table
+            int32_t ids[9];
+            for (int i = 0; i < n; i++) ids[i] = (int32_t)(rnd_u32() % rows);
+            if (n > 1) ids[1] = -1;  // out of range gives zeros
+            pair pi = pair_new(ids, (size_t)n * 4), pe = pair_new(NULL, (size_t)n * cols * 4);
+            gpu->embed(gpu, &wg, pi.g, n, pe.g);
+            cpu->embed(cpu, &wc, pi.c, n, pe.c);
+            rel = pair_rel(pe, (size_t)n * cols, what);
+            cr_expect(rel < 1e-6, "%s embed n=%d: rel %.3g", what, n, rel);
+            pair_free(pi); pair_free(pe);
+        }
+        pair_free(px); pair_free(py);
         free(x);
     }
     free_weight(&t);
