@@ -258,8 +258,12 @@ typedef struct vec_entry {
 #define PROF_MAX 8192
 
 // matvec.comp / gemm.comp / gemm_cm.comp push constants; flags: MM_BIAS, MM_RES.
-typedef struct { VkDeviceAddress w, sc, bi, x, y, bias, res; uint32_t rows, cols, n, group, flags; } mm_pc;
-enum { MM_BIAS = 1, MM_RES = 2 };
+typedef struct {
+    VkDeviceAddress w, sc, bi, x, y, bias, res, w2, sc2, bi2, nw;
+    uint32_t rows, cols, n, group, flags;
+    float eps;
+} mm_pc;
+enum { MM_BIAS = 1, MM_RES = 2, MM_NORM = 4, MM_DUAL = 8 };   // MM_NORM, MM_DUAL: matvec.comp only
 
 typedef struct vk_impl {
     VkInstance instance;
@@ -277,6 +281,7 @@ typedef struct vk_impl {
     int unified;          // device buffers are host-visible and mapped
     int software;         // a CPU device (lavapipe)
     uint32_t subgroup_size;
+    int vk_fuse;          // rmsnorm and swiglu folded into matvecs (VLLM_METAL_VULKAN_FUSE=0: not)
     int coopmat;          // gemm_cm.comp usable (VK_NV_cooperative_matrix, 16x16x16 f16 -> f32, subgroups of 32)
     char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
 
@@ -301,8 +306,12 @@ typedef struct vk_impl {
     int n_rd, n_wr;
     // Matmuls recorded lazily (up to PEND_MAX), so that an add_bias on one's
     // output folds into it.
-    struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy; const vm_buf *x, *y, *res; } pend[PEND_MAX];
+    struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy; const vm_buf *x, *y, *res, *out2; } pend[PEND_MAX];
     int n_pend;
+    // The last rmsnorm (rows of x -> out, out != x), while neither has been
+    // written since: a matvec of out reads x and normalizes it itself, so
+    // it need not wait for the rmsnorm.
+    struct { const vm_buf *x, *out; VkDeviceAddress w; float eps; int rows, dim, valid; } norm;
     // VLLM_METAL_VULKAN_PROFILE=1: a timestamp after every dispatch, summed per shader.
     VkQueryPool qpool;
     uint32_t n_q, qsh[PROF_MAX];
@@ -518,6 +527,8 @@ static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uin
     if (need) rec_barrier(v);
     for (int i = 0; i < nrd; i++) if (rd[i]) hz_add(v->hz_rd, &v->n_rd, rd[i]);
     for (int i = 0; i < nwr; i++) if (wr[i]) hz_add(v->hz_wr, &v->n_wr, wr[i]);
+    for (int i = 0; i < nwr; i++)
+        if (wr[i] && (wr[i] == v->norm.x || wr[i] == v->norm.out)) v->norm.valid = 0;
     vkCmdBindPipeline(v->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p);
     vkCmdPushConstants(v->cmd, v->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
     vkCmdDispatch(v->cmd, gx, gy, gz);
@@ -533,8 +544,8 @@ static void pend_flush(vk_impl *v) {
     v->n_pend = 0;
     for (int i = 0; i < n; i++) {
         struct pend_mm *p = &v->pend[i];
-        const vm_buf *rd[2] = { p->x, p->res }, *wr[2] = { p->y, p->res };
-        dispatch_raw(v, p->sh, &p->pc, sizeof p->pc, p->gx, p->gy, 1, rd, 2, wr, 2);
+        const vm_buf *rd[2] = { p->x, p->res }, *wr[3] = { p->y, p->res, p->out2 };
+        dispatch_raw(v, p->sh, &p->pc, sizeof p->pc, p->gx, p->gy, 1, rd, 2, wr, 3);
     }
 }
 
@@ -583,6 +594,7 @@ static void vk_buf_write(vm_backend *be, vm_buf *b, size_t off, const void *src,
     vk_impl *v = impl_of(be);
     if (n == 0) return;
     pend_flush(v);
+    v->norm.valid = 0;
     // Recorded in order with the ops: while commands are pending, or (device
     // memory the host cannot map) to open the recording, so that the step's
     // metadata writes join its one submit. A run of writes shares one barrier
@@ -811,6 +823,11 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
     uint32_t gx, gy;
     grid_1d(((uint64_t)rows + rpw - 1) / rpw, &gx, &gy);
     dispatch(v, SH_rmsnorm, &pc, sizeof pc, gx, gy, 1, RDS(x), WRS(out));
+    v->norm.valid = 0;
+    if (out != x && !v->failed) {
+        v->norm.x = x; v->norm.out = out; v->norm.w = wa; v->norm.eps = eps;
+        v->norm.rows = rows; v->norm.dim = dim; v->norm.valid = 1;
+    }
 }
 
 // Few tokens (decode): matvec.comp, 4 rows a workgroup, token tiles of 1, 4
@@ -820,17 +837,29 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
 #define MATVEC_MAX 8
 #define MV_ROWS 4
 
+// A pending matmul will write b: the last rmsnorm's input or output no longer holds what it did.
+static void norm_touch(vk_impl *v, const vm_buf *b) {
+    if (b == v->norm.x || b == v->norm.out) v->norm.valid = 0;
+}
+
 static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     vk_impl *v = impl_of(be);
     vk_weight *kw = dev_weight(v, w);
     if (!kw || n <= 0) return;
     if (v->n_pend == PEND_MAX) pend_flush(v);
     struct pend_mm *p = &v->pend[v->n_pend++];
-    p->pc = (mm_pc){ kw->w, kw->sc, kw->bi, x->addr, out->addr, 0, 0, (uint32_t)w->rows, (uint32_t)w->cols, (uint32_t)n,
-                     (uint32_t)kw->group, 0 };
+    p->pc = (mm_pc){ .w = kw->w, .sc = kw->sc, .bi = kw->bi, .x = x->addr, .y = out->addr, .rows = (uint32_t)w->rows,
+                     .cols = (uint32_t)w->cols, .n = (uint32_t)n, .group = (uint32_t)kw->group };
     uint32_t rows = (uint32_t)w->rows;
     if (n <= MATVEC_MAX) {
         int tn = n == 1 ? 1 : n <= 4 ? 4 : 8;
+        if (v->norm.valid && x == v->norm.out && n == v->norm.rows && w->cols == v->norm.dim && v->vk_fuse) {
+            p->pc.x = v->norm.x->addr;
+            p->pc.nw = v->norm.w;
+            p->pc.eps = v->norm.eps;
+            p->pc.flags |= MM_NORM;
+            x = v->norm.x;
+        }
         p->sh = (tn == 1 ? SH_matvec1_f32 : tn == 4 ? SH_matvec4_f32 : SH_matvec8_f32) + kw->wt;
         p->gx = (rows + MV_ROWS - 1) / MV_ROWS;
         p->gy = (uint32_t)((n + tn - 1) / tn);
@@ -849,8 +878,11 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     }
     p->x = x;
     p->y = out;
-    p->res = NULL;
+    p->res = p->out2 = NULL;
+    norm_touch(v, out);
 }
+
+static int is_matvec(int sh) { return sh >= SH_matvec1_f32 && sh <= SH_matvec8_a2; }
 
 typedef struct { VkDeviceAddress x, y, z, w; uint32_t n, dim; } elt_pc;
 
@@ -878,7 +910,29 @@ static void vk_add_bias(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n,
 }
 
 static void vk_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size_t n, vm_buf *out) {
-    eltwise(impl_of(be), SH_swiglu, (elt_pc){ gate->addr, up->addr, out->addr, 0, (uint32_t)n, 1 }, gate, up, out);
+    vk_impl *v = impl_of(be);
+    // right after the two matvecs (same shape, same input) that wrote gate and up: one
+    // dual matvec computes both and the swiglu
+    if (v->n_pend >= 2 && v->vk_fuse) {
+        struct pend_mm *g = &v->pend[v->n_pend - 2], *u = &v->pend[v->n_pend - 1];
+        if (g->y == gate && u->y == up && gate != up && g->sh == u->sh && is_matvec(g->sh) && g->x == u->x &&
+            g->pc.x == u->pc.x && g->pc.n == u->pc.n && g->pc.rows == u->pc.rows && g->pc.cols == u->pc.cols &&
+            g->pc.group == u->pc.group && g->pc.flags == u->pc.flags && !(g->pc.flags & (MM_BIAS | MM_RES)) &&
+            (size_t)g->pc.rows * g->pc.n == n && g->x != gate && g->x != up && g->x != out) {
+            g->pc.w2 = u->pc.w; g->pc.sc2 = u->pc.sc; g->pc.bi2 = u->pc.bi;
+            g->pc.res = up->addr;
+            g->pc.bias = out->addr;
+            g->pc.flags |= MM_DUAL;
+            g->gx = (g->pc.rows + 1) / 2;
+            g->res = up;
+            g->out2 = out;
+            v->n_pend--;
+            norm_touch(v, up);
+            norm_touch(v, out);
+            return;
+        }
+    }
+    eltwise(v, SH_swiglu, (elt_pc){ gate->addr, up->addr, out->addr, 0, (uint32_t)n, 1 }, gate, up, out);
 }
 
 static void vk_add(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n) {
@@ -891,6 +945,7 @@ static void vk_add(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n) {
             p->pc.res = x->addr;
             p->pc.flags |= MM_RES;
             p->res = x;
+            norm_touch(v, x);
             return;
         }
     }
@@ -1145,6 +1200,8 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     VkPhysicalDeviceProperties2 p2 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sp };
     vkGetPhysicalDeviceProperties2(v->phys, &p2);
     v->subgroup_size = sp.subgroupSize ? sp.subgroupSize : 32;
+    const char *fenv = getenv("VLLM_METAL_VULKAN_FUSE");
+    v->vk_fuse = !(fenv && !strcmp(fenv, "0"));
     if (props.limits.maxPushConstantsSize < PUSH_BYTES) return vm_errf(e, "vulkan: %s has too few push constants", v->name);
 
     // logical device

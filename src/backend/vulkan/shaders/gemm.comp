@@ -25,7 +25,8 @@
 layout(local_size_x = 256) in;
 layout(push_constant, std430) uniform Params {
     U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias; F32 res;
-    uint rows, cols, n, group, flags;
+    U32 w2; F32 sc2; F32 bi2; F32x4 nw;
+    uint rows, cols, n, group, flags; float eps;
 } pc;
 
 shared float Ws[BK][BM + 1];

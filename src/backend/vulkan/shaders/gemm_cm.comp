@@ -3,9 +3,11 @@
 // weights): out (n, rows) = x (n, cols) @ W^T with 16x16x16 f16 products
 // accumulated in f32. The weights are exact in f16 (bf16 values between 2^-14
 // and 65504; smaller ones round to f16 subnormals, 2^-24 apart). The f32
-// activations are split as x = hi + lo, both f16, and both halves multiply the
-// weights, so the products carry ~22 bits of x (what the f32 path's 1e-4
-// agreement with the CPU needs). A workgroup of 4 subgroups (of 32) computes
+// activations are split as x = hi + lo/2048, hi and lo both f16 (lo scaled up
+// so that it stays clear of f16 subnormals, which a driver may flush), and
+// both halves multiply the weights into separate accumulators, so the
+// products carry ~22 bits of x (what the f32 path's 1e-4 agreement with the
+// CPU needs). A workgroup of 4 subgroups (of 32) computes
 // 64 rows x 64 tokens, each subgroup 32 x 32 (2 x 2 matrices), over steps of
 // BK = 32 columns staged in shared memory; the result goes through shared
 // memory for the epilogue (flags as matvec.comp: 1 bias, 2 residual add).
@@ -25,7 +27,8 @@
 layout(local_size_x = 128) in;
 layout(push_constant, std430) uniform Params {
     U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias; F32 res;
-    uint rows, cols, n, group, flags;
+    U32 w2; F32 sc2; F32 bi2; F32x4 nw;
+    uint rows, cols, n, group, flags; float eps;
 } pc;
 
 shared float16_t Ws[BM * SK];   // [row][k]
@@ -38,9 +41,12 @@ void main() {
     const uint r0 = gl_WorkGroupID.x * BM, t0 = gl_WorkGroupID.y * BN;
     const uint chunks = pc.cols / 8u;
     const uint wr = (sg & 1u) * 32u, wt = (sg >> 1) * 32u;   // this subgroup's rows and tokens in the tile
-    fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> acc[2][2];
+    fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> acc[2][2], accl[2][2];
     for (uint i = 0; i < 2; i++)
-        for (uint j = 0; j < 2; j++) acc[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+        for (uint j = 0; j < 2; j++) {
+            acc[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+            accl[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+        }
     for (uint k0 = 0; k0 < pc.cols; k0 += BK) {
         for (uint i = tid; i < BM * 4u; i += 128u) {
             uint row = i / 4u, ch = i % 4u, r = r0 + row, c = k0 / 8u + ch;
@@ -57,7 +63,7 @@ void main() {
             vec4 xv = t < pc.n && c < pc.cols ? pc.x.v[(t * pc.cols + c) / 4u] : vec4(0.0);
             xv = clamp(xv, -65504.0, 65504.0);
             f16vec4 hi = f16vec4(xv);
-            f16vec4 lo = f16vec4(xv - vec4(hi));
+            f16vec4 lo = f16vec4((xv - vec4(hi)) * 2048.0);
             uint o = tok * SK + q * 4u;
             Xh[o] = hi.x; Xh[o + 1u] = hi.y; Xh[o + 2u] = hi.z; Xh[o + 3u] = hi.w;
             Xl[o] = lo.x; Xl[o + 1u] = lo.y; Xl[o + 2u] = lo.z; Xl[o + 3u] = lo.w;
@@ -72,14 +78,17 @@ void main() {
             }
             for (uint i = 0; i < 2; i++)
                 for (uint j = 0; j < 2; j++) {
-                    acc[i][j] = coopMatMulAddNV(a[i], bl[j], acc[i][j]);
                     acc[i][j] = coopMatMulAddNV(a[i], bh[j], acc[i][j]);
+                    accl[i][j] = coopMatMulAddNV(a[i], bl[j], accl[i][j]);
                 }
         }
         barrier();
     }
     for (uint i = 0; i < 2; i++)
-        for (uint j = 0; j < 2; j++) coopMatStoreNV(acc[i][j], Cs, (wt + 16u * j) * SC + wr + 16u * i, SC, true);
+        for (uint j = 0; j < 2; j++) {
+            acc[i][j] = acc[i][j] + accl[i][j] * (1.0 / 2048.0);
+            coopMatStoreNV(acc[i][j], Cs, (wt + 16u * j) * SC + wr + 16u * i, SC, true);
+        }
     barrier();
     for (uint i = tid; i < BM * BN; i += 128u) {
         uint row = i % BM, tok = i / BM, r = r0 + row, t = t0 + tok;
