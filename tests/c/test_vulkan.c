@@ -202,6 +202,23 @@ static void check_matmul(const char *what, vm_dtype dt, int bits, int group, vm_
     free_weight(&t);
 }
 
+static void check_model(const char *path, int max_batch, int block_size);
+
+// The same with every batch of more than 8 tokens through the tiled GEMM
+// (by default small matrices such as these take the matvec up to 64 tokens).
+static void setup_gemm(void) {
+    setenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES", "0", 1);
+    setup();
+    unsetenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES");
+}
+Test(vulkan, gemm_f32, .init = setup_gemm) { check_matmul("gemm f32", VM_DTYPE_F32, 0, 0, 0); }
+Test(vulkan, gemm_f16, .init = setup_gemm) { check_matmul("gemm f16", VM_DTYPE_F16, 0, 0, 0); }
+Test(vulkan, gemm_bf16, .init = setup_gemm) { check_matmul("gemm bf16", VM_DTYPE_BF16, 0, 0, 0); }
+Test(vulkan, gemm_q4_1, .init = setup_gemm) { check_matmul("gemm q4_1", VM_DTYPE_Q4_1, 0, 0, 0); }
+Test(vulkan, gemm_q8_0, .init = setup_gemm) { check_matmul("gemm q8_0", VM_DTYPE_Q8_0, 0, 0, 0); }
+Test(vulkan, gemm_mlx2_g64_f16, .init = setup_gemm) { check_matmul("gemm mlx2 g64", VM_DTYPE_MLX_AFFINE, 2, 64, VM_DTYPE_F16); }
+Test(vulkan, model_tiny_bf16_gemm, .init = setup_gemm) { check_model("tests/data/tiny/qwen2_bf16", 512, 16); }
+
 Test(vulkan, matmul_f32) { check_matmul("f32", VM_DTYPE_F32, 0, 0, 0); }
 Test(vulkan, matmul_f16) { check_matmul("f16", VM_DTYPE_F16, 0, 0, 0); }
 Test(vulkan, matmul_bf16) { check_matmul("bf16", VM_DTYPE_BF16, 0, 0, 0); }

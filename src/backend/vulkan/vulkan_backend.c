@@ -281,6 +281,7 @@ typedef struct vk_impl {
     int unified;          // device buffers are host-visible and mapped
     int software;         // a CPU device (lavapipe)
     uint32_t subgroup_size;
+    uint32_t gemm_min_tiles;  // fewer 64x64 tiles than this: matvec (VLLM_METAL_VULKAN_GEMM_MIN_TILES)
     int vk_fuse;          // rmsnorm and swiglu folded into matvecs (VLLM_METAL_VULKAN_FUSE=0: not)
     int coopmat;          // gemm_cm.comp usable (VK_NV_cooperative_matrix, 16x16x16 f16 -> f32, subgroups of 32)
     char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
@@ -851,7 +852,11 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     p->pc = (mm_pc){ .w = kw->w, .sc = kw->sc, .bi = kw->bi, .x = x->addr, .y = out->addr, .rows = (uint32_t)w->rows,
                      .cols = (uint32_t)w->cols, .n = (uint32_t)n, .group = (uint32_t)kw->group };
     uint32_t rows = (uint32_t)w->rows;
-    if (n <= MATVEC_MAX) {
+    // A GEMM grid of few workgroups leaves most of a large GPU idle (1536 rows:
+    // 24 tiles); up to 64 tokens such matrices take the matvec in token tiles
+    // of 8 instead (the weights then come from L2 after the first tile).
+    uint32_t tiles = (rows + 63) / 64 * (uint32_t)((n + 63) / 64);
+    if (n <= MATVEC_MAX || (n <= 64 && tiles < v->gemm_min_tiles)) {
         int tn = n == 1 ? 1 : n <= 4 ? 4 : 8;
         if (v->norm.valid && x == v->norm.out && n == v->norm.rows && w->cols == v->norm.dim && v->vk_fuse) {
             p->pc.x = v->norm.x->addr;
@@ -1202,6 +1207,8 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     v->subgroup_size = sp.subgroupSize ? sp.subgroupSize : 32;
     const char *fenv = getenv("VLLM_METAL_VULKAN_FUSE");
     v->vk_fuse = !(fenv && !strcmp(fenv, "0"));
+    const char *genv = getenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES");
+    v->gemm_min_tiles = 512;   // set again below once coopmat is known
     if (props.limits.maxPushConstantsSize < PUSH_BYTES) return vm_errf(e, "vulkan: %s has too few push constants", v->name);
 
     // logical device
@@ -1241,6 +1248,7 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
         if (v->coopmat) dext[n_use++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
     }
     free(dex);
+    v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 128 : 512;
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qci = { .sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = qf,
                                     .queueCount = 1, .pQueuePriorities = &prio };

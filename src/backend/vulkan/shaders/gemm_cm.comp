@@ -3,7 +3,8 @@
 // weights): out (n, rows) = x (n, cols) @ W^T with 16x16x16 f16 products
 // accumulated in f32. The weights are exact in f16 (bf16 values between 2^-14
 // and 65504; smaller ones round to f16 subnormals, 2^-24 apart). The f32
-// activations are split as x = hi + lo/2048, hi and lo both f16 (lo scaled up
+// activations are split as x = hi + lo/2048, hi and lo both f16 (hi by
+// truncating the mantissa, lo scaled up
 // so that it stays clear of f16 subnormals, which a driver may flush), and
 // both halves multiply the weights into separate accumulators, so the
 // products carry ~22 bits of x (what the f32 path's 1e-4 agreement with the
@@ -62,8 +63,11 @@ void main() {
             uint tok = i / 8u, q = i % 8u, t = t0 + tok, c = k0 + q * 4u;
             vec4 xv = t < pc.n && c < pc.cols ? pc.x.v[(t * pc.cols + c) / 4u] : vec4(0.0);
             xv = clamp(xv, -65504.0, 65504.0);
-            f16vec4 hi = f16vec4(xv);
-            f16vec4 lo = f16vec4((xv - vec4(hi)) * 2048.0);
+            // hi: x with its mantissa cut to f16's 10 bits, by bit masking (a compiler
+            // may take f32(f16(x)) for x); lo: the rest (exact in f32), scaled
+            vec4 h32 = uintBitsToFloat(floatBitsToUint(xv) & 0xffffe000u);
+            f16vec4 hi = f16vec4(h32);
+            f16vec4 lo = f16vec4((xv - h32) * 2048.0);
             uint o = tok * SK + q * 4u;
             Xh[o] = hi.x; Xh[o + 1u] = hi.y; Xh[o + 2u] = hi.z; Xh[o + 3u] = hi.w;
             Xl[o] = lo.x; Xl[o + 1u] = lo.y; Xl[o + 2u] = lo.z; Xl[o + 3u] = lo.w;
