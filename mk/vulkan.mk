@@ -7,12 +7,15 @@ VK_DIR := src/backend/vulkan
 VK_GEN := $(BUILD)/vulkan
 VK_OK := $(shell pkg-config --exists vulkan 2>/dev/null && command -v glslc >/dev/null 2>&1 && echo 1)
 
-# name:source:defines (defines comma-separated)
+# name:source:defines (defines comma-separated; NOOPT: no spirv-opt pass, which
+# crashes on cooperative-matrix arithmetic in glslang 11)
 VK_SHADERS := \
-  matmul_f32:matmul:WT=0 matmul_f16:matmul:WT=1 matmul_bf16:matmul:WT=2 \
-  matmul_a4:matmul:WT=3 matmul_a8:matmul:WT=4 matmul_a2:matmul:WT=5 \
-  matmul16_f32:matmul:WT=0,TN=16 matmul16_f16:matmul:WT=1,TN=16 matmul16_bf16:matmul:WT=2,TN=16 \
-  matmul16_a4:matmul:WT=3,TN=16 matmul16_a8:matmul:WT=4,TN=16 matmul16_a2:matmul:WT=5,TN=16 \
+  matvec1_f32:matvec:WT=0,TN=1 matvec1_f16:matvec:WT=1,TN=1 matvec1_bf16:matvec:WT=2,TN=1 matvec1_a4:matvec:WT=3,TN=1 matvec1_a8:matvec:WT=4,TN=1 matvec1_a2:matvec:WT=5,TN=1 \
+  matvec4_f32:matvec:WT=0,TN=4 matvec4_f16:matvec:WT=1,TN=4 matvec4_bf16:matvec:WT=2,TN=4 matvec4_a4:matvec:WT=3,TN=4 matvec4_a8:matvec:WT=4,TN=4 matvec4_a2:matvec:WT=5,TN=4 \
+  matvec8_f32:matvec:WT=0,TN=8 matvec8_f16:matvec:WT=1,TN=8 matvec8_bf16:matvec:WT=2,TN=8 matvec8_a4:matvec:WT=3,TN=8 matvec8_a8:matvec:WT=4,TN=8 matvec8_a2:matvec:WT=5,TN=8 \
+  gemm64_f32:gemm:WT=0,TR=4,TT=4 gemm64_f16:gemm:WT=1,TR=4,TT=4 gemm64_bf16:gemm:WT=2,TR=4,TT=4 gemm64_a4:gemm:WT=3,TR=4,TT=4 gemm64_a8:gemm:WT=4,TR=4,TT=4 gemm64_a2:gemm:WT=5,TR=4,TT=4 \
+  gemm32_f32:gemm:WT=0,TR=8,TT=2 gemm32_f16:gemm:WT=1,TR=8,TT=2 gemm32_bf16:gemm:WT=2,TR=8,TT=2 gemm32_a4:gemm:WT=3,TR=8,TT=2 gemm32_a8:gemm:WT=4,TR=8,TT=2 gemm32_a2:gemm:WT=5,TR=8,TT=2 \
+  gemmcm_f16:gemm_cm:WT=1,NOOPT gemmcm_bf16:gemm_cm:WT=2,NOOPT \
   embed_f32:embed:WT=0 embed_f16:embed:WT=1 embed_bf16:embed:WT=2 \
   embed_a4:embed:WT=3 embed_a8:embed:WT=4 embed_a2:embed:WT=5 \
   rmsnorm:rmsnorm: rope:rope: \
@@ -31,7 +34,8 @@ $(VK_GEN)/shaders.stamp: $(wildcard $(VK_DIR)/shaders/*.comp $(VK_DIR)/shaders/*
 	  name=$${s%%:*}; rest=$${s#*:}; src=$${rest%%:*}; defs=$${rest#*:}; \
 	  d=""; for x in $$(echo $$defs | tr ',' ' '); do d="$$d -D$$x"; done; \
 	  echo "glslc $$src.comp$$d -> $(VK_GEN)/$$name.inc"; \
-	  glslc --target-env=vulkan1.2 -O -mfmt=num $$d -o $(VK_GEN)/$$name.inc $(VK_DIR)/shaders/$$src.comp; \
+	  opt=-O; case "$$defs" in *NOOPT*) opt=-O0;; esac; \
+	  glslc --target-env=vulkan1.2 $$opt -mfmt=num $$d -o $(VK_GEN)/$$name.inc $(VK_DIR)/shaders/$$src.comp; \
 	done
 	@touch $@
 else

@@ -145,35 +145,79 @@ static test_weight make_weight(vm_dtype dt, int rows, int cols, int bits, int gr
 
 static void free_weight(test_weight *t) { free(t->data); free(t->scales); free(t->biases); }
 
+// Token counts cover the matvec tiles (1, 4, 8 tokens) and the GEMM tiles
+// (32 and 64 tokens, partial tiles on both axes); float weights also take a
+// column count that is no multiple of the GEMM's 32-column step. Each n also
+// runs matmul + add_bias + a residual add (folded into the matmul on the GPU).
 static void check_matmul(const char *what, vm_dtype dt, int bits, int group, vm_dtype sdt) {
     NEED_GPU();
-    const int rows = 67, cols = 256;
+    const int float_w = dt == VM_DTYPE_F32 || dt == VM_DTYPE_F16 || dt == VM_DTYPE_BF16;
+    const int rows = 67, cols = float_w ? 264 : 256;
     test_weight t = make_weight(dt, rows, cols, bits, group, sdt);
     vm_err e = {{0}};
     vm_weight wg = t.w, wc = t.w;
     cr_assert(gpu->weight_prepare(gpu, &wg, &e) == 0, "%s: %s", what, e.msg);
     cr_assert(cpu->weight_prepare(cpu, &wc, &e) == 0, "%s: %s", what, e.msg);
-    for (int n = 1; n <= 9; n += 4) {
-        float *x = rnd_vec((size_t)n * cols, 1.0f);
+    float bias[67];
+    for (int i = 0; i < rows; i++) bias[i] = rnd();
+    vm_tensor bt = { .name = "bias", .dtype = VM_DTYPE_F32, .ndim = 1, .shape = { rows }, .data = bias };
+    static const int ns[] = { 1, 3, 5, 9, 33, 70 };
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        const int n = ns[k];
+        float *x = rnd_vec((size_t)n * cols, 1.0f), *r = rnd_vec((size_t)n * rows, 1.0f);
         pair px = pair_new(x, (size_t)n * cols * 4), py = pair_new(NULL, (size_t)n * rows * 4);
         gpu->matmul(gpu, &wg, px.g, n, py.g);
         cpu->matmul(cpu, &wc, px.c, n, py.c);
         double rel = pair_rel(py, (size_t)n * rows, what);
         cr_expect(rel < 1e-4, "%s matmul n=%d: rel %.3g", what, n, rel);
-        // embedding: rows of the same table
-        int32_t ids[9];
-        for (int i = 0; i < n; i++) ids[i] = (int32_t)(rnd_u32() % rows);
-        if (n > 1) ids[1] = -1;  // out of range gives zeros
-        pair pi = pair_new(ids, (size_t)n * 4), pe = pair_new(NULL, (size_t)n * cols * 4);
-        gpu->embed(gpu, &wg, pi.g, n, pe.g);
-        cpu->embed(cpu, &wc, pi.c, n, pe.c);
-        rel = pair_rel(pe, (size_t)n * cols, what);
-        cr_expect(rel < 1e-6, "%s embed n=%d: rel %.3g", what, n, rel);
-        pair_free(px); pair_free(py); pair_free(pi); pair_free(pe);
+        // out = x @ W^T + bias; res += out
+        pair pr = pair_new(r, (size_t)n * rows * 4);
+        gpu->matmul(gpu, &wg, px.g, n, py.g);
+        cpu->matmul(cpu, &wc, px.c, n, py.c);
+        gpu->add_bias(gpu, py.g, &bt, n, rows);
+        cpu->add_bias(cpu, py.c, &bt, n, rows);
+        gpu->add(gpu, pr.g, py.g, (size_t)n * rows);
+        cpu->add(cpu, pr.c, py.c, (size_t)n * rows);
+        rel = pair_rel(py, (size_t)n * rows, what);
+        cr_expect(rel < 1e-4, "%s matmul+bias n=%d: rel %.3g", what, n, rel);
+        rel = pair_rel(pr, (size_t)n * rows, what);
+        cr_expect(rel < 1e-4, "%s matmul+bias+residual n=%d: rel %.3g", what, n, rel);
+        pair_free(pr);
+        free(r);
+        if (n <= 9) {
+            // embedding: rows of the same table
+            int32_t ids[9];
+            for (int i = 0; i < n; i++) ids[i] = (int32_t)(rnd_u32() % rows);
+            if (n > 1) ids[1] = -1;  // out of range gives zeros
+            pair pi = pair_new(ids, (size_t)n * 4), pe = pair_new(NULL, (size_t)n * cols * 4);
+            gpu->embed(gpu, &wg, pi.g, n, pe.g);
+            cpu->embed(cpu, &wc, pi.c, n, pe.c);
+            rel = pair_rel(pe, (size_t)n * cols, what);
+            cr_expect(rel < 1e-6, "%s embed n=%d: rel %.3g", what, n, rel);
+            pair_free(pi); pair_free(pe);
+        }
+        pair_free(px); pair_free(py);
         free(x);
     }
     free_weight(&t);
 }
+
+static void check_model(const char *path, int max_batch, int block_size);
+
+// The same with every batch of more than 8 tokens through the tiled GEMM
+// (by default small matrices such as these take the matvec up to 64 tokens).
+static void setup_gemm(void) {
+    setenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES", "0", 1);
+    setup();
+    unsetenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES");
+}
+Test(vulkan, gemm_f32, .init = setup_gemm) { check_matmul("gemm f32", VM_DTYPE_F32, 0, 0, 0); }
+Test(vulkan, gemm_f16, .init = setup_gemm) { check_matmul("gemm f16", VM_DTYPE_F16, 0, 0, 0); }
+Test(vulkan, gemm_bf16, .init = setup_gemm) { check_matmul("gemm bf16", VM_DTYPE_BF16, 0, 0, 0); }
+Test(vulkan, gemm_q4_1, .init = setup_gemm) { check_matmul("gemm q4_1", VM_DTYPE_Q4_1, 0, 0, 0); }
+Test(vulkan, gemm_q8_0, .init = setup_gemm) { check_matmul("gemm q8_0", VM_DTYPE_Q8_0, 0, 0, 0); }
+Test(vulkan, gemm_mlx2_g64_f16, .init = setup_gemm) { check_matmul("gemm mlx2 g64", VM_DTYPE_MLX_AFFINE, 2, 64, VM_DTYPE_F16); }
+Test(vulkan, model_tiny_bf16_gemm, .init = setup_gemm) { check_model("tests/data/tiny/qwen2_bf16", 512, 16); }
 
 Test(vulkan, matmul_f32) { check_matmul("f32", VM_DTYPE_F32, 0, 0, 0); }
 Test(vulkan, matmul_f16) { check_matmul("f16", VM_DTYPE_F16, 0, 0, 0); }

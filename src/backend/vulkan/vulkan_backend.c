@@ -51,49 +51,112 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
 // ---- embedded SPIR-V (made by mk/vulkan.mk) ---------------------------------
 
 #define VK_SHADER_LIST(X)                                                                  \
-    X(matmul_f32) X(matmul_f16) X(matmul_bf16) X(matmul_a4) X(matmul_a8) X(matmul_a2)      \
-    X(matmul16_f32) X(matmul16_f16) X(matmul16_bf16) X(matmul16_a4) X(matmul16_a8)         \
-    X(matmul16_a2)                                                                         \
+    X(matvec1_f32) X(matvec1_f16) X(matvec1_bf16) X(matvec1_a4) X(matvec1_a8) X(matvec1_a2) \
+    X(matvec4_f32) X(matvec4_f16) X(matvec4_bf16) X(matvec4_a4) X(matvec4_a8) X(matvec4_a2) \
+    X(matvec8_f32) X(matvec8_f16) X(matvec8_bf16) X(matvec8_a4) X(matvec8_a8) X(matvec8_a2) \
+    X(gemm64_f32) X(gemm64_f16) X(gemm64_bf16) X(gemm64_a4) X(gemm64_a8) X(gemm64_a2) \
+    X(gemm32_f32) X(gemm32_f16) X(gemm32_bf16) X(gemm32_a4) X(gemm32_a8) X(gemm32_a2) \
+    X(gemmcm_f16) X(gemmcm_bf16) \
     X(embed_f32) X(embed_f16) X(embed_bf16) X(embed_a4) X(embed_a8) X(embed_a2)            \
     X(rmsnorm) X(rope) X(cache_write_f32) X(cache_write_f16) X(attention_f32)              \
     X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows)
 
 // (each array is written out below: an #include cannot sit inside a macro)
-static const uint32_t spv_matmul_f32[] = {
-#include "matmul_f32.inc"
+static const uint32_t spv_matvec1_f32[] = {
+#include "matvec1_f32.inc"
 };
-static const uint32_t spv_matmul_f16[] = {
-#include "matmul_f16.inc"
+static const uint32_t spv_matvec1_f16[] = {
+#include "matvec1_f16.inc"
 };
-static const uint32_t spv_matmul_bf16[] = {
-#include "matmul_bf16.inc"
+static const uint32_t spv_matvec1_bf16[] = {
+#include "matvec1_bf16.inc"
 };
-static const uint32_t spv_matmul_a4[] = {
-#include "matmul_a4.inc"
+static const uint32_t spv_matvec1_a4[] = {
+#include "matvec1_a4.inc"
 };
-static const uint32_t spv_matmul_a8[] = {
-#include "matmul_a8.inc"
+static const uint32_t spv_matvec1_a8[] = {
+#include "matvec1_a8.inc"
 };
-static const uint32_t spv_matmul_a2[] = {
-#include "matmul_a2.inc"
+static const uint32_t spv_matvec1_a2[] = {
+#include "matvec1_a2.inc"
 };
-static const uint32_t spv_matmul16_f32[] = {
-#include "matmul16_f32.inc"
+static const uint32_t spv_matvec4_f32[] = {
+#include "matvec4_f32.inc"
 };
-static const uint32_t spv_matmul16_f16[] = {
-#include "matmul16_f16.inc"
+static const uint32_t spv_matvec4_f16[] = {
+#include "matvec4_f16.inc"
 };
-static const uint32_t spv_matmul16_bf16[] = {
-#include "matmul16_bf16.inc"
+static const uint32_t spv_matvec4_bf16[] = {
+#include "matvec4_bf16.inc"
 };
-static const uint32_t spv_matmul16_a4[] = {
-#include "matmul16_a4.inc"
+static const uint32_t spv_matvec4_a4[] = {
+#include "matvec4_a4.inc"
 };
-static const uint32_t spv_matmul16_a8[] = {
-#include "matmul16_a8.inc"
+static const uint32_t spv_matvec4_a8[] = {
+#include "matvec4_a8.inc"
 };
-static const uint32_t spv_matmul16_a2[] = {
-#include "matmul16_a2.inc"
+static const uint32_t spv_matvec4_a2[] = {
+#include "matvec4_a2.inc"
+};
+static const uint32_t spv_matvec8_f32[] = {
+#include "matvec8_f32.inc"
+};
+static const uint32_t spv_matvec8_f16[] = {
+#include "matvec8_f16.inc"
+};
+static const uint32_t spv_matvec8_bf16[] = {
+#include "matvec8_bf16.inc"
+};
+static const uint32_t spv_matvec8_a4[] = {
+#include "matvec8_a4.inc"
+};
+static const uint32_t spv_matvec8_a8[] = {
+#include "matvec8_a8.inc"
+};
+static const uint32_t spv_matvec8_a2[] = {
+#include "matvec8_a2.inc"
+};
+static const uint32_t spv_gemm64_f32[] = {
+#include "gemm64_f32.inc"
+};
+static const uint32_t spv_gemm64_f16[] = {
+#include "gemm64_f16.inc"
+};
+static const uint32_t spv_gemm64_bf16[] = {
+#include "gemm64_bf16.inc"
+};
+static const uint32_t spv_gemm64_a4[] = {
+#include "gemm64_a4.inc"
+};
+static const uint32_t spv_gemm64_a8[] = {
+#include "gemm64_a8.inc"
+};
+static const uint32_t spv_gemm64_a2[] = {
+#include "gemm64_a2.inc"
+};
+static const uint32_t spv_gemm32_f32[] = {
+#include "gemm32_f32.inc"
+};
+static const uint32_t spv_gemm32_f16[] = {
+#include "gemm32_f16.inc"
+};
+static const uint32_t spv_gemm32_bf16[] = {
+#include "gemm32_bf16.inc"
+};
+static const uint32_t spv_gemm32_a4[] = {
+#include "gemm32_a4.inc"
+};
+static const uint32_t spv_gemm32_a8[] = {
+#include "gemm32_a8.inc"
+};
+static const uint32_t spv_gemm32_a2[] = {
+#include "gemm32_a2.inc"
+};
+static const uint32_t spv_gemmcm_f16[] = {
+#include "gemmcm_f16.inc"
+};
+static const uint32_t spv_gemmcm_bf16[] = {
+#include "gemmcm_bf16.inc"
 };
 static const uint32_t spv_embed_f32[] = {
 #include "embed_f32.inc"
@@ -194,7 +257,13 @@ typedef struct vec_entry {
 #define PEND_MAX 4
 #define PROF_MAX 8192
 
-typedef struct { VkDeviceAddress w, sc, bi, x, y, bias; uint32_t rows, cols, n, rows_per_wg, group, has_bias; } mm_pc;
+// matvec.comp / gemm.comp / gemm_cm.comp push constants; flags: MM_BIAS, MM_RES.
+typedef struct {
+    VkDeviceAddress w, sc, bi, x, y, bias, res, w2, sc2, bi2, nw;
+    uint32_t rows, cols, n, group, flags;
+    float eps;
+} mm_pc;
+enum { MM_BIAS = 1, MM_RES = 2, MM_NORM = 4, MM_DUAL = 8 };   // MM_NORM, MM_DUAL: matvec.comp only
 
 typedef struct vk_impl {
     VkInstance instance;
@@ -212,6 +281,9 @@ typedef struct vk_impl {
     int unified;          // device buffers are host-visible and mapped
     int software;         // a CPU device (lavapipe)
     uint32_t subgroup_size;
+    uint32_t gemm_min_tiles;  // fewer 64x64 tiles than this: matvec (VLLM_METAL_VULKAN_GEMM_MIN_TILES)
+    int vk_fuse;          // rmsnorm and swiglu folded into matvecs (VLLM_METAL_VULKAN_FUSE=0: not)
+    int coopmat;          // gemm_cm.comp usable (VK_NV_cooperative_matrix, 16x16x16 f16 -> f32, subgroups of 32)
     char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
 
     int recording;        // commands pending in cmd
@@ -235,8 +307,12 @@ typedef struct vk_impl {
     int n_rd, n_wr;
     // Matmuls recorded lazily (up to PEND_MAX), so that an add_bias on one's
     // output folds into it.
-    struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy; const vm_buf *x, *y; } pend[PEND_MAX];
+    struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy; const vm_buf *x, *y, *res, *out2; } pend[PEND_MAX];
     int n_pend;
+    // The last rmsnorm (rows of x -> out, out != x), while neither has been
+    // written since: a matvec of out reads x and normalizes it itself, so
+    // it need not wait for the rmsnorm.
+    struct { const vm_buf *x, *out; VkDeviceAddress w; float eps; int rows, dim, valid; } norm;
     // VLLM_METAL_VULKAN_PROFILE=1: a timestamp after every dispatch, summed per shader.
     VkQueryPool qpool;
     uint32_t n_q, qsh[PROF_MAX];
@@ -452,6 +528,8 @@ static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uin
     if (need) rec_barrier(v);
     for (int i = 0; i < nrd; i++) if (rd[i]) hz_add(v->hz_rd, &v->n_rd, rd[i]);
     for (int i = 0; i < nwr; i++) if (wr[i]) hz_add(v->hz_wr, &v->n_wr, wr[i]);
+    for (int i = 0; i < nwr; i++)
+        if (wr[i] && (wr[i] == v->norm.x || wr[i] == v->norm.out)) v->norm.valid = 0;
     vkCmdBindPipeline(v->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p);
     vkCmdPushConstants(v->cmd, v->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
     vkCmdDispatch(v->cmd, gx, gy, gz);
@@ -467,8 +545,8 @@ static void pend_flush(vk_impl *v) {
     v->n_pend = 0;
     for (int i = 0; i < n; i++) {
         struct pend_mm *p = &v->pend[i];
-        const vm_buf *rd[1] = { p->x }, *wr[1] = { p->y };
-        dispatch_raw(v, p->sh, &p->pc, sizeof p->pc, p->gx, p->gy, 1, rd, 1, wr, 1);
+        const vm_buf *rd[2] = { p->x, p->res }, *wr[3] = { p->y, p->res, p->out2 };
+        dispatch_raw(v, p->sh, &p->pc, sizeof p->pc, p->gx, p->gy, 1, rd, 2, wr, 3);
     }
 }
 
@@ -517,6 +595,7 @@ static void vk_buf_write(vm_backend *be, vm_buf *b, size_t off, const void *src,
     vk_impl *v = impl_of(be);
     if (n == 0) return;
     pend_flush(v);
+    v->norm.valid = 0;
     // Recorded in order with the ops: while commands are pending, or (device
     // memory the host cannot map) to open the recording, so that the step's
     // metadata writes join its one submit. A run of writes shares one barrier
@@ -745,26 +824,70 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
     uint32_t gx, gy;
     grid_1d(((uint64_t)rows + rpw - 1) / rpw, &gx, &gy);
     dispatch(v, SH_rmsnorm, &pc, sizeof pc, gx, gy, 1, RDS(x), WRS(out));
+    v->norm.valid = 0;
+    if (out != x && !v->failed) {
+        v->norm.x = x; v->norm.out = out; v->norm.w = wa; v->norm.eps = eps;
+        v->norm.rows = rows; v->norm.dim = dim; v->norm.valid = 1;
+    }
+}
+
+// Few tokens (decode): matvec.comp, 4 rows a workgroup, token tiles of 1, 4
+// or 8 (each weight row read once per tile). Batches: the tiled GEMM,
+// 64 x 64 tiles (32-token tiles of 128 rows up to 32 tokens), on cooperative
+// matrices for f16/bf16 weights where the device has them.
+#define MATVEC_MAX 8
+#define MV_ROWS 4
+
+// A pending matmul will write b: the last rmsnorm's input or output no longer holds what it did.
+static void norm_touch(vk_impl *v, const vm_buf *b) {
+    if (b == v->norm.x || b == v->norm.out) v->norm.valid = 0;
 }
 
 static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     vk_impl *v = impl_of(be);
     vk_weight *kw = dev_weight(v, w);
-    if (!kw) return;
-    uint32_t rpw = 128 / v->subgroup_size;
-    if (rpw < 1) rpw = 1;
-    // batches of more than 8 tokens: tiles of 16 tokens (each weight row read n/16 times, not n/4)
-    int tn = n > 8 ? 16 : 4;
+    if (!kw || n <= 0) return;
     if (v->n_pend == PEND_MAX) pend_flush(v);
     struct pend_mm *p = &v->pend[v->n_pend++];
-    p->sh = (tn == 16 ? SH_matmul16_f32 : SH_matmul_f32) + kw->wt;
-    p->pc = (mm_pc){ kw->w, kw->sc, kw->bi, x->addr, out->addr, 0, (uint32_t)w->rows, (uint32_t)w->cols, (uint32_t)n, rpw,
-                     (uint32_t)kw->group, 0 };
-    p->gx = (uint32_t)((w->rows + rpw - 1) / rpw);
-    p->gy = (uint32_t)((n + tn - 1) / tn);
+    p->pc = (mm_pc){ .w = kw->w, .sc = kw->sc, .bi = kw->bi, .x = x->addr, .y = out->addr, .rows = (uint32_t)w->rows,
+                     .cols = (uint32_t)w->cols, .n = (uint32_t)n, .group = (uint32_t)kw->group };
+    uint32_t rows = (uint32_t)w->rows;
+    // A GEMM grid of few workgroups leaves most of a large GPU idle (1536 rows:
+    // 24 tiles); up to 64 tokens such matrices take the matvec in token tiles
+    // of 8 instead (the weights then come from L2 after the first tile).
+    uint32_t tiles = (rows + 63) / 64 * (uint32_t)((n + 63) / 64);
+    if (n <= MATVEC_MAX || (n <= 64 && tiles < v->gemm_min_tiles)) {
+        int tn = n == 1 ? 1 : n <= 4 ? 4 : 8;
+        if (v->norm.valid && x == v->norm.out && n == v->norm.rows && w->cols == v->norm.dim && v->vk_fuse) {
+            p->pc.x = v->norm.x->addr;
+            p->pc.nw = v->norm.w;
+            p->pc.eps = v->norm.eps;
+            p->pc.flags |= MM_NORM;
+            x = v->norm.x;
+        }
+        p->sh = (tn == 1 ? SH_matvec1_f32 : tn == 4 ? SH_matvec4_f32 : SH_matvec8_f32) + kw->wt;
+        p->gx = (rows + MV_ROWS - 1) / MV_ROWS;
+        p->gy = (uint32_t)((n + tn - 1) / tn);
+    } else if (v->coopmat && (kw->wt == WT_F16 || kw->wt == WT_BF16)) {
+        p->sh = kw->wt == WT_F16 ? SH_gemmcm_f16 : SH_gemmcm_bf16;
+        p->gx = (rows + 63) / 64;
+        p->gy = (uint32_t)((n + 63) / 64);
+    } else if (n <= 32) {
+        p->sh = SH_gemm32_f32 + kw->wt;
+        p->gx = (rows + 127) / 128;
+        p->gy = (uint32_t)((n + 31) / 32);
+    } else {
+        p->sh = SH_gemm64_f32 + kw->wt;
+        p->gx = (rows + 63) / 64;
+        p->gy = (uint32_t)((n + 63) / 64);
+    }
     p->x = x;
     p->y = out;
+    p->res = p->out2 = NULL;
+    norm_touch(v, out);
 }
+
+static int is_matvec(int sh) { return sh >= SH_matvec1_f32 && sh <= SH_matvec8_a2; }
 
 typedef struct { VkDeviceAddress x, y, z, w; uint32_t n, dim; } elt_pc;
 
@@ -781,22 +904,57 @@ static void vk_add_bias(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n,
     // fold into a pending matmul that wrote x (n rows of dim)
     for (int i = v->n_pend - 1; i >= 0; i--) {
         struct pend_mm *p = &v->pend[i];
-        if (p->y == x && !p->pc.has_bias && p->pc.rows == (uint32_t)dim && p->pc.n == (uint32_t)n) {
+        if (p->y == x && !(p->pc.flags & (MM_BIAS | MM_RES)) && p->pc.rows == (uint32_t)dim && p->pc.n == (uint32_t)n) {
             p->pc.bias = ba;
-            p->pc.has_bias = 1;
+            p->pc.flags |= MM_BIAS;
             return;
         }
-        if (p->y == x || p->x == x) break;
+        if (p->y == x || p->x == x || p->res == x) break;
     }
     eltwise(v, SH_add_bias, (elt_pc){ x->addr, ba, 0, 0, (uint32_t)n * (uint32_t)dim, (uint32_t)dim }, x, NULL, x);
 }
 
 static void vk_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size_t n, vm_buf *out) {
-    eltwise(impl_of(be), SH_swiglu, (elt_pc){ gate->addr, up->addr, out->addr, 0, (uint32_t)n, 1 }, gate, up, out);
+    vk_impl *v = impl_of(be);
+    // right after the two matvecs (same shape, same input) that wrote gate and up: one
+    // dual matvec computes both and the swiglu
+    if (v->n_pend >= 2 && v->vk_fuse) {
+        struct pend_mm *g = &v->pend[v->n_pend - 2], *u = &v->pend[v->n_pend - 1];
+        if (g->y == gate && u->y == up && gate != up && g->sh == u->sh && is_matvec(g->sh) && g->x == u->x &&
+            g->pc.x == u->pc.x && g->pc.n == u->pc.n && g->pc.rows == u->pc.rows && g->pc.cols == u->pc.cols &&
+            g->pc.group == u->pc.group && g->pc.flags == u->pc.flags && !(g->pc.flags & (MM_BIAS | MM_RES)) &&
+            (size_t)g->pc.rows * g->pc.n == n && g->x != gate && g->x != up && g->x != out) {
+            g->pc.w2 = u->pc.w; g->pc.sc2 = u->pc.sc; g->pc.bi2 = u->pc.bi;
+            g->pc.res = up->addr;
+            g->pc.bias = out->addr;
+            g->pc.flags |= MM_DUAL;
+            g->gx = (g->pc.rows + 1) / 2;
+            g->res = up;
+            g->out2 = out;
+            v->n_pend--;
+            norm_touch(v, up);
+            norm_touch(v, out);
+            return;
+        }
+    }
+    eltwise(v, SH_swiglu, (elt_pc){ gate->addr, up->addr, out->addr, 0, (uint32_t)n, 1 }, gate, up, out);
 }
 
 static void vk_add(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n) {
-    eltwise(impl_of(be), SH_add, (elt_pc){ x->addr, y->addr, 0, 0, (uint32_t)n, 1 }, x, y, x);
+    vk_impl *v = impl_of(be);
+    // x += y right after the matmul that wrote y (a residual add): the matmul
+    // adds its result into x as well as writing y
+    if (v->n_pend) {
+        struct pend_mm *p = &v->pend[v->n_pend - 1];
+        if (p->y == y && x != y && p->x != x && !(p->pc.flags & MM_RES) && (size_t)p->pc.rows * p->pc.n == n) {
+            p->pc.res = x->addr;
+            p->pc.flags |= MM_RES;
+            p->res = x;
+            norm_touch(v, x);
+            return;
+        }
+    }
+    eltwise(v, SH_add, (elt_pc){ x->addr, y->addr, 0, 0, (uint32_t)n, 1 }, x, y, x);
 }
 
 static void vk_get_rows(vm_backend *be, const vm_buf *x, const vm_buf *rows, int n_rows, int dim, vm_buf *out) {
@@ -897,7 +1055,7 @@ static void vk_destroy(vm_backend *be) {
             flush(v);
             vkDeviceWaitIdle(v->dev);
             if (v->qpool) {
-                fprintf(stderr, "vulkan profile: %llu submits, %llu dispatches, %llu barriers, GPU %.1f ms\n",
+                fprintf(stderr, "vulkan profile (%s%s): %llu submits, %llu dispatches, %llu barriers, GPU %.1f ms\n", v->name, v->coopmat ? ", coopmat" : "",
                         (unsigned long long)v->n_submits, (unsigned long long)v->n_dispatches,
                         (unsigned long long)v->n_barriers, v->prof_gpu_ms);
                 for (int i = 0; i < SH_COUNT; i++)
@@ -1047,6 +1205,10 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     VkPhysicalDeviceProperties2 p2 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sp };
     vkGetPhysicalDeviceProperties2(v->phys, &p2);
     v->subgroup_size = sp.subgroupSize ? sp.subgroupSize : 32;
+    const char *fenv = getenv("VLLM_METAL_VULKAN_FUSE");
+    v->vk_fuse = !(fenv && !strcmp(fenv, "0"));
+    const char *genv = getenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES");
+    v->gemm_min_tiles = 512;   // set again below once coopmat is known
     if (props.limits.maxPushConstantsSize < PUSH_BYTES) return vm_errf(e, "vulkan: %s has too few push constants", v->name);
 
     // logical device
@@ -1055,15 +1217,46 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     VkExtensionProperties *dex = calloc(n_dext ? n_dext : 1, sizeof *dex);
     if (!dex) return vm_errf(e, "out of memory");
     vkEnumerateDeviceExtensionProperties(v->phys, NULL, &n_dext, dex);
-    const char *dext[1];
+    const char *dext[2];
     uint32_t n_use = 0;
     if (has_ext(dex, n_dext, "VK_KHR_portability_subset")) dext[n_use++] = "VK_KHR_portability_subset";
+    // Cooperative matrices for the batch GEMM (gemm_cm.comp): VK_NV_cooperative_matrix
+    // with 16x16x16 f16 x f16 -> f32 at subgroup scope, f16 arithmetic, subgroups of 32.
+    // VLLM_METAL_VULKAN_COOPMAT=0 keeps the portable tiled GEMM.
+    const char *cenv = getenv("VLLM_METAL_VULKAN_COOPMAT");
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV };
+    VkPhysicalDeviceVulkan12Features q12 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES };
+    if (!(cenv && !strcmp(cenv, "0")) && v->subgroup_size == 32 && has_ext(dex, n_dext, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME)) {
+        q12.pNext = &cmf;
+        VkPhysicalDeviceFeatures2 qf2 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &q12 };
+        vkGetPhysicalDeviceFeatures2(v->phys, &qf2);
+        PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV getp = (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)
+            vkGetInstanceProcAddr(v->instance, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
+        if (cmf.cooperativeMatrix && q12.shaderFloat16 && getp) {
+            uint32_t np = 0;
+            getp(v->phys, &np, NULL);
+            VkCooperativeMatrixPropertiesNV *cp = calloc(np ? np : 1, sizeof *cp);
+            for (uint32_t i = 0; cp && i < np; i++) cp[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
+            if (cp && getp(v->phys, &np, cp) == VK_SUCCESS)
+                for (uint32_t i = 0; i < np; i++)
+                    if (cp[i].MSize == 16 && cp[i].NSize == 16 && cp[i].KSize == 16 && cp[i].AType == VK_COMPONENT_TYPE_FLOAT16_NV &&
+                        cp[i].BType == VK_COMPONENT_TYPE_FLOAT16_NV && cp[i].CType == VK_COMPONENT_TYPE_FLOAT32_NV &&
+                        cp[i].DType == VK_COMPONENT_TYPE_FLOAT32_NV && cp[i].scope == VK_SCOPE_SUBGROUP_NV)
+                        v->coopmat = 1;
+            free(cp);
+        }
+        if (v->coopmat) dext[n_use++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
+    }
     free(dex);
+    v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 128 : 512;
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qci = { .sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = qf,
                                     .queueCount = 1, .pQueuePriorities = &prio };
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cm_on = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV,
+                                                          .cooperativeMatrix = VK_TRUE };
     VkPhysicalDeviceVulkan12Features f12 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
-                                             .bufferDeviceAddress = VK_TRUE };
+                                             .pNext = v->coopmat ? &cm_on : NULL,
+                                             .bufferDeviceAddress = VK_TRUE, .shaderFloat16 = v->coopmat ? VK_TRUE : VK_FALSE };
     VkPhysicalDeviceFeatures2 f2 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12 };
     VkDeviceCreateInfo dci = { .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &f2, .queueCreateInfoCount = 1,
                                .pQueueCreateInfos = &qci, .enabledExtensionCount = n_use, .ppEnabledExtensionNames = dext };
