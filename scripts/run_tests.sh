@@ -12,6 +12,21 @@ for t in "$BUILD"/tests/test_*; do
     echo "== $t"
     if "$t" --jobs 1; then pass=$((pass+1)); else fail=$((fail+1)); failed="$failed $t"; fi
 done
+# The engine tests again on the Vulkan backend over lavapipe (a software GPU,
+# so a narrowed set: one quantized and one f32 tiny model, 8-token blocks;
+# batch invariance, preemption with a small pool, prefix caching).
+if [ -x "$BUILD/tests/test_vulkan" ] && [ -z "${SKIP_GPU_PASS:-}" ] &&
+   ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+    echo "== $BUILD/tests/test_engine_model on lavapipe"
+    log=$(mktemp)
+    VLLM_MLX_DEVICE=gpu VLLM_METAL_VULKAN_DEVICE=llvmpipe VLLM_METAL_TEST_MODEL=/nonexistent \
+        VM_TEST_TINY="qwen3_mlx_q4g64" VM_TEST_BLOCK_SIZES="8" "$BUILD/tests/test_engine_model" --jobs 1 2>&1 |
+        grep -v "no tokenizer" | tee "$log"
+    # it must have run on the GPU backend, not fallen back to the CPU
+    if [ "${PIPESTATUS[0]}" -eq 0 ] && grep -q "GPU backend on llvmpipe" "$log" && ! grep -q "using the CPU" "$log"; then
+        pass=$((pass+1)); else fail=$((fail+1)); failed="$failed test_engine_model(lavapipe)"; fi
+    rm -f "$log"
+fi
 echo "C test binaries: $pass passed, $fail failed${failed:+ ($failed)}"
 "$CACHE/venv/bin/python" -m pytest -q tests/py
 py=$?

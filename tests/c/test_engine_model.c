@@ -84,14 +84,62 @@ static const char *tiny[] = { "llama_gqa_tied", "qwen2", "qwen3", "mistral", "ll
 
 static int exists(const char *p) { struct stat st; return stat(p, &st) == 0; }
 
-Test(engine_model, tiny_batch_invariance, .timeout = 600) {
+// VM_TEST_TINY="name ..." and VM_TEST_BLOCK_SIZES="8 32" narrow the runs
+// (scripts/run_tests.sh does for the pass on lavapipe, a slow software GPU).
+static int selected(const char *env, const char *word) {
+    const char *list = getenv(env);
+    if (!list || !*list) return 1;
+    size_t n = strlen(word);
+    for (const char *p = list; (p = strstr(p, word)); p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == 0)) return 1;
+    return 0;
+}
+
+Test(engine_model, tiny_batch_invariance, .timeout = 900) {
     char path[512];
     for (size_t m = 0; m < sizeof tiny / sizeof *tiny; m++) {
         snprintf(path, sizeof path, "tests/data/tiny/%s", tiny[m]);
-        if (!exists(path)) continue;
-        int bss[] = { 8, 16, 32 };
-        for (int b = 0; b < 3; b++) batch_vs_alone(path, 32, 12, bss[b], 48, 512);
+        if (!exists(path) || !selected("VM_TEST_TINY", tiny[m])) continue;
+        const char *bss[] = { "8", "16", "32" };
+        for (int b = 0; b < 3; b++)
+            if (selected("VM_TEST_BLOCK_SIZES", bss[b])) batch_vs_alone(path, 32, 12, atoi(bss[b]), 48, 512);
     }
+}
+
+// A prompt sharing a 192-token prefix with an earlier one computes only its
+// new tokens, and gives what a cold engine gives.
+static void prefix_cache_case(const char *m, int pre, int suf, int max_model_len) {
+    vm_engine *warm = open_engine(m, 16, 256, 256, 1);
+    vm_engine *cold = open_engine(m, 16, 256, 256, 0);
+    (void)max_model_len;
+    int V = vm_engine_vocab_size(warm);
+    int32_t *a = malloc(sizeof(int32_t) * (size_t)(pre + suf)), *b = malloc(sizeof(int32_t) * (size_t)(pre + suf));
+    prompt_ids(a, pre + suf, 1, V < 20000 ? V : 20000);
+    memcpy(b, a, sizeof(int32_t) * (size_t)pre);
+    prompt_ids(b + pre, suf, 2, V < 20000 ? V : 20000);
+    vm_sampling_params p;
+    vm_sampling_params_init(&p);
+    p.temperature = 0; p.max_tokens = 8; p.ignore_eos = 1;
+    const int32_t *pa = a, *pb = b;
+    int n = pre + suf;
+    vm_offline_result r1, r2, c2;
+    vm_err e;
+    cr_assert_eq(vm_engine_generate(warm, 1, NULL, &pa, &n, &p, &r1, &e), 0, "%s", e.msg);
+    cr_assert_eq(vm_engine_generate(warm, 1, NULL, &pb, &n, &p, &r2, &e), 0, "%s", e.msg);
+    cr_assert_eq(r2.n_cached_tokens, (pre / 16) * 16);
+    cr_assert_eq(vm_engine_generate(cold, 1, NULL, &pb, &n, &p, &c2, &e), 0, "%s", e.msg);
+    cr_assert_eq(c2.n_cached_tokens, 0);
+    cr_assert_arr_eq(r2.token_ids, c2.token_ids, sizeof(int32_t) * 8, "prefix-cached output differs from cold");
+    all_free(warm);
+    vm_offline_result_free(&r1); vm_offline_result_free(&r2); vm_offline_result_free(&c2);
+    vm_engine_free(warm); vm_engine_free(cold);
+    free(a); free(b);
+}
+
+Test(engine_model, tiny_prefix_cache, .timeout = 600) {
+    const char *path = "tests/data/tiny/llama_gqa_tied";
+    if (!exists(path)) cr_skip_test("no tiny model");
+    prefix_cache_case(path, 192, 12, 0);
 }
 
 Test(engine_model, tiny_preemption_small_pool, .timeout = 600) {
@@ -121,28 +169,5 @@ Test(engine_model, default_model_batch_invariance, .timeout = 600) {
 Test(engine_model, default_model_prefix_cache, .timeout = 600) {
     const char *m = default_model();
     if (!m) cr_skip_test("default model not downloaded");
-    vm_engine *warm = open_engine(m, 16, 256, 256, 1);
-    vm_engine *cold = open_engine(m, 16, 256, 256, 0);
-    int V = vm_engine_vocab_size(warm);
-    enum { PRE = 500, SUF = 12 };
-    int32_t a[PRE + SUF], b[PRE + SUF];
-    prompt_ids(a, PRE + SUF, 1, V < 20000 ? V : 20000);
-    memcpy(b, a, sizeof(int32_t) * PRE);
-    prompt_ids(b + PRE, SUF, 2, V < 20000 ? V : 20000);
-    vm_sampling_params p;
-    vm_sampling_params_init(&p);
-    p.temperature = 0; p.max_tokens = 8; p.ignore_eos = 1;
-    const int32_t *pa = a, *pb = b;
-    int n = PRE + SUF;
-    vm_offline_result r1, r2, c2;
-    vm_err e;
-    cr_assert_eq(vm_engine_generate(warm, 1, NULL, &pa, &n, &p, &r1, &e), 0, "%s", e.msg);
-    cr_assert_eq(vm_engine_generate(warm, 1, NULL, &pb, &n, &p, &r2, &e), 0, "%s", e.msg);
-    cr_assert_eq(r2.n_cached_tokens, (PRE / 16) * 16);
-    cr_assert_eq(vm_engine_generate(cold, 1, NULL, &pb, &n, &p, &c2, &e), 0, "%s", e.msg);
-    cr_assert_eq(c2.n_cached_tokens, 0);
-    cr_assert_arr_eq(r2.token_ids, c2.token_ids, sizeof(int32_t) * 8, "prefix-cached output differs from cold");
-    all_free(warm);
-    vm_offline_result_free(&r1); vm_offline_result_free(&r2); vm_offline_result_free(&c2);
-    vm_engine_free(warm); vm_engine_free(cold);
+    prefix_cache_case(m, 500, 12, 1024);
 }
