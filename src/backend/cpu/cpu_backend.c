@@ -21,6 +21,8 @@ typedef struct cpu_impl {
     size_t scratch_floats;
     vm_q8_block *xq;       // activations quantized for the GGUF integer dots
     size_t xq_blocks;
+    vm_q8_x8 *x8;          // the same, 8 tokens interleaved (batched kernels)
+    size_t x8_blocks;
     int q8_activations;    // 1: GGUF matmuls on 8-bit activations (as llama.cpp); 0: f32
 } cpu_impl;
 
@@ -123,6 +125,7 @@ typedef struct matmul_job {
     const float *x;
     const float *gsum;   // [n][cols/group]
     const vm_q8_block *xq; // [n][cols/32] when the integer path is used
+    const vm_q8_x8 *x8;    // [n/8][cols/32]: tokens 0 .. 8*(n/8)-1 interleaved by 8
     int n, groups;
     float *out;
 } matmul_job;
@@ -150,9 +153,23 @@ static void matmul_rows_q8(const matmul_job *j, int begin, int end) {
         w->dtype == VM_DTYPE_Q4_0 ? j->k->dot_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot_q4_1_q8 : j->k->dot_q8_0_q8;
     void (*dot4)(const void *, const vm_q8_block *, size_t, int, float *) =
         w->dtype == VM_DTYPE_Q4_0 ? j->k->dot4_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot4_q4_1_q8 : j->k->dot4_q8_0_q8;
+    void (*dot8)(const void *, const vm_q8_x8 *, int, float *) =
+        w->dtype == VM_DTYPE_Q4_0 ? j->k->dot8_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot8_q4_1_q8 : j->k->dot8_q8_0_q8;
+    const uint8_t *base = (const uint8_t *)w->data;
+    // Groups of 8 tokens outermost: one group's activations and the chunk's
+    // weight rows stay in cache while every row of the chunk meets them.
+    const int groups = j->x8 ? j->n / 8 : 0;
+    for (int g = 0; g < groups; g++) {
+        const vm_q8_x8 *xg = j->x8 + (size_t)g * nb;
+        for (int r = begin; r < end; r++) {
+            float o[8];
+            dot8(base + (size_t)r * rb, xg, (int)cols, o);
+            for (int k = 0; k < 8; k++) j->out[(size_t)(8 * g + k) * rows + r] = o[k];
+        }
+    }
     for (int r = begin; r < end; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * rb;
-        int t = 0;
+        const uint8_t *row = base + (size_t)r * rb;
+        int t = 8 * groups;
         for (; t + 4 <= j->n; t += 4) {
             float o[4];
             dot4(row, j->xq + (size_t)t * nb, (size_t)nb, (int)cols, o);
@@ -176,7 +193,7 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
 
 static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     cpu_impl *c = impl_of(be);
-    matmul_job j = { c->k, w, x->data, NULL, NULL, n, 0, out->data };
+    matmul_job j = { c->k, w, x->data, NULL, NULL, NULL, n, 0, out->data };
     if (c->q8_activations && (w->dtype == VM_DTYPE_Q4_0 || w->dtype == VM_DTYPE_Q4_1 || w->dtype == VM_DTYPE_Q8_0)) {
         size_t nb = (size_t)(w->cols / 32), need = nb * n;
         if (need > c->xq_blocks) {
@@ -187,6 +204,19 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
         }
         for (int t = 0; t < n; t++) c->k->quantize_q8(j.x + (size_t)t * w->cols, c->xq + (size_t)t * nb, (int)w->cols);
         j.xq = c->xq;
+        if (n >= 8) {
+            size_t need8 = nb * (size_t)(n / 8);
+            if (need8 > c->x8_blocks) {
+                free(c->x8);
+                c->x8 = aligned_alloc(64, (need8 * sizeof *c->x8 + 63) & ~(size_t)63);
+                c->x8_blocks = c->x8 ? need8 : 0;
+            }
+            if (c->x8) {
+                for (int g = 0; g < n / 8; g++)
+                    vm_q8_pack8(c->xq + (size_t)g * 8 * nb, nb, (int)nb, c->x8 + (size_t)g * nb);
+                j.x8 = c->x8;
+            }
+        }
         vm_parallel_for(c->pool, (int)w->rows, 16, matmul_rows, &j);
         return;
     }
@@ -366,6 +396,7 @@ static void cpu_destroy(vm_backend *be) {
         vm_thread_pool_free(c->pool);
         free(c->scratch);
         free(c->xq);
+        free(c->x8);
         free(c);
     }
     free(be);

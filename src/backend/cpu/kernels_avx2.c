@@ -288,6 +288,91 @@ static void dot4_q8_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, 
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
+// 8 interleaved tokens per weight block: the block is unpacked once; the 8
+// tokens' d_w * d_x (and m_w * s_x, 8 * isum) are one vector op each, lane t
+// rounding exactly as the single-token kernel's scalar, and each token keeps
+// its own accumulator fed in block order, so out[t] is bit-identical to it.
+#define DOT8_ACC_DECL __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0
+// acc_t = fma(broadcast(dd[t]), v_t, acc_t) for the 8 tokens; V(t) gives v_t
+#define DOT8_STEP(V)                                                            \
+    do {                                                                        \
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[0]), V(0), a0);            \
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[1]), V(1), a1);            \
+        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[2]), V(2), a2);            \
+        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[3]), V(3), a3);            \
+        a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[4]), V(4), a4);            \
+        a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[5]), V(5), a5);            \
+        a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[6]), V(6), a6);            \
+        a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[7]), V(7), a7);            \
+    } while (0)
+#define DOT8_HSUM(o)                                                            \
+    do {                                                                        \
+        o[0] = hsum8(a0); o[1] = hsum8(a1); o[2] = hsum8(a2); o[3] = hsum8(a3); \
+        o[4] = hsum8(a4); o[5] = hsum8(a5); o[6] = hsum8(a6); o[7] = hsum8(a7); \
+    } while (0)
+
+static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_0 *b = w;
+    const __m256i ones = _mm256_set1_epi16(1);
+    DOT8_ACC_DECL;
+    __m256 corr = _mm256_setzero_ps();
+    _Alignas(32) float dd[8];
+    for (int ib = 0; ib < n / 32; ib++) {
+        const __m256i wq = nibbles_u8(b[ib].qs);
+        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].d)), _mm256_loadu_ps(x[ib].d));
+        _mm256_store_ps(dd, d);
+        // corr += dd * (float)(8 * isum)
+        corr = _mm256_add_ps(corr, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_slli_epi32(
+                                   _mm256_loadu_si256((const __m256i *)x[ib].isum), 3))));
+#define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)x[ib].q[t])), ones))
+        DOT8_STEP(V);
+#undef V
+    }
+    DOT8_HSUM(out);
+    _Alignas(32) float c[8];
+    _mm256_store_ps(c, corr);
+    for (int t = 0; t < 8; t++) out[t] -= c[t];
+}
+
+static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_1 *b = w;
+    const __m256i ones = _mm256_set1_epi16(1);
+    DOT8_ACC_DECL;
+    __m256 msum = _mm256_setzero_ps();
+    _Alignas(32) float dd[8];
+    for (int ib = 0; ib < n / 32; ib++) {
+        const __m256i wq = nibbles_u8(b[ib].qs);
+        _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].d)), _mm256_loadu_ps(x[ib].d)));
+        msum = _mm256_add_ps(msum, _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].m)), _mm256_loadu_ps(x[ib].s)));
+#define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)x[ib].q[t])), ones))
+        DOT8_STEP(V);
+#undef V
+    }
+    DOT8_HSUM(out);
+    _Alignas(32) float m[8];
+    _mm256_store_ps(m, msum);
+    for (int t = 0; t < 8; t++) out[t] += m[t];
+}
+
+static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q8_0 *b = w;
+    const __m256i ones = _mm256_set1_epi16(1);
+    DOT8_ACC_DECL;
+    _Alignas(32) float dd[8];
+    for (int ib = 0; ib < n / 32; ib++) {
+        const __m256i wq = _mm256_loadu_si256((const __m256i *)b[ib].qs);
+        const __m256i aw = _mm256_sign_epi8(wq, wq);
+        _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].d)), _mm256_loadu_ps(x[ib].d)));
+#define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[ib].q[t]), wq)), ones))
+        DOT8_STEP(V);
+#undef V
+    }
+    DOT8_HSUM(out);
+}
+#undef DOT8_ACC_DECL
+#undef DOT8_STEP
+#undef DOT8_HSUM
+
 static float vdot(const float *a, const float *b, int n) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int i = 0;
@@ -331,6 +416,7 @@ static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
-    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy, vdot_f16, axpy_f16,
+    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
+    vdot, axpy, vdot_f16, axpy_f16,
 };
 #endif
