@@ -199,11 +199,20 @@ static inline __m256 dot_u8s8(__m256i u, __m256i s) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
+// Software prefetch this many bytes ahead in a weight row (rows of a matrix
+// are contiguous, so it runs on into the next rows): batch-1 decode streams
+// every weight from memory once per token.
+#ifndef VM_PF_DIST
+#define VM_PF_DIST 1024
+#endif
+#define PF(p) _mm_prefetch((const char *)(p) + VM_PF_DIST, _MM_HINT_T0)
+
 static float dot_q4_0_q8(const void *w, const vm_q8_block *x, int n) {
     const vm_block_q4_0 *b = w;
     __m256 acc = _mm256_setzero_ps();
     float corr = 0;
     for (int ib = 0; ib < n / 32; ib++) {
+        PF(b + ib);
         float dd = h2f(b[ib].d) * x[ib].d;
         __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), dot_u8s8(nibbles_u8(b[ib].qs), xq), acc);
@@ -217,6 +226,7 @@ static float dot_q4_1_q8(const void *w, const vm_q8_block *x, int n) {
     __m256 acc = _mm256_setzero_ps();
     float msum = 0;
     for (int ib = 0; ib < n / 32; ib++) {
+        PF(b + ib);
         __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), dot_u8s8(nibbles_u8(b[ib].qs), xq), acc);
         msum += h2f(b[ib].m) * x[ib].s;
@@ -228,6 +238,7 @@ static float dot_q8_0_q8(const void *w, const vm_q8_block *x, int n) {
     const vm_block_q8_0 *b = w;
     __m256 acc = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
+        PF(b + ib);
         float dd = h2f(b[ib].d) * x[ib].d;
         __m256i wq = _mm256_loadu_si256((const __m256i *)b[ib].qs);
         __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
