@@ -316,11 +316,22 @@ static void dot4_q8_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, 
         a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[6]), V(6), a6);            \
         a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[7]), V(7), a7);            \
     } while (0)
-#define DOT8_HSUM(o)                                                            \
-    do {                                                                        \
-        o[0] = hsum8(a0); o[1] = hsum8(a1); o[2] = hsum8(a2); o[3] = hsum8(a3); \
-        o[4] = hsum8(a4); o[5] = hsum8(a5); o[6] = hsum8(a6); o[7] = hsum8(a7); \
-    } while (0)
+// hsum8 of the 8 accumulators at once, token t in lane t: the same adds in
+// the same order as hsum8 (halves, then lanes i and i+2, then the pair).
+static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
+                             __m256 a7) {
+#define HALVES(x, y) _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31))
+    __m256 s01 = HALVES(a0, a1), s23 = HALVES(a2, a3), s45 = HALVES(a4, a5), s67 = HALVES(a6, a7);
+#undef HALVES
+    __m256 t0 = _mm256_add_ps(_mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 t1 = _mm256_add_ps(_mm256_shuffle_ps(s45, s67, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(s45, s67, _MM_SHUFFLE(3, 2, 3, 2)));
+    // lanes: tokens 0 2 4 6 | 1 3 5 7
+    __m256 h = _mm256_hadd_ps(t0, t1);
+    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+#define DOT8_HSUM() hsum8x8(a0, a1, a2, a3, a4, a5, a6, a7)
 
 static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
     const vm_block_q4_0 *b = w;
@@ -339,10 +350,7 @@ static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
         DOT8_STEP(V);
 #undef V
     }
-    DOT8_HSUM(out);
-    _Alignas(32) float c[8];
-    _mm256_store_ps(c, corr);
-    for (int t = 0; t < 8; t++) out[t] -= c[t];
+    _mm256_storeu_ps(out, _mm256_sub_ps(DOT8_HSUM(), corr));
 }
 
 static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
@@ -359,10 +367,7 @@ static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
         DOT8_STEP(V);
 #undef V
     }
-    DOT8_HSUM(out);
-    _Alignas(32) float m[8];
-    _mm256_store_ps(m, msum);
-    for (int t = 0; t < 8; t++) out[t] += m[t];
+    _mm256_storeu_ps(out, _mm256_add_ps(DOT8_HSUM(), msum));
 }
 
 static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
@@ -378,7 +383,7 @@ static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
         DOT8_STEP(V);
 #undef V
     }
-    DOT8_HSUM(out);
+    _mm256_storeu_ps(out, DOT8_HSUM());
 }
 #undef DOT8_ACC_DECL
 #undef DOT8_STEP
