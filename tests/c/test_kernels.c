@@ -125,6 +125,50 @@ Test(kernels, mlx_4bit_g64) { check_dtype(VM_DTYPE_MLX_AFFINE, 4, 64); }
 Test(kernels, mlx_8bit_g128) { check_dtype(VM_DTYPE_MLX_AFFINE, 8, 128); }
 Test(kernels, mlx_2bit_g64) { check_dtype(VM_DTYPE_MLX_AFFINE, 2, 64); }
 
+// The 8-token kernels (vm_q8_x8) against the single-token kernel of the same
+// table: every output bit-identical, for random rows, activations and widths.
+static void check_dot8(const vm_cpu_kernels *k, vm_dtype t) {
+    float (*one)(const void *, const vm_q8_block *, int) = t == VM_DTYPE_Q4_0 ? k->dot_q4_0_q8
+        : t == VM_DTYPE_Q4_1 ? k->dot_q4_1_q8 : k->dot_q8_0_q8;
+    void (*d8)(const void *, const vm_q8_x8 *, int, float *) = t == VM_DTYPE_Q4_0 ? k->dot8_q4_0_q8
+        : t == VM_DTYPE_Q4_1 ? k->dot8_q4_1_q8 : k->dot8_q8_0_q8;
+    for (int round = 0; round < 40; round++) {
+        const int nb = 1 + (int)(brand() % 64), cols = 32 * nb, rows = 3;
+        vm_weight w;
+        void *mem = random_rows(t, rows, cols, &w, 0, 0);
+        vm_q8_block *xq = malloc(sizeof *xq * 8 * nb);
+        vm_q8_x8 *x8 = malloc(sizeof *x8 * nb);
+        float *x = malloc(sizeof(float) * cols);
+        for (int tok = 0; tok < 8; tok++) {
+            // widely varying scales and some all-zero blocks
+            float scale = round % 3 == 0 ? 1e-3f : round % 3 == 1 ? 1.0f : 300.0f;
+            for (int i = 0; i < cols; i++) x[i] = frand() * scale * (1 + tok);
+            if (tok == 5) memset(x, 0, sizeof(float) * 32);
+            k->quantize_q8(x, xq + (size_t)tok * nb, cols);
+        }
+        vm_q8_pack8(xq, (size_t)nb, nb, x8);
+        for (int r = 0; r < rows; r++) {
+            const uint8_t *row = (const uint8_t *)w.data + (size_t)r * vm_weight_row_bytes(&w);
+            float o8[8];
+            d8(row, x8, cols, o8);
+            for (int tok = 0; tok < 8; tok++) {
+                float o1 = one(row, xq + (size_t)tok * nb, cols);
+                cr_expect(memcmp(&o1, &o8[tok], sizeof o1) == 0, "%s %s dot8 cols %d row %d token %d: %.9g vs single %.9g",
+                          k->name, vm_dtype_name(t), cols, r, tok, o8[tok], o1);
+            }
+        }
+        free(x); free(x8); free(xq); free(mem);
+    }
+}
+
+Test(kernels, dot8_bit_identical) {
+    const vm_dtype types[] = { VM_DTYPE_Q4_0, VM_DTYPE_Q4_1, VM_DTYPE_Q8_0 };
+    for (int i = 0; i < 3; i++) {
+        check_dot8(vm_cpu_kernels_select(), types[i]);
+        check_dot8(&vm_kernels_generic, types[i]);
+    }
+}
+
 static void sum_range(void *ctx, int begin, int end, int thread_index) {
     long *hits = ctx;
     for (int i = begin; i < end; i++) __atomic_fetch_add(&hits[i], 1, __ATOMIC_RELAXED);

@@ -21,6 +21,8 @@ typedef struct cpu_impl {
     size_t scratch_floats;
     vm_q8_block *xq;       // activations quantized for the GGUF integer dots
     size_t xq_blocks;
+    vm_q8_x8 *x8;          // the same, 8 tokens interleaved (batched kernels)
+    size_t x8_blocks;
     int q8_activations;    // 1: GGUF matmuls on 8-bit activations (as llama.cpp); 0: f32
 } cpu_impl;
 
@@ -123,6 +125,7 @@ typedef struct matmul_job {
     const float *x;
     const float *gsum;   // [n][cols/group]
     const vm_q8_block *xq; // [n][cols/32] when the integer path is used
+    const vm_q8_x8 *x8;    // [n/8][cols/32]: tokens 0 .. 8*(n/8)-1 interleaved by 8
     int n, groups;
     float *out;
 } matmul_job;
@@ -150,15 +153,56 @@ static void matmul_rows_q8(const matmul_job *j, int begin, int end) {
         w->dtype == VM_DTYPE_Q4_0 ? j->k->dot_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot_q4_1_q8 : j->k->dot_q8_0_q8;
     void (*dot4)(const void *, const vm_q8_block *, size_t, int, float *) =
         w->dtype == VM_DTYPE_Q4_0 ? j->k->dot4_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot4_q4_1_q8 : j->k->dot4_q8_0_q8;
+    void (*dot8)(const void *, const vm_q8_x8 *, int, float *) =
+        w->dtype == VM_DTYPE_Q4_0 ? j->k->dot8_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot8_q4_1_q8 : j->k->dot8_q8_0_q8;
+    const uint8_t *base = (const uint8_t *)w->data;
+    // Tiles of rows (about 24 KiB of weights) x tiles of 16 token groups, so
+    // a tile's weights and activations stay in cache while they meet; each
+    // group's outputs are gathered per tile and stored as 8 contiguous runs.
+    enum { MAX_RT = 64, GT = 16 };
+    int rt = (int)(24576 / rb);
+    rt = rt < 8 ? 8 : rt > MAX_RT ? MAX_RT : rt;
+    const int groups = j->x8 ? j->n / 8 : 0;
+    float o[8][MAX_RT];
+    for (int g0 = 0; g0 < groups; g0 += GT) {
+        const int g1 = g0 + GT < groups ? g0 + GT : groups;
+        for (int r0 = begin; r0 < end; r0 += rt) {
+            const int r1 = r0 + rt < end ? r0 + rt : end;
+            for (int g = g0; g < g1; g++) {
+                const vm_q8_x8 *xg = j->x8 + (size_t)g * nb;
+                for (int r = r0; r < r1; r++) {
+                    float o8[8];
+                    dot8(base + (size_t)r * rb, xg, (int)cols, o8);
+                    for (int k = 0; k < 8; k++) o[k][r - r0] = o8[k];
+                }
+                for (int k = 0; k < 8; k++)
+                    memcpy(j->out + (size_t)(8 * g + k) * rows + r0, o[k], (size_t)(r1 - r0) * sizeof(float));
+            }
+        }
+    }
     for (int r = begin; r < end; r++) {
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)r * rb;
-        int t = 0;
+        const uint8_t *row = base + (size_t)r * rb;
+        int t = 8 * groups;
         for (; t + 4 <= j->n; t += 4) {
             float o[4];
             dot4(row, j->xq + (size_t)t * nb, (size_t)nb, (int)cols, o);
             for (int k = 0; k < 4; k++) j->out[(size_t)(t + k) * rows + r] = o[k];
         }
         for (; t < j->n; t++) j->out[(size_t)t * rows + r] = dot(row, j->xq + (size_t)t * nb, (int)cols);
+    }
+}
+
+// Quantizes the activations for the integer dots: item i < n/8 is token
+// group i (also interleaved into x8), the item after them the tail tokens.
+static void quantize_rows(void *ctx, int begin, int end, int thread_index) {
+    const matmul_job *j = ctx;
+    const int64_t cols = j->w->cols, nb = cols / 32;
+    const int groups = j->x8 ? j->n / 8 : 0;
+    vm_q8_block *xq = (vm_q8_block *)j->xq;
+    for (int i = begin; i < end; i++) {
+        int t0 = i < groups ? 8 * i : 8 * groups, t1 = i < groups ? t0 + 8 : j->n;
+        for (int t = t0; t < t1; t++) j->k->quantize_q8(j->x + (size_t)t * cols, xq + (size_t)t * nb, (int)cols);
+        if (i < groups) vm_q8_pack8(xq + (size_t)t0 * nb, (size_t)nb, (int)nb, (vm_q8_x8 *)j->x8 + (size_t)i * nb);
     }
 }
 
@@ -176,7 +220,7 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
 
 static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     cpu_impl *c = impl_of(be);
-    matmul_job j = { c->k, w, x->data, NULL, NULL, n, 0, out->data };
+    matmul_job j = { c->k, w, x->data, NULL, NULL, NULL, n, 0, out->data };
     if (c->q8_activations && (w->dtype == VM_DTYPE_Q4_0 || w->dtype == VM_DTYPE_Q4_1 || w->dtype == VM_DTYPE_Q8_0)) {
         size_t nb = (size_t)(w->cols / 32), need = nb * n;
         if (need > c->xq_blocks) {
@@ -185,8 +229,20 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
             c->xq = p;
             c->xq_blocks = need;
         }
-        for (int t = 0; t < n; t++) c->k->quantize_q8(j.x + (size_t)t * w->cols, c->xq + (size_t)t * nb, (int)w->cols);
         j.xq = c->xq;
+        if (n >= 8) {
+            size_t need8 = nb * (size_t)(n / 8);
+            if (need8 > c->x8_blocks) {
+                free(c->x8);
+                c->x8 = aligned_alloc(64, (need8 * sizeof *c->x8 + 63) & ~(size_t)63);
+                c->x8_blocks = c->x8 ? need8 : 0;
+            }
+            j.x8 = c->x8;
+        }
+        // 8-token groups (quantized, then interleaved) and the tail tokens
+        int items = j.x8 ? n / 8 + (n % 8 != 0) : 1;
+        if (items > 1 && (size_t)n * nb >= 1024) vm_parallel_for(c->pool, items, 1, quantize_rows, &j);
+        else quantize_rows(&j, 0, items, 0);
         vm_parallel_for(c->pool, (int)w->rows, 16, matmul_rows, &j);
         return;
     }
@@ -438,6 +494,7 @@ static void cpu_destroy(vm_backend *be) {
         vm_thread_pool_free(c->pool);
         free(c->scratch);
         free(c->xq);
+        free(c->x8);
         free(c);
     }
     free(be);

@@ -110,39 +110,45 @@ static void quantize_q8(const float *x, vm_q8_block *out, int n) {
     }
 }
 
+// One block's term of each 8-bit dot, shared by the single-token and the
+// 8-token kernels so both round alike: (d, s, isum, q) are the activation
+// block's fields.
+static inline float blk_q4_0_q8(const vm_block_q4_0 *b, float d, int32_t isum, const int8_t *q) {
+    int32_t acc = 0;
+    for (int j = 0; j < 16; j++) acc += (b->qs[j] & 0x0f) * q[j] + (b->qs[j] >> 4) * q[j + 16];
+    return vm_f16_to_f32(b->d) * d * (float)(acc - 8 * isum);
+}
+
+static inline float blk_q4_1_q8(const vm_block_q4_1 *b, float d, float s, const int8_t *q) {
+    int32_t acc = 0;
+    for (int j = 0; j < 16; j++) acc += (b->qs[j] & 0x0f) * q[j] + (b->qs[j] >> 4) * q[j + 16];
+    return vm_f16_to_f32(b->d) * d * (float)acc + vm_f16_to_f32(b->m) * s;
+}
+
+static inline float blk_q8_0_q8(const vm_block_q8_0 *b, float d, const int8_t *q) {
+    int32_t acc = 0;
+    for (int j = 0; j < 32; j++) acc += b->qs[j] * q[j];
+    return vm_f16_to_f32(b->d) * d * (float)acc;
+}
+
 static float dot_q4_0_q8(const void *w, const vm_q8_block *x, int n) {
     const vm_block_q4_0 *b = w;
     float s = 0;
-    for (int ib = 0; ib < n / 32; ib++) {
-        int32_t acc = 0;
-        for (int j = 0; j < 16; j++)
-            acc += (b[ib].qs[j] & 0x0f) * x[ib].q[j] + (b[ib].qs[j] >> 4) * x[ib].q[j + 16];
-        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)(acc - 8 * x[ib].isum);
-    }
+    for (int ib = 0; ib < n / 32; ib++) s += blk_q4_0_q8(&b[ib], x[ib].d, x[ib].isum, x[ib].q);
     return s;
 }
 
 static float dot_q4_1_q8(const void *w, const vm_q8_block *x, int n) {
     const vm_block_q4_1 *b = w;
-    float s = 0, ms = 0;
-    for (int ib = 0; ib < n / 32; ib++) {
-        int32_t acc = 0;
-        for (int j = 0; j < 16; j++)
-            acc += (b[ib].qs[j] & 0x0f) * x[ib].q[j] + (b[ib].qs[j] >> 4) * x[ib].q[j + 16];
-        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)acc;
-        ms = fmaf(vm_f16_to_f32(b[ib].m), x[ib].s, ms);
-    }
-    return s + ms;
+    float s = 0;
+    for (int ib = 0; ib < n / 32; ib++) s += blk_q4_1_q8(&b[ib], x[ib].d, x[ib].s, x[ib].q);
+    return s;
 }
 
 static float dot_q8_0_q8(const void *w, const vm_q8_block *x, int n) {
     const vm_block_q8_0 *b = w;
     float s = 0;
-    for (int ib = 0; ib < n / 32; ib++) {
-        int32_t acc = 0;
-        for (int j = 0; j < 32; j++) acc += b[ib].qs[j] * x[ib].q[j];
-        s += vm_f16_to_f32(b[ib].d) * x[ib].d * (float)acc;
-    }
+    for (int ib = 0; ib < n / 32; ib++) s += blk_q8_0_q8(&b[ib], x[ib].d, x[ib].q);
     return s;
 }
 
@@ -154,6 +160,42 @@ static void dot4_q4_1_q8(const void *w, const vm_q8_block *x, size_t xs, int n, 
 }
 static void dot4_q8_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, float out[4]) {
     for (int t = 0; t < 4; t++) out[t] = dot_q8_0_q8(w, x + t * xs, n);
+}
+
+static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_0 *b = w;
+    for (int t = 0; t < 8; t++) {
+        float s = 0;
+        for (int ib = 0; ib < n / 32; ib++) s += blk_q4_0_q8(&b[ib], x[ib].d[t], x[ib].isum[t], x[ib].q[t]);
+        out[t] = s;
+    }
+}
+static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_1 *b = w;
+    for (int t = 0; t < 8; t++) {
+        float s = 0;
+        for (int ib = 0; ib < n / 32; ib++) s += blk_q4_1_q8(&b[ib], x[ib].d[t], x[ib].s[t], x[ib].q[t]);
+        out[t] = s;
+    }
+}
+static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q8_0 *b = w;
+    for (int t = 0; t < 8; t++) {
+        float s = 0;
+        for (int ib = 0; ib < n / 32; ib++) s += blk_q8_0_q8(&b[ib], x[ib].d[t], x[ib].q[t]);
+        out[t] = s;
+    }
+}
+
+void vm_q8_pack8(const vm_q8_block *x, size_t xs, int nb, vm_q8_x8 *x8) {
+    for (int ib = 0; ib < nb; ib++)
+        for (int t = 0; t < 8; t++) {
+            const vm_q8_block *b = x + t * xs + ib;
+            x8[ib].d[t] = b->d;
+            x8[ib].s[t] = b->s;
+            x8[ib].isum[t] = b->isum;
+            memcpy(x8[ib].q[t], b->q, 32);
+        }
 }
 
 static float vdot(const float *a, const float *b, int n) {
@@ -246,7 +288,8 @@ void vm_generic_round_f16(float *dst, const float *src, float scale, int n) {
 const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
-    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy, vdot_f16, axpy_f16,
+    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
+    vdot, axpy, vdot_f16, axpy_f16,
     vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16,
 };

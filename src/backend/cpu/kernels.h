@@ -25,6 +25,19 @@ typedef struct vm_q8_block {
     int8_t q[32];
 } vm_q8_block;
 
+// The same blocks of 8 tokens interleaved (the batched kernels' layout):
+// x8[ib] holds block ib of tokens 0..7, so per-token scales load as vectors.
+// vm_q8_pack8 fills it from per-token blocks.
+typedef struct vm_q8_x8 {
+    float d[8];
+    float s[8];
+    int32_t isum[8];
+    int8_t q[8][32];
+} vm_q8_x8;
+
+// x8[nb] <- tokens x, x + xstride, ..., x + 7 * xstride (nb blocks each)
+void vm_q8_pack8(const vm_q8_block *x, size_t xstride, int nb, vm_q8_x8 *x8);
+
 typedef struct vm_cpu_kernels {
     const char *name;
     // dot of one weight row (n logical elements) with x
@@ -46,6 +59,11 @@ typedef struct vm_cpu_kernels {
     void (*dot4_q4_0_q8)(const void *w, const vm_q8_block *x, size_t xstride, int n, float out[4]);
     void (*dot4_q4_1_q8)(const void *w, const vm_q8_block *x, size_t xstride, int n, float out[4]);
     void (*dot4_q8_0_q8)(const void *w, const vm_q8_block *x, size_t xstride, int n, float out[4]);
+    // The same against 8 interleaved tokens (vm_q8_x8[n / 32]); every out[t]
+    // is bit-identical to the single-token kernel of the same table.
+    void (*dot8_q4_0_q8)(const void *w, const vm_q8_x8 *x, int n, float out[8]);
+    void (*dot8_q4_1_q8)(const void *w, const vm_q8_x8 *x, int n, float out[8]);
+    void (*dot8_q8_0_q8)(const void *w, const vm_q8_x8 *x, int n, float out[8]);
     // attention helpers on f32 vectors
     float (*vdot)(const float *a, const float *b, int n);      // a . b
     void (*axpy)(float *y, float a, const float *x, int n);    // y += a * x

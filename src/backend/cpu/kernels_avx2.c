@@ -200,11 +200,20 @@ static inline __m256 dot_u8s8(__m256i u, __m256i s) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
+// Software prefetch this many bytes ahead in a weight row (rows of a matrix
+// are contiguous, so it runs on into the next rows): batch-1 decode streams
+// every weight from memory once per token.
+#ifndef VM_PF_DIST
+#define VM_PF_DIST 1024
+#endif
+#define PF(p) _mm_prefetch((const char *)(p) + VM_PF_DIST, _MM_HINT_T0)
+
 static float dot_q4_0_q8(const void *w, const vm_q8_block *x, int n) {
     const vm_block_q4_0 *b = w;
     __m256 acc = _mm256_setzero_ps();
     float corr = 0;
     for (int ib = 0; ib < n / 32; ib++) {
+        PF(b + ib);
         float dd = h2f(b[ib].d) * x[ib].d;
         __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), dot_u8s8(nibbles_u8(b[ib].qs), xq), acc);
@@ -218,6 +227,7 @@ static float dot_q4_1_q8(const void *w, const vm_q8_block *x, int n) {
     __m256 acc = _mm256_setzero_ps();
     float msum = 0;
     for (int ib = 0; ib < n / 32; ib++) {
+        PF(b + ib);
         __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b[ib].d) * x[ib].d), dot_u8s8(nibbles_u8(b[ib].qs), xq), acc);
         msum = fmaf(h2f(b[ib].m), x[ib].s, msum);
@@ -229,6 +239,7 @@ static float dot_q8_0_q8(const void *w, const vm_q8_block *x, int n) {
     const vm_block_q8_0 *b = w;
     __m256 acc = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
+        PF(b + ib);
         float dd = h2f(b[ib].d) * x[ib].d;
         __m256i wq = _mm256_loadu_si256((const __m256i *)b[ib].qs);
         __m256i xq = _mm256_loadu_si256((const __m256i *)x[ib].q);
@@ -288,6 +299,96 @@ static void dot4_q8_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, 
     }
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
+
+// 8 interleaved tokens per weight block: the block is unpacked once; the 8
+// tokens' d_w * d_x (and m_w * s_x, 8 * isum) are one vector op each, lane t
+// rounding exactly as the single-token kernel's scalar, and each token keeps
+// its own accumulator fed in block order, so out[t] is bit-identical to it.
+#define DOT8_ACC_DECL __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0
+// acc_t = fma(broadcast(dd[t]), v_t, acc_t) for the 8 tokens; V(t) gives v_t
+#define DOT8_STEP(V)                                                            \
+    do {                                                                        \
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[0]), V(0), a0);            \
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[1]), V(1), a1);            \
+        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[2]), V(2), a2);            \
+        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[3]), V(3), a3);            \
+        a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[4]), V(4), a4);            \
+        a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[5]), V(5), a5);            \
+        a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[6]), V(6), a6);            \
+        a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[7]), V(7), a7);            \
+    } while (0)
+// hsum8 of the 8 accumulators at once, token t in lane t: the same adds in
+// the same order as hsum8 (halves, then lanes i and i+2, then the pair).
+static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
+                             __m256 a7) {
+#define HALVES(x, y) _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31))
+    __m256 s01 = HALVES(a0, a1), s23 = HALVES(a2, a3), s45 = HALVES(a4, a5), s67 = HALVES(a6, a7);
+#undef HALVES
+    __m256 t0 = _mm256_add_ps(_mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 t1 = _mm256_add_ps(_mm256_shuffle_ps(s45, s67, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(s45, s67, _MM_SHUFFLE(3, 2, 3, 2)));
+    // lanes: tokens 0 2 4 6 | 1 3 5 7
+    __m256 h = _mm256_hadd_ps(t0, t1);
+    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+#define DOT8_HSUM() hsum8x8(a0, a1, a2, a3, a4, a5, a6, a7)
+
+static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_0 *b = w;
+    const __m256i ones = _mm256_set1_epi16(1);
+    DOT8_ACC_DECL;
+    __m256 corr = _mm256_setzero_ps();
+    _Alignas(32) float dd[8];
+    for (int ib = 0; ib < n / 32; ib++) {
+        const __m256i wq = nibbles_u8(b[ib].qs);
+        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].d)), _mm256_loadu_ps(x[ib].d));
+        _mm256_store_ps(dd, d);
+        // corr += dd * (float)(8 * isum)
+        corr = _mm256_add_ps(corr, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_slli_epi32(
+                                   _mm256_loadu_si256((const __m256i *)x[ib].isum), 3))));
+#define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)x[ib].q[t])), ones))
+        DOT8_STEP(V);
+#undef V
+    }
+    _mm256_storeu_ps(out, _mm256_sub_ps(DOT8_HSUM(), corr));
+}
+
+static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_1 *b = w;
+    const __m256i ones = _mm256_set1_epi16(1);
+    DOT8_ACC_DECL;
+    __m256 msum = _mm256_setzero_ps();
+    _Alignas(32) float dd[8];
+    for (int ib = 0; ib < n / 32; ib++) {
+        const __m256i wq = nibbles_u8(b[ib].qs);
+        _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].d)), _mm256_loadu_ps(x[ib].d)));
+        msum = _mm256_add_ps(msum, _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].m)), _mm256_loadu_ps(x[ib].s)));
+#define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)x[ib].q[t])), ones))
+        DOT8_STEP(V);
+#undef V
+    }
+    _mm256_storeu_ps(out, _mm256_add_ps(DOT8_HSUM(), msum));
+}
+
+static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q8_0 *b = w;
+    const __m256i ones = _mm256_set1_epi16(1);
+    DOT8_ACC_DECL;
+    _Alignas(32) float dd[8];
+    for (int ib = 0; ib < n / 32; ib++) {
+        const __m256i wq = _mm256_loadu_si256((const __m256i *)b[ib].qs);
+        const __m256i aw = _mm256_sign_epi8(wq, wq);
+        _mm256_store_ps(dd, _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].d)), _mm256_loadu_ps(x[ib].d)));
+#define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[ib].q[t]), wq)), ones))
+        DOT8_STEP(V);
+#undef V
+    }
+    _mm256_storeu_ps(out, DOT8_HSUM());
+}
+#undef DOT8_ACC_DECL
+#undef DOT8_STEP
+#undef DOT8_HSUM
 
 static float vdot(const float *a, const float *b, int n) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -436,7 +537,8 @@ static void round_f16(float *dst, const float *src, float scale, int n) {
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
-    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, vdot, axpy, vdot_f16, axpy_f16,
+    dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
+    vdot, axpy, vdot_f16, axpy_f16,
     dot_f16_chain8, dot_f16_acc32, exp_sum, silu_mul, to_f16, round_f16,
 };
 #endif

@@ -400,7 +400,8 @@ static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
 const vm_cpu_kernels vm_kernels_neon_dotprod = {
     "neon_dotprod", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp,
-    dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp, vdot, axpy, vdot_f16, axpy_f16,
+    dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp,
+    dot8_q4_0_q8_dp, dot8_q4_1_q8_dp, dot8_q8_0_q8_dp, vdot, axpy, vdot_f16, axpy_f16,
     vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16,
 };
@@ -408,7 +409,8 @@ const vm_cpu_kernels vm_kernels_neon_dotprod = {
 const vm_cpu_kernels vm_kernels_neon = {
     "neon", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_mull, dot_q4_1_q8_mull, dot_q8_0_q8_mull,
-    dot4_q4_0_q8_mull, dot4_q4_1_q8_mull, dot4_q8_0_q8_mull, vdot, axpy, vdot_f16, axpy_f16,
+    dot4_q4_0_q8_mull, dot4_q4_1_q8_mull, dot4_q8_0_q8_mull,
+    dot8_q4_0_q8_mull, dot8_q4_1_q8_mull, dot8_q8_0_q8_mull, vdot, axpy, vdot_f16, axpy_f16,
     vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16,
 };
@@ -513,6 +515,61 @@ Q8_ATTR static void Q8_NAME(dot4_q8_0_q8)(const void *w, const vm_q8_block *x, s
         }
     }
     for (int t = 0; t < 4; t++) out[t] = vaddvq_f32(acc[t]);
+}
+
+// 8 interleaved tokens (vm_q8_x8): each token's arithmetic as in the
+// single-token kernels above, so out[t] is bit-identical to them.
+Q8_ATTR static void Q8_NAME(dot8_q4_0_q8)(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_0 *b = w;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const int8x16_t eight = vdupq_n_s8(8);
+    float32x4_t acc[8];
+    for (int t = 0; t < 8; t++) acc[t] = vdupq_n_f32(0);
+    for (int ib = 0; ib < n / 32; ib++) {
+        uint8x16_t q = vld1q_u8(b[ib].qs);
+        int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, m4)), eight);
+        int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), eight);
+        float dw = h2f(b[ib].d);
+        for (int t = 0; t < 8; t++) {
+            int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, vld1q_s8(x[ib].q[t])), hi, vld1q_s8(x[ib].q[t] + 16));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * x[ib].d[t]);
+        }
+    }
+    for (int t = 0; t < 8; t++) out[t] = vaddvq_f32(acc[t]);
+}
+
+Q8_ATTR static void Q8_NAME(dot8_q4_1_q8)(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_1 *b = w;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    float32x4_t acc[8];
+    float msum[8];
+    for (int t = 0; t < 8; t++) { acc[t] = vdupq_n_f32(0); msum[t] = 0; }
+    for (int ib = 0; ib < n / 32; ib++) {
+        uint8x16_t q = vld1q_u8(b[ib].qs);
+        int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(q, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
+        float dw = h2f(b[ib].d), mw = h2f(b[ib].m);
+        for (int t = 0; t < 8; t++) {
+            int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, vld1q_s8(x[ib].q[t])), hi, vld1q_s8(x[ib].q[t] + 16));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * x[ib].d[t]);
+            msum[t] += mw * x[ib].s[t];
+        }
+    }
+    for (int t = 0; t < 8; t++) out[t] = vaddvq_f32(acc[t]) + msum[t];
+}
+
+Q8_ATTR static void Q8_NAME(dot8_q8_0_q8)(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q8_0 *b = w;
+    float32x4_t acc[8];
+    for (int t = 0; t < 8; t++) acc[t] = vdupq_n_f32(0);
+    for (int ib = 0; ib < n / 32; ib++) {
+        int8x16_t w0 = vld1q_s8(b[ib].qs), w1 = vld1q_s8(b[ib].qs + 16);
+        float dw = h2f(b[ib].d);
+        for (int t = 0; t < 8; t++) {
+            int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), w0, vld1q_s8(x[ib].q[t])), w1, vld1q_s8(x[ib].q[t] + 16));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * x[ib].d[t]);
+        }
+    }
+    for (int t = 0; t < 8; t++) out[t] = vaddvq_f32(acc[t]);
 }
 
 #endif // VM_NEON_Q8
