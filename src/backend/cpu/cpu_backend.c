@@ -103,18 +103,31 @@ static void cpu_embed(vm_backend *be, const vm_weight *table, const vm_buf *toke
 
 static float vec_get(const vm_tensor *t, int i) { return vm_load_scale(t->dtype, t->data, i); }
 
-static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
-                        int dim, vm_buf *out) {
-    const float *xi = x->data;
-    float *o = out->data;
-    for (int r = 0; r < rows; r++) {
-        const float *xr = xi + (size_t)r * dim;
-        float *orow = o + (size_t)r * dim;
+typedef struct rows_job {
+    const float *x;
+    const vm_tensor *w;
+    float eps;
+    int dim;
+    float *out;
+} rows_job;
+
+static void rmsnorm_rows(void *ctx, int begin, int end, int thread_index) {
+    const rows_job *j = ctx;
+    const int dim = j->dim;
+    for (int r = begin; r < end; r++) {
+        const float *xr = j->x + (size_t)r * dim;
+        float *orow = j->out + (size_t)r * dim;
         double ss = 0;
         for (int i = 0; i < dim; i++) ss += (double)(xr[i] * xr[i]); // f32 square, f64 sum (as ggml)
-        float inv = 1.0f / sqrtf((float)(ss / dim) + eps);
-        for (int i = 0; i < dim; i++) orow[i] = xr[i] * inv * vec_get(w, i);
+        float inv = 1.0f / sqrtf((float)(ss / dim) + j->eps);
+        for (int i = 0; i < dim; i++) orow[i] = xr[i] * inv * vec_get(j->w, i);
     }
+}
+
+static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
+                        int dim, vm_buf *out) {
+    rows_job j = { x->data, w, eps, dim, out->data };
+    vm_parallel_for(impl_of(be)->pool, rows, VM_MAX(1, 8192 / VM_MAX(dim, 1)), rmsnorm_rows, &j);
 }
 
 // ---- matmul: out (n, rows) = x (n, cols) @ W^T -----------------------------
@@ -274,19 +287,25 @@ static void cpu_add_bias(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n
 
 // ---- RoPE --------------------------------------------------------------------
 
-static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads,
-                     int head_dim, const vm_rope *r) {
-    float *xi = x->data;
-    const int32_t *pos = positions->data;
+typedef struct rope_job {
+    float *x;
+    const int32_t *pos;
+    int n_heads, head_dim;
+    const vm_rope *r;
+} rope_job;
+
+static void rope_tokens(void *ctx, int begin, int end, int thread_index) {
+    const rope_job *j = ctx;
+    const vm_rope *r = j->r;
     const int half = r->rot_dim / 2;
-    for (int t = 0; t < n; t++) {
-        float theta = (float)pos[t];
+    for (int t = begin; t < end; t++) {
+        float theta = (float)j->pos[t];
         for (int i = 0; i < half; i++) {
-            float angle = r->theta_scale > 0 ? theta : (float)pos[t] * r->inv_freq[i];
+            float angle = r->theta_scale > 0 ? theta : (float)j->pos[t] * r->inv_freq[i];
             theta *= r->theta_scale;
             float cs = cosf(angle), sn = sinf(angle);
-            for (int h = 0; h < n_heads; h++) {
-                float *v = xi + ((size_t)t * n_heads + h) * head_dim;
+            for (int h = 0; h < j->n_heads; h++) {
+                float *v = j->x + ((size_t)t * j->n_heads + h) * j->head_dim;
                 int a = r->interleaved ? 2 * i : i, b = r->interleaved ? 2 * i + 1 : i + half;
                 float x0 = v[a], x1 = v[b];
                 // the fused forms of ggml's compiled loop (checked against its output)
@@ -297,30 +316,49 @@ static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, 
     }
 }
 
+static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads,
+                     int head_dim, const vm_rope *r) {
+    rope_job j = { x->data, positions->data, n_heads, head_dim, r };
+    vm_parallel_for(impl_of(be)->pool, n, 4, rope_tokens, &j);
+}
+
 // ---- KV cache and paged attention ---------------------------------------------
 
-static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, const vm_attn_meta *m,
-                            vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
-    const int32_t *slots = m->slot_mapping->data;
-    const int bs = m->block_size;
-    for (int t = 0; t < m->n_tokens; t++) {
+typedef struct cache_job {
+    const vm_cpu_kernels *k;
+    const float *kx, *vx;
+    const vm_attn_meta *m;
+    void *kc, *vc;
+    int n_kv_heads, head_dim;
+} cache_job;
+
+static void cache_write_tokens(void *ctx, int begin, int end, int thread_index) {
+    const cache_job *j = ctx;
+    const int32_t *slots = j->m->slot_mapping->data;
+    const int bs = j->m->block_size, hd = j->head_dim;
+    for (int t = begin; t < end; t++) {
         int32_t slot = slots[t];
         if (slot < 0) continue;
         int block = slot / bs, off = slot % bs;
-        for (int h = 0; h < n_kv_heads; h++) {
-            size_t dst = (((size_t)block * n_kv_heads + h) * bs + off) * head_dim;
-            const float *ks = (const float *)k->data + ((size_t)t * n_kv_heads + h) * head_dim;
-            const float *vs = (const float *)v->data + ((size_t)t * n_kv_heads + h) * head_dim;
-            if (m->kv_dtype == VM_DTYPE_F16) {
-                uint16_t *kd = k_cache->data, *vd = v_cache->data;
-                impl_of(be)->k->to_f16(kd + dst, ks, head_dim);
-                impl_of(be)->k->to_f16(vd + dst, vs, head_dim);
+        for (int h = 0; h < j->n_kv_heads; h++) {
+            size_t dst = (((size_t)block * j->n_kv_heads + h) * bs + off) * hd;
+            const float *ks = j->kx + ((size_t)t * j->n_kv_heads + h) * hd;
+            const float *vs = j->vx + ((size_t)t * j->n_kv_heads + h) * hd;
+            if (j->m->kv_dtype == VM_DTYPE_F16) {
+                j->k->to_f16((uint16_t *)j->kc + dst, ks, hd);
+                j->k->to_f16((uint16_t *)j->vc + dst, vs, hd);
             } else {
-                memcpy((float *)k_cache->data + dst, ks, (size_t)head_dim * 4);
-                memcpy((float *)v_cache->data + dst, vs, (size_t)head_dim * 4);
+                memcpy((float *)j->kc + dst, ks, (size_t)hd * 4);
+                memcpy((float *)j->vc + dst, vs, (size_t)hd * 4);
             }
         }
     }
+}
+
+static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, const vm_attn_meta *m,
+                            vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
+    cache_job j = { impl_of(be)->k, k->data, v->data, m, k_cache->data, v_cache->data, n_kv_heads, head_dim };
+    vm_parallel_for(impl_of(be)->pool, m->n_tokens, 8, cache_write_tokens, &j);
 }
 
 typedef struct attn_job {
@@ -467,14 +505,35 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
 
 // ---- elementwise ---------------------------------------------------------------
 
+// Elementwise ops over 8-aligned chunks of 4096 elements (SiLU's 8-lane groups stay whole).
+#define ELT_CHUNK 4096
+typedef struct elt_job {
+    const vm_cpu_kernels *k;
+    float *out;
+    const float *a, *b;
+    size_t n;
+} elt_job;
+
+static void swiglu_chunks(void *ctx, int begin, int end, int thread_index) {
+    const elt_job *j = ctx;
+    size_t lo = (size_t)begin * ELT_CHUNK, hi = VM_MIN((size_t)end * ELT_CHUNK, j->n);
+    j->k->silu_mul(j->out + lo, j->a + lo, j->b + lo, hi - lo);
+}
+
+static void add_chunks(void *ctx, int begin, int end, int thread_index) {
+    const elt_job *j = ctx;
+    size_t lo = (size_t)begin * ELT_CHUNK, hi = VM_MIN((size_t)end * ELT_CHUNK, j->n);
+    for (size_t i = lo; i < hi; i++) j->out[i] += j->b[i];
+}
+
 static void cpu_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size_t n, vm_buf *out) {
-    impl_of(be)->k->silu_mul(out->data, gate->data, up->data, n);
+    elt_job j = { impl_of(be)->k, out->data, gate->data, up->data, n };
+    vm_parallel_for(impl_of(be)->pool, (int)((n + ELT_CHUNK - 1) / ELT_CHUNK), 2, swiglu_chunks, &j);
 }
 
 static void cpu_add(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n) {
-    float *a = x->data;
-    const float *b = y->data;
-    for (size_t i = 0; i < n; i++) a[i] += b[i];
+    elt_job j = { impl_of(be)->k, x->data, NULL, y->data, n };
+    vm_parallel_for(impl_of(be)->pool, (int)((n + ELT_CHUNK - 1) / ELT_CHUNK), 4, add_chunks, &j);
 }
 
 static void cpu_get_rows(vm_backend *be, const vm_buf *x, const vm_buf *rows, int n_rows, int dim,
