@@ -196,6 +196,24 @@ Test(kernels, ggml_arithmetic_bit_identical) {
         x = simd->dot_f16_acc32(a, b, n); y = ref->dot_f16_acc32(a, b, n);
         cr_expect(memcmp(&x, &y, 4) == 0, "dot_f16_acc32 n=%d: %a vs %a", n, x, y);
     }
+    // block-wise attention helpers: the same bits as the one-row kernels
+    for (int hd = 8; hd <= 136; hd += 8) {
+        uint16_t kb[16 * 136], q[136];
+        for (int i = 0; i < 16 * hd; i++) kb[i] = vm_f32_to_f16(frand());
+        for (int i = 0; i < hd; i++) q[i] = vm_f32_to_f16(frand());
+        for (int acc32 = 0; acc32 < 2; acc32++) {
+            float o1[16], o2[16];
+            simd->dots_f16(kb, (size_t)hd, 13, q, hd, acc32, o1);
+            for (int p = 0; p < 13; p++)
+                o2[p] = acc32 ? ref->dot_f16_acc32(kb + p * hd, q, hd) : ref->dot_f16_chain8(kb + p * hd, q, hd);
+            cr_expect(memcmp(o1, o2, sizeof(float) * 13) == 0, "dots_f16 hd=%d acc32=%d", hd, acc32);
+        }
+        float w[16], a1[32 * 136] = { 0 }, a2[32 * 136] = { 0 };
+        for (int p = 0; p < 16; p++) w[p] = frand();
+        simd->axpy_lanes_f16(a1, 32, 29, w, kb, (size_t)hd, 16, hd);
+        ref->axpy_lanes_f16(a2, 32, 29, w, kb, (size_t)hd, 16, hd);
+        cr_expect(memcmp(a1, a2, sizeof(float) * 32 * (size_t)hd) == 0, "axpy_lanes_f16 hd=%d", hd);
+    }
     for (int n = 1; n <= 300; n += 13) {
         float x[300], y1[300], y2[300], u[300];
         for (int i = 0; i < n; i++) { x[i] = frand() * 30; u[i] = frand(); }

@@ -418,12 +418,14 @@ static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *
     float *acc = scratch + m->max_ctx_len + 8 + hd;
     const uint16_t *kc = j->kc, *vc = j->vc;
     k->to_f16(qh, q, hd);
-    float (*dot)(const uint16_t *, const uint16_t *, int) = single || hd % 8 ? k->dot_f16_acc32 : k->dot_f16_chain8;
+    const int acc32 = single || hd % 8;
     float mx = -INFINITY;
     for (int p0 = 0; p0 < n_ctx; p0 += bs) {
         const uint16_t *kb = kc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
-        for (int p = p0; p < n_ctx && p < p0 + bs; p++) {
-            sc[p] = dot(kb + (size_t)(p - p0) * hd, qh, hd) * j->scale;
+        int n = VM_MIN(bs, n_ctx - p0);
+        k->dots_f16(kb, (size_t)hd, n, qh, hd, acc32, sc + p0);
+        for (int p = p0; p < p0 + n; p++) {
+            sc[p] *= j->scale;
             if (sc[p] > mx) mx = sc[p];
         }
     }
@@ -434,8 +436,7 @@ static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *
     memset(acc, 0, (size_t)used * hd * 4);
     for (int p0 = 0; p0 < n_ctx; p0 += bs) {
         const uint16_t *vb = vc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
-        for (int p = p0; p < n_ctx && p < p0 + bs; p++)
-            k->axpy_f16(acc + (size_t)(p % lanes) * hd, sc[p], vb + (size_t)(p - p0) * hd, hd);
+        k->axpy_lanes_f16(acc, lanes, p0, sc + p0, vb, (size_t)hd, VM_MIN(bs, n_ctx - p0), hd);
     }
     if (used < lanes) memset(acc + (size_t)used * hd, 0, (size_t)(lanes - used) * hd * 4);
     float *a = acc;

@@ -534,11 +534,57 @@ static void round_f16(float *dst, const float *src, float scale, int n) {
     for (; i < n; i++) dst[i] = _cvtsh_ss(_cvtss_sh(src[i] * scale, _MM_FROUND_TO_NEAREST_INT));
 }
 
+static void dots_f16(const uint16_t *k, size_t stride, int n, const uint16_t *q, int hd, int acc32, float *out) {
+    if (hd > 256 || hd % (acc32 ? 32 : 8)) {
+        for (int p = 0; p < n; p++)
+            out[p] = acc32 ? dot_f16_acc32(k + (size_t)p * stride, q, hd) : dot_f16_chain8(k + (size_t)p * stride, q, hd);
+        return;
+    }
+    __m256 qv[32];
+    const int nv = hd / 8;
+    for (int i = 0; i < nv; i++) qv[i] = f16x8(q + 8 * i);
+    for (int p = 0; p < n; p++) {
+        const uint16_t *r = k + (size_t)p * stride;
+        if (acc32) {
+            __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+            for (int i = 0; i < nv; i += 4) {
+                s0 = _mm256_fmadd_ps(f16x8(r + 8 * i), qv[i], s0);
+                s1 = _mm256_fmadd_ps(f16x8(r + 8 * i + 8), qv[i + 1], s1);
+                s2 = _mm256_fmadd_ps(f16x8(r + 8 * i + 16), qv[i + 2], s2);
+                s3 = _mm256_fmadd_ps(f16x8(r + 8 * i + 24), qv[i + 3], s3);
+            }
+            __m256 sv = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
+            __m128 t = _mm_add_ps(_mm256_castps256_ps128(sv), _mm256_extractf128_ps(sv, 1));
+            t = _mm_hadd_ps(t, t);
+            out[p] = _mm_cvtss_f32(_mm_hadd_ps(t, t));
+        } else {
+            __m256 acc = _mm256_setzero_ps();
+            for (int i = 0; i < nv; i++) acc = _mm256_fmadd_ps(f16x8(r + 8 * i), qv[i], acc);
+            out[p] = hsum8(acc);
+        }
+    }
+}
+
+static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *v, size_t stride,
+                           int n, int hd) {
+    if (hd % 8) {
+        for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) % lanes) * hd, w[p], v + (size_t)p * stride, hd);
+        return;
+    }
+    for (int p = 0; p < n; p++) {
+        float *a = acc + (size_t)((p0 + p) % lanes) * hd;
+        const uint16_t *r = v + (size_t)p * stride;
+        const __m256 wv = _mm256_set1_ps(w[p]);
+        for (int i = 0; i < hd; i += 8)
+            _mm256_storeu_ps(a + i, _mm256_fmadd_ps(wv, f16x8(r + i), _mm256_loadu_ps(a + i)));
+    }
+}
+
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
     vdot, axpy, vdot_f16, axpy_f16,
-    dot_f16_chain8, dot_f16_acc32, exp_sum, silu_mul, to_f16, round_f16,
+    dot_f16_chain8, dot_f16_acc32, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16,
 };
 #endif

@@ -397,13 +397,18 @@ static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] = fmaf(a, h2f(x[i]), y[i]);
 }
 
+static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *v, size_t stride,
+                           int n, int hd) {
+    for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) % lanes) * hd, w[p], v + (size_t)p * stride, hd);
+}
+
 const vm_cpu_kernels vm_kernels_neon_dotprod = {
     "neon_dotprod", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp,
     dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp,
     dot8_q4_0_q8_dp, dot8_q4_1_q8_dp, dot8_q8_0_q8_dp, vdot, axpy, vdot_f16, axpy_f16,
     vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
-    vm_generic_to_f16, vm_generic_round_f16,
+    vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };
 
 const vm_cpu_kernels vm_kernels_neon = {
@@ -412,7 +417,7 @@ const vm_cpu_kernels vm_kernels_neon = {
     dot4_q4_0_q8_mull, dot4_q4_1_q8_mull, dot4_q8_0_q8_mull,
     dot8_q4_0_q8_mull, dot8_q4_1_q8_mull, dot8_q8_0_q8_mull, vdot, axpy, vdot_f16, axpy_f16,
     vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
-    vm_generic_to_f16, vm_generic_round_f16,
+    vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };
 
 #else // ===================== second pass: the GGUF q8 kernels =====================
