@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "engine_internal.h"
+#include "common/prof.h"
 
 // ---------------------------------------------------------------- streams
 
@@ -252,6 +253,7 @@ static void finish_request(vm_engine *eng, vm_request *r, vm_finish_reason why, 
 void vm_engine_free(vm_engine *eng) {
     if (!eng) return;
     vm_engine_stop(eng);
+    if (vm_prof_on()) vm_prof_report("engine");
     // abort whatever is left so readers see an end
     pthread_mutex_lock(&eng->mu);
     for (int i = 0; i < eng->n_inbox; i++) {
@@ -679,9 +681,12 @@ int vm_engine_has_work(vm_engine *eng) {
 
 int vm_engine_step(vm_engine *eng, vm_err *e) {
     pthread_mutex_lock(&eng->step_mu);
+    const bool prof = vm_prof_on();
+    double t_step = prof ? vm_prof_now() : 0, t_mark = t_step;
     take_inbox_and_aborts(eng);
     vm_scheduler *s = eng->sched;
     int n = vm_scheduler_schedule(s);
+    if (prof) { double t = vm_prof_now(); vm_prof_add(VM_PROF_SCHED, t - t_mark); t_mark = t; }
     if (n == 0) {
         pthread_mutex_unlock(&eng->step_mu);
         return 0;
@@ -692,9 +697,11 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
     }
     double now = vm_now_seconds();
     uint64_t prompt_tokens = 0;
+    int n_step_tokens = 0;
     for (int i = 0; i < n; i++) {
         vm_scheduled *st = &s->step[i];
         vm_request *r = st->req;
+        n_step_tokens += st->n_new;
         if (r->scheduled_time == 0) r->scheduled_time = now;
         int end = st->start + st->n_new;
         int from = end == r->n_tokens ? end - 1 : end; // last row samples
@@ -711,6 +718,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         }
         if (st->start < r->n_prompt) prompt_tokens += (uint64_t)(VM_MIN(end, r->n_prompt) - st->start);
     }
+    if (prof) vm_prof_add(VM_PROF_PACK, vm_prof_now() - t_mark);
     float *logits = NULL;
     int n_logits = 0;
     vm_err fe;
@@ -722,12 +730,14 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         return vm_errf(e, "%s", fe.msg);
     }
     vm_scheduler_update(s);
+    if (prof) t_mark = vm_prof_now();
 
     const int V = eng->vocab_size;
     int row = 0;
     uint64_t gen = 0;
     vm_request **done = malloc((size_t)n * sizeof *done);
-    int n_done = 0;
+    int n_done = 0, n_sampled = 0;
+    double t_sample = 0;
     now = vm_now_seconds();
     for (int i = 0; i < n; i++) {
         vm_scheduled *st = &s->step[i];
@@ -735,6 +745,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         int end = st->start + st->n_new;
         int from = eng->seqs[i].logits_from;
         for (int p = from; p < end; p++, row++) {
+            double t_row = prof ? vm_prof_now() : 0;
             float *lg = logits + (size_t)row * V;
             if (p + 1 < r->n_prompt && r->sp.prompt_logprobs >= 0 && !r->plp_sent) { // prompt logprobs
                 if (!r->plp) {
@@ -747,7 +758,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
                     vm_logprobs_fill(eng->lsm, V, r->tokens[p + 1], r->sp.prompt_logprobs, &r->plp[p + 1]);
                 }
             }
-            if (p != end - 1 || end != r->n_tokens) continue;
+            if (p != end - 1 || end != r->n_tokens) { if (prof) t_sample += vm_prof_now() - t_row; continue; }
             // this row samples the next token
             if (r->sp.logprobs >= 0) {
                 vm_log_softmax(lg, V, eng->lsm);
@@ -759,6 +770,8 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
                     r->n_lp++;
                 }
             }
+            if (prof) t_sample += vm_prof_now() - t_row;
+            n_sampled++;
             accept_token(eng, r, t, now);
             gen++;
             if (r->finish != VM_FINISH_NONE) { if (done) done[n_done++] = r; }
@@ -770,6 +783,13 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
     }
     for (int i = 0; i < n_done; i++) finish_request(eng, done[i], done[i]->finish, NULL);
     free(done);
+    if (prof) {
+        double t = vm_prof_now();
+        vm_prof_add(VM_PROF_SAMPLE, t_sample);
+        vm_prof_add(VM_PROF_OUTPUT, t - t_mark - t_sample);
+        vm_prof_add(VM_PROF_STEP, t - t_step);
+        vm_prof_step(t_step, t, n_step_tokens, n_sampled);
+    }
     pthread_mutex_lock(&eng->mu);
     eng->stats.num_steps++;
     eng->stats.prompt_tokens += prompt_tokens;
