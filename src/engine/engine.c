@@ -70,14 +70,14 @@ uint64_t vm_stream_id(const vm_stream *s) { return s->id; }
 
 vm_request_output *vm_stream_next(vm_stream *s, double timeout_s) {
     struct timespec until;
-    if (timeout_s >= 0) {
+    if (timeout_s > 0) {
         clock_gettime(CLOCK_REALTIME, &until);
         double t = (double)until.tv_sec + until.tv_nsec * 1e-9 + timeout_s;
         until.tv_sec = (time_t)t;
         until.tv_nsec = (long)((t - (double)until.tv_sec) * 1e9);
     }
     pthread_mutex_lock(&s->mu);
-    while (!s->head && s->n_finished < s->n_seqs) {
+    while (!s->head && s->n_finished < s->n_seqs && timeout_s != 0) { // 0: a poll, no wait (no syscall)
         if (timeout_s < 0) pthread_cond_wait(&s->cv, &s->mu);
         else if (pthread_cond_timedwait(&s->cv, &s->mu, &until)) break;
     }
