@@ -6,8 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine_internal.h"
+#include "common/prof.h"
+#include "par.h"
 
 // ---------------------------------------------------------------- streams
 
@@ -67,14 +70,14 @@ uint64_t vm_stream_id(const vm_stream *s) { return s->id; }
 
 vm_request_output *vm_stream_next(vm_stream *s, double timeout_s) {
     struct timespec until;
-    if (timeout_s >= 0) {
+    if (timeout_s > 0) {
         clock_gettime(CLOCK_REALTIME, &until);
         double t = (double)until.tv_sec + until.tv_nsec * 1e-9 + timeout_s;
         until.tv_sec = (time_t)t;
         until.tv_nsec = (long)((t - (double)until.tv_sec) * 1e9);
     }
     pthread_mutex_lock(&s->mu);
-    while (!s->head && s->n_finished < s->n_seqs) {
+    while (!s->head && s->n_finished < s->n_seqs && timeout_s != 0) { // 0: a poll, no wait (no syscall)
         if (timeout_s < 0) pthread_cond_wait(&s->cv, &s->mu);
         else if (pthread_cond_timedwait(&s->cv, &s->mu, &until)) break;
     }
@@ -131,6 +134,12 @@ const char *vm_finish_reason_name(vm_finish_reason r) {
 
 // ---------------------------------------------------------------- engine
 
+typedef struct sample_job {
+    vm_request *r;
+    float *logits;           // the row (overwritten)
+    int32_t token;           // the result
+} sample_job;
+
 struct vm_engine {
     vm_engine_args args;
     vm_executor exec;
@@ -142,6 +151,11 @@ struct vm_engine {
     vm_model_runner *runner;
     vm_sample_ctx sctx;
     float *lsm;              // [vocab] log-softmax scratch
+    // sampling on several threads: a pool, and per thread a context (idx
+    // scratch) and a log-softmax row, made when first needed
+    vm_par *par; int par_max; bool par_tried;
+    vm_sample_ctx *tctx; float **tlsm; int n_tctx;
+    sample_job *jobs; int cap_jobs;
     vm_runner_seq *seqs; int cap_seqs;
 
     pthread_mutex_t mu;      // inbox, live list, stats
@@ -252,6 +266,7 @@ static void finish_request(vm_engine *eng, vm_request *r, vm_finish_reason why, 
 void vm_engine_free(vm_engine *eng) {
     if (!eng) return;
     vm_engine_stop(eng);
+    if (vm_prof_on()) vm_prof_report("engine");
     // abort whatever is left so readers see an end
     pthread_mutex_lock(&eng->mu);
     for (int i = 0; i < eng->n_inbox; i++) {
@@ -266,6 +281,9 @@ void vm_engine_free(vm_engine *eng) {
     vm_kv_pool_free(eng->pool);
     vm_model_runner_free(eng->runner);
     free(eng->sctx.idx); free(eng->lsm); free(eng->seqs);
+    vm_par_free(eng->par);
+    for (int i = 1; i < eng->n_tctx; i++) { free(eng->tctx[i].idx); free(eng->tlsm[i]); } // 0: the engine's own
+    free(eng->tctx); free(eng->tlsm); free(eng->jobs);
     free(eng->inbox); free(eng->live);
     if (eng->exec.destroy) eng->exec.destroy(eng->exec.ctx);
     if (eng->codec && eng->codec->destroy) eng->codec->destroy(eng->codec->ctx);
@@ -634,6 +652,68 @@ static void accept_token(vm_engine *eng, vm_request *r, int32_t t, double now) {
     if (hit >= 0) { r->finish = VM_FINISH_STOP; r->stop_str_index = hit; r->stop_token = -1; }
 }
 
+// ---------------------------------------------------------------- sampling
+
+// Sampler threads: VLLM_METAL_SAMPLER_THREADS, else the online cores (at most 16).
+static int sampler_threads_wanted(void) {
+    const char *s = getenv("VLLM_METAL_SAMPLER_THREADS");
+    if (s && *s) { int n = atoi(s); return n < 1 ? 1 : n > 256 ? 256 : n; }
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    return c < 1 ? 1 : c > 16 ? 16 : (int)c;
+}
+
+// Per-thread scratch for threads [0, n); thread 0 uses the engine's own. Returns
+// how many threads have it.
+static int sampler_scratch(vm_engine *eng, int n) {
+    if (n <= eng->n_tctx) return n;
+    vm_sample_ctx *c = realloc(eng->tctx, (size_t)n * sizeof *c);
+    if (!c) return eng->n_tctx;
+    eng->tctx = c;
+    float **l = realloc(eng->tlsm, (size_t)n * sizeof *l);
+    if (!l) return eng->n_tctx;
+    eng->tlsm = l;
+    while (eng->n_tctx < n) {
+        int i = eng->n_tctx;
+        if (i == 0) { c[0] = eng->sctx; l[0] = eng->lsm; eng->n_tctx = 1; continue; }
+        c[i] = eng->sctx;
+        c[i].idx = malloc((size_t)eng->vocab_size * sizeof(int));
+        l[i] = malloc((size_t)eng->vocab_size * sizeof(float));
+        if (!c[i].idx || !l[i]) { free(c[i].idx); free(l[i]); break; }
+        eng->n_tctx++;
+    }
+    return eng->n_tctx;
+}
+
+static void sample_one(void *ctx, int j, int thread) {
+    vm_engine *eng = ctx;
+    sample_job *job = &eng->jobs[j];
+    vm_request *r = job->r;
+    const int V = eng->vocab_size;
+    float *lsm = thread == 0 ? eng->lsm : eng->tlsm[thread];
+    vm_sample_ctx *sc = thread == 0 ? &eng->sctx : &eng->tctx[thread];
+    if (r->sp.logprobs >= 0) vm_log_softmax(job->logits, V, lsm);
+    job->token = vm_sample_row(sc, r, job->logits);
+    if (r->sp.logprobs >= 0 && vm_grow((void **)&r->lp, &r->cap_lp, r->n_lp + 1, sizeof *r->lp) == 0) {
+        vm_logprobs_fill(lsm, V, job->token, r->sp.logprobs, &r->lp[r->n_lp]);
+        r->n_lp++;
+    }
+}
+
+// Samples eng->jobs[0, n): on one thread for little work, else on the pool.
+static void sample_rows(vm_engine *eng, int n) {
+    int threads = 1;
+    if (n >= 2 && (size_t)n * (size_t)eng->vocab_size >= 65536) {
+        if (!eng->par_tried) {
+            eng->par_tried = true;
+            eng->par_max = sampler_threads_wanted();
+            if (eng->par_max > 1) eng->par = vm_par_create(eng->par_max);
+            eng->par_max = vm_par_threads(eng->par);
+        }
+        threads = sampler_scratch(eng, VM_MIN(n, eng->par_max));
+    }
+    vm_par_run(eng->par, n, threads, sample_one, eng);
+}
+
 // ---------------------------------------------------------------- the step
 
 static void take_inbox_and_aborts(vm_engine *eng) {
@@ -679,22 +759,28 @@ int vm_engine_has_work(vm_engine *eng) {
 
 int vm_engine_step(vm_engine *eng, vm_err *e) {
     pthread_mutex_lock(&eng->step_mu);
+    const bool prof = vm_prof_on();
+    double t_step = prof ? vm_prof_now() : 0, t_mark = t_step;
     take_inbox_and_aborts(eng);
     vm_scheduler *s = eng->sched;
     int n = vm_scheduler_schedule(s);
+    if (prof) { double t = vm_prof_now(); vm_prof_add(VM_PROF_SCHED, t - t_mark); t_mark = t; }
     if (n == 0) {
         pthread_mutex_unlock(&eng->step_mu);
         return 0;
     }
-    if (vm_grow((void **)&eng->seqs, &eng->cap_seqs, n, sizeof *eng->seqs)) {
+    if (vm_grow((void **)&eng->seqs, &eng->cap_seqs, n, sizeof *eng->seqs) ||
+        vm_grow((void **)&eng->jobs, &eng->cap_jobs, n, sizeof *eng->jobs)) {
         pthread_mutex_unlock(&eng->step_mu);
         return vm_errf(e, "out of memory");
     }
     double now = vm_now_seconds();
     uint64_t prompt_tokens = 0;
+    int n_step_tokens = 0;
     for (int i = 0; i < n; i++) {
         vm_scheduled *st = &s->step[i];
         vm_request *r = st->req;
+        n_step_tokens += st->n_new;
         if (r->scheduled_time == 0) r->scheduled_time = now;
         int end = st->start + st->n_new;
         int from = end == r->n_tokens ? end - 1 : end; // last row samples
@@ -711,6 +797,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         }
         if (st->start < r->n_prompt) prompt_tokens += (uint64_t)(VM_MIN(end, r->n_prompt) - st->start);
     }
+    if (prof) vm_prof_add(VM_PROF_PACK, vm_prof_now() - t_mark);
     float *logits = NULL;
     int n_logits = 0;
     vm_err fe;
@@ -722,13 +809,16 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         return vm_errf(e, "%s", fe.msg);
     }
     vm_scheduler_update(s);
+    if (prof) t_mark = vm_prof_now();
 
     const int V = eng->vocab_size;
     int row = 0;
     uint64_t gen = 0;
     vm_request **done = malloc((size_t)n * sizeof *done);
-    int n_done = 0;
+    int n_done = 0, n_sampled = 0;
+    double t_sample = 0;
     now = vm_now_seconds();
+    // prompt logprobs (in order, on this thread), and the rows that sample
     for (int i = 0; i < n; i++) {
         vm_scheduled *st = &s->step[i];
         vm_request *r = st->req;
@@ -747,29 +837,34 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
                     vm_logprobs_fill(eng->lsm, V, r->tokens[p + 1], r->sp.prompt_logprobs, &r->plp[p + 1]);
                 }
             }
-            if (p != end - 1 || end != r->n_tokens) continue;
-            // this row samples the next token
-            if (r->sp.logprobs >= 0) {
-                vm_log_softmax(lg, V, eng->lsm);
-            }
-            int32_t t = vm_sample_row(&eng->sctx, r, lg);
-            if (r->sp.logprobs >= 0) {
-                if (vm_grow((void **)&r->lp, &r->cap_lp, r->n_lp + 1, sizeof *r->lp) == 0) {
-                    vm_logprobs_fill(eng->lsm, V, t, r->sp.logprobs, &r->lp[r->n_lp]);
-                    r->n_lp++;
-                }
-            }
-            accept_token(eng, r, t, now);
-            gen++;
-            if (r->finish != VM_FINISH_NONE) { if (done) done[n_done++] = r; }
-            else {
-                vm_request_output *o = make_output(eng, r);
-                if (o) stream_push(r->stream, o);
-            }
+            if (p == end - 1 && end == r->n_tokens) // this row samples the next token
+                eng->jobs[n_sampled++] = (sample_job){ .r = r, .logits = lg };
+        }
+    }
+    // sampling: rows are independent (each request draws from its own generator),
+    // so they run on the sampler threads in any order with the same results
+    double t0 = prof ? vm_prof_now() : 0;
+    sample_rows(eng, n_sampled);
+    if (prof) t_sample = vm_prof_now() - t0;
+    for (int j = 0; j < n_sampled; j++) {
+        vm_request *r = eng->jobs[j].r;
+        accept_token(eng, r, eng->jobs[j].token, now);
+        gen++;
+        if (r->finish != VM_FINISH_NONE) { if (done) done[n_done++] = r; }
+        else {
+            vm_request_output *o = make_output(eng, r);
+            if (o) stream_push(r->stream, o);
         }
     }
     for (int i = 0; i < n_done; i++) finish_request(eng, done[i], done[i]->finish, NULL);
     free(done);
+    if (prof) {
+        double t = vm_prof_now();
+        vm_prof_add(VM_PROF_SAMPLE, t_sample);
+        vm_prof_add(VM_PROF_OUTPUT, t - t_mark - t_sample);
+        vm_prof_add(VM_PROF_STEP, t - t_step);
+        vm_prof_step(t_step, t, n_step_tokens, n_sampled);
+    }
     pthread_mutex_lock(&eng->mu);
     eng->stats.num_steps++;
     eng->stats.prompt_tokens += prompt_tokens;

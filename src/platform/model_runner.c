@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "platform.h"
+#include "common/prof.h"
 
 struct vm_model_runner {
     int block_size, vocab_size;
@@ -72,6 +73,8 @@ static int reserve(vm_model_runner *r, int n_tokens, int n_seqs, size_t table, s
 
 int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_runner_seq *seqs,
                             int n_seqs, float **logits, int *n_logits, vm_err *e) {
+    const bool prof = vm_prof_on();
+    double t0 = prof ? vm_prof_now() : 0;
     int n_tokens = 0, n_rows = 0, max_blocks = 1;
     for (int s = 0; s < n_seqs; s++) {
         n_tokens += seqs[s].n_new;
@@ -158,10 +161,13 @@ int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_
         .max_blocks_per_seq = max_blocks, .block_table = r->block_table,
         .slot_mapping = r->slots, .n_logits = n_rows, .logit_rows = r->rows, .decode_from = r->decode_from,
     };
+    double t1 = prof ? vm_prof_now() : 0;
+    if (prof) vm_prof_add(VM_PROF_PACK, t1 - t0);
     if (any_mm) {
         if (ex->forward_mm(ex->ctx, &b, n_embeds ? r->embeds : NULL, n_embeds ? r->embed_rows : NULL, n_embeds,
                            r->mrope, r->logits, e)) return -1;
     } else if (ex->forward(ex->ctx, &b, r->logits, e)) return -1;
+    if (prof) vm_prof_add(VM_PROF_RECORD, vm_prof_now() - t1);  // the report takes WAIT and COPY out
     *logits = r->logits;
     *n_logits = n_rows;
     return 0;

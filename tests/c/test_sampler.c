@@ -255,3 +255,35 @@ Test(sampler, validation_messages) {
     p.top_k = -1; p.top_p = 1; p.min_p = 1; p.temperature = 0; p.presence_penalty = -2;
     cr_assert_eq(vm_sampling_params_validate(&p, V, 20, &e), 0, "%s", e.msg);
 }
+
+// The temperature-only draw (no sort) over a row of several blocks, with a
+// length that is no multiple of the vector width: frequencies follow
+// softmax(x / T), masked tokens never come, and the first maximum is greedy's.
+Test(sampler, temperature_draw_over_blocks) {
+    enum { N = 1283 };
+    static float x[N], y[N];
+    vm_rng g; vm_rng_seed(&g, 12);
+    for (int i = 0; i < N; i++) x[i] = (float)(vm_rng_uniform(&g) * 6.0 - 3.0);
+    for (int i = 0; i < N; i += 7) x[i] = -INFINITY;
+    x[N - 1] = 4.0f; x[600] = 4.5f; x[5] = 4.5f;
+    const float T = 0.7f;
+    double pr[N], sum = 0;
+    for (int i = 0; i < N; i++) { pr[i] = x[i] == -INFINITY ? 0 : exp((double)x[i] / T - 4.5 / T); sum += pr[i]; }
+    static int counts[N];
+    vm_rng r; vm_rng_seed(&r, 3);
+    const int draws = 20000;
+    for (int k = 0; k < draws; k++) {
+        memcpy(y, x, sizeof y);
+        int32_t t = vm_draw_row(y, N, T, &r);
+        cr_assert(t >= 0 && t < N && x[t] != -INFINITY);
+        counts[t]++;
+    }
+    for (int i = 0; i < N; i++) {
+        double ex = draws * pr[i] / sum, sd = sqrt(ex * (1 - pr[i] / sum)) + 1;
+        cr_assert(fabs(counts[i] - ex) < 5 * sd, "token %d: %d vs %.1f", i, counts[i], ex);
+    }
+    cr_assert_eq(vm_argmax_row(x, N), 5);
+    // every token masked but one
+    for (int i = 0; i < N; i++) y[i] = i == 999 ? -50.0f : -INFINITY;
+    cr_assert_eq(vm_draw_row(y, N, 1.0f, &r), 999);
+}

@@ -40,6 +40,7 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
 #else
 
 #include "../cpu/kernels.h"
+#include "../../common/prof.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -626,17 +627,26 @@ static void vk_buf_write(vm_backend *be, vm_buf *b, size_t off, const void *src,
 
 static void vk_buf_read(vm_backend *be, const vm_buf *b, size_t off, void *dst, size_t n) {
     vk_impl *v = impl_of(be);
+    const int prof = vm_prof_on();
+    double t0 = prof ? vm_prof_now() : 0, wait = 0;
     flush(v);
+    if (prof) wait = vm_prof_now() - t0;
     if (n == 0) return;
-    if (b->map) { memcpy(dst, (const char *)b->map + off, n); return; }
-    for (size_t done = 0; done < n;) {
+    if (b->map) memcpy(dst, (const char *)b->map + off, n);
+    for (size_t done = 0; !b->map && done < n;) {
         size_t len = n - done < STAGING_MAX ? n - done : STAGING_MAX;
         vm_buf *st = staging_get(v, len);
-        if (!st) { memset((char *)dst + done, 0, n - done); return; }
+        if (!st) { memset((char *)dst + done, 0, n - done); break; }
         copy_region(v, b->buf, off + done, st->buf, 0, len);
+        double t1 = prof ? vm_prof_now() : 0;
         flush(v);
+        if (prof) wait += vm_prof_now() - t1;
         memcpy((char *)dst + done, st->map, len);
         done += len;
+    }
+    if (prof) {
+        vm_prof_add(VM_PROF_WAIT, wait);
+        vm_prof_add(VM_PROF_COPY, vm_prof_now() - t0 - wait);
     }
 }
 
