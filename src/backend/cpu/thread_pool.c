@@ -42,6 +42,8 @@ struct vm_thread_pool {
 
 typedef struct { vm_thread_pool *p; int index; } worker_arg;
 
+#define CLOSED 0x7fffffffu // chunk index of a closed job: never below n_chunks
+
 // Claims and runs chunks of job `job` until none are left (or a newer job
 // has replaced it). Returns the number of chunks this thread ran.
 static void run_chunks(vm_thread_pool *p, uint32_t job, int thread_index) {
@@ -54,7 +56,7 @@ static void run_chunks(vm_thread_pool *p, uint32_t job, int thread_index) {
         void *ctx = p->ctx;
         int n = p->n, chunk = p->chunk, n_chunks = p->n_chunks;
         uint32_t idx = (uint32_t)c;
-        if ((int)idx >= n_chunks) return;
+        if (idx >= (uint32_t)n_chunks) return;
         if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
@@ -133,13 +135,18 @@ void vm_parallel_for(vm_thread_pool *p, int n, int grain, vm_parallel_fn fn, voi
     int chunk = (n + nt * 4 - 1) / (nt * 4);
     if (chunk < grain) chunk = grain;
     if (nt == 1 || chunk >= n) { fn(ctx, 0, n, 0); return; }
+    // Close the previous job first (its number + 1, no chunks left): a late
+    // worker still holding the previous job's claim value then fails its
+    // compare-exchange instead of claiming a chunk with the fields being
+    // rewritten below. Jobs are numbered in steps of 2.
+    uint32_t job = current_job(p) + 2;
+    atomic_store_explicit(&p->claim, ((uint64_t)(job - 1) << 32) | CLOSED, memory_order_seq_cst);
     p->fn = fn;
     p->ctx = ctx;
     p->n = n;
     p->chunk = chunk;
     p->n_chunks = (n + chunk - 1) / chunk;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    uint32_t job = current_job(p) + 1;
     atomic_store_explicit(&p->claim, (uint64_t)job << 32, memory_order_release);  // publish
     pthread_mutex_lock(&p->mu);
     pthread_cond_broadcast(&p->start_cv);
