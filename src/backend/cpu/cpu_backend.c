@@ -408,6 +408,10 @@ static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *
 // output), a single decoded token through its f16 vec_dot (32 partial sums).
 // `single` picks the second. Positions past the context count as masked
 // zeros, which leave every partial sum unchanged.
+static inline void prefetch_rows(const void *p, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch((const char *)p + off, 0, 3);
+}
+
 static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *q, int n_ctx, int kvh,
                          int single, float *scratch, float *o) {
     const vm_cpu_kernels *k = j->k;
@@ -420,9 +424,12 @@ static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *
     k->to_f16(qh, q, hd);
     const int acc32 = single || hd % 8;
     float mx = -INFINITY;
+    const size_t block_elems = (size_t)bs * hd; // one kv head's rows of one block
     for (int p0 = 0; p0 < n_ctx; p0 += bs) {
         const uint16_t *kb = kc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
         int n = VM_MIN(bs, n_ctx - p0);
+        if (p0 + bs < n_ctx) // the next block is elsewhere in memory: fetch it while this one computes
+            prefetch_rows(kc + (((size_t)blocks[p0 / bs + 1] * j->n_kv_heads + kvh) * bs) * hd, block_elems * 2);
         k->dots_f16(kb, (size_t)hd, n, qh, hd, acc32, sc + p0);
         for (int p = p0; p < p0 + n; p++) {
             sc[p] *= j->scale;
@@ -436,6 +443,8 @@ static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *
     memset(acc, 0, (size_t)used * hd * 4);
     for (int p0 = 0; p0 < n_ctx; p0 += bs) {
         const uint16_t *vb = vc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
+        if (p0 + bs < n_ctx)
+            prefetch_rows(vc + (((size_t)blocks[p0 / bs + 1] * j->n_kv_heads + kvh) * bs) * hd, block_elems * 2);
         k->axpy_lanes_f16(acc, lanes, p0, sc + p0, vb, (size_t)hd, VM_MIN(bs, n_ctx - p0), hd);
     }
     if (used < lanes) memset(acc + (size_t)used * hd, 0, (size_t)(lanes - used) * hd * 4);

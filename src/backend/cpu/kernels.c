@@ -293,7 +293,7 @@ void vm_generic_dots_f16(const uint16_t *k, size_t stride, int n, const uint16_t
 
 static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *v, size_t stride,
                            int n, int hd) {
-    for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) % lanes) * hd, w[p], v + (size_t)p * stride, hd);
+    for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], v + (size_t)p * stride, hd);
 }
 
 const vm_cpu_kernels vm_kernels_generic = {

@@ -85,7 +85,7 @@ typedef struct vm_cpu_kernels {
     // f16 conversions, round to nearest even: dst = f16(src); dst = f32(f16(src * scale))
     void (*to_f16)(uint16_t *dst, const float *src, int n);
     void (*round_f16)(float *dst, const float *src, float scale, int n);
-    // Attention over one cache block: out[p] = dot(k + p*stride, q) for p < n in
+    // Attention over one cache block (lanes a power of two): out[p] = dot(k + p*stride, q) for p < n in
     // the order of dot_f16_acc32 (acc32 != 0) or dot_f16_chain8; and
     // acc[(p0 + p) % lanes] += w[p] * v[p] (rows of hd floats, fused) for p < n.
     void (*dots_f16)(const uint16_t *k, size_t stride, int n, const uint16_t *q, int hd, int acc32, float *out);

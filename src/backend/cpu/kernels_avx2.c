@@ -568,11 +568,11 @@ static void dots_f16(const uint16_t *k, size_t stride, int n, const uint16_t *q,
 static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *v, size_t stride,
                            int n, int hd) {
     if (hd % 8) {
-        for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) % lanes) * hd, w[p], v + (size_t)p * stride, hd);
+        for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], v + (size_t)p * stride, hd);
         return;
     }
     for (int p = 0; p < n; p++) {
-        float *a = acc + (size_t)((p0 + p) % lanes) * hd;
+        float *a = acc + (size_t)((p0 + p) & (lanes - 1)) * hd;
         const uint16_t *r = v + (size_t)p * stride;
         const __m256 wv = _mm256_set1_ps(w[p]);
         for (int i = 0; i < hd; i += 8)
