@@ -847,7 +847,7 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
 // matrices for f16/bf16 weights where the device has them.
 #define MATVEC_MAX 8
 // rows of a matvec workgroup (matvec.comp's NR)
-static uint32_t mv_rows(int sh) { return sh >= SH_matvec1_f32 && sh <= SH_matvec1_a2 ? 4 : 8; }
+static uint32_t mv_rows(int sh) { return sh >= SH_matvec1_f32 && sh <= SH_matvec1_a2 ? 2 : 8; }
 
 // A pending matmul will write b: the last rmsnorm's input or output no longer holds what it did.
 static void norm_touch(vk_impl *v, const vm_buf *b) {

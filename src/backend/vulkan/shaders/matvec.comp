@@ -1,7 +1,7 @@
 #version 450
 // out (n, rows) = x (n, cols) @ W^T for few tokens (decode), one weight type
 // (WT, see weight.glsl). A workgroup of 64 invocations owns NR output rows
-// (4 for one token, 8 for token tiles of 4 or 8) and TN tokens (workgroup y =
+// (2 for one token, 8 for token tiles of 4 or 8) and TN tokens (workgroup y =
 // token tile): its invocations walk the columns 8 at a time (one 16-byte load
 // of f16/bf16 weights per row, NR rows in flight, each weight used for the TN
 // tokens, the x chunk loaded once for the NR rows), then subgroupAdd and
@@ -26,7 +26,7 @@
 #define TN 1
 #endif
 #if TN == 1
-#define NR 4
+#define NR 2          // one token: many small workgroups keep enough loads in flight
 #else
 #define NR 8
 #endif
@@ -52,6 +52,41 @@ void main() {
         ss[t] = 0.0;
         for (uint j = 0; j < NR; j++) acc[j][t] = 0.0;
     }
+#if TN == 1
+    // two chunks' loads issued before either is summed (same sums, same order)
+    for (uint c = tid; c < chunks; c += 2u * WG) {
+        const uint c2 = c + WG;
+        const bool has2 = c2 < chunks;
+        uint xi = (t0 * pc.cols + c * 8u) / 4u, xi2 = (t0 * pc.cols + min(c2, chunks - 1u) * 8u) / 4u;
+        vec4 xa0 = pc.x.v[xi], xb0 = pc.x.v[xi + 1u], xa2 = pc.x.v[xi2], xb2 = pc.x.v[xi2 + 1u];
+        vec4 w0[NR], w1[NR], v0[NR], v1[NR];
+        for (uint j = 0; j < NR; j++) {
+            if (dual && j >= NH) {
+                weight_chunk8(pc.w2, pc.sc2, pc.bi2, pc.cols, pc.group, rr[j], c, w0[j], w1[j]);
+                weight_chunk8(pc.w2, pc.sc2, pc.bi2, pc.cols, pc.group, rr[j], min(c2, chunks - 1u), v0[j], v1[j]);
+            } else {
+                weight_chunk8(pc.w, pc.sc, pc.bi, pc.cols, pc.group, rr[j], c, w0[j], w1[j]);
+                weight_chunk8(pc.w, pc.sc, pc.bi, pc.cols, pc.group, rr[j], min(c2, chunks - 1u), v0[j], v1[j]);
+            }
+        }
+        if (norm) {
+            vec4 g0 = pc.nw.v[2u * c], g1 = pc.nw.v[2u * c + 1u];
+            ss[0] += dot(xa0, xa0) + dot(xb0, xb0);
+            xa0 *= g0;
+            xb0 *= g1;
+        }
+        for (uint j = 0; j < NR; j++) acc[j][0] += dot(w0[j], xa0) + dot(w1[j], xb0);
+        if (has2) {
+            if (norm) {
+                vec4 g0 = pc.nw.v[2u * c2], g1 = pc.nw.v[2u * c2 + 1u];
+                ss[0] += dot(xa2, xa2) + dot(xb2, xb2);
+                xa2 *= g0;
+                xb2 *= g1;
+            }
+            for (uint j = 0; j < NR; j++) acc[j][0] += dot(v0[j], xa2) + dot(v1[j], xb2);
+        }
+    }
+#else
     for (uint c = tid; c < chunks; c += WG) {
         vec4 xa[TN], xb[TN];
         for (uint t = 0; t < TN; t++) {
@@ -75,6 +110,7 @@ void main() {
         for (uint j = 0; j < NR; j++)
             for (uint t = 0; t < TN; t++) acc[j][t] += dot(w0[j], xa[t]) + dot(w1[j], xb[t]);
     }
+#endif
     const uint sg = gl_SubgroupID, nsg = gl_NumSubgroups;
     for (uint j = 0; j < NR; j++)
         for (uint t = 0; t < TN; t++) {
