@@ -841,12 +841,13 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
     }
 }
 
-// Few tokens (decode): matvec.comp, 4 rows a workgroup, token tiles of 1, 4
-// or 8 (each weight row read once per tile). Batches: the tiled GEMM,
+// Few tokens (decode): matvec.comp, token tiles of 1 (4 rows a workgroup),
+// 4 or 8 (8 rows a workgroup; each weight row read once per tile). Batches: the tiled GEMM,
 // 64 x 64 tiles (32-token tiles of 128 rows up to 32 tokens), on cooperative
 // matrices for f16/bf16 weights where the device has them.
 #define MATVEC_MAX 8
-#define MV_ROWS 4
+// rows of a matvec workgroup (matvec.comp's NR)
+static uint32_t mv_rows(int sh) { return sh >= SH_matvec1_f32 && sh <= SH_matvec1_a2 ? 2 : 8; }
 
 // A pending matmul will write b: the last rmsnorm's input or output no longer holds what it did.
 static void norm_touch(vk_impl *v, const vm_buf *b) {
@@ -876,7 +877,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
             x = v->norm.x;
         }
         p->sh = (tn == 1 ? SH_matvec1_f32 : tn == 4 ? SH_matvec4_f32 : SH_matvec8_f32) + kw->wt;
-        p->gx = (rows + MV_ROWS - 1) / MV_ROWS;
+        p->gx = (rows + mv_rows(p->sh) - 1) / mv_rows(p->sh);
         p->gy = (uint32_t)((n + tn - 1) / tn);
     } else if (v->coopmat && (kw->wt == WT_F16 || kw->wt == WT_BF16)) {
         p->sh = kw->wt == WT_F16 ? SH_gemmcm_f16 : SH_gemmcm_bf16;
@@ -938,7 +939,7 @@ static void vk_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size
             g->pc.res = up->addr;
             g->pc.bias = out->addr;
             g->pc.flags |= MM_DUAL;
-            g->gx = (g->pc.rows + 1) / 2;
+            g->gx = (g->pc.rows + mv_rows(g->sh) / 2 - 1) / (mv_rows(g->sh) / 2);
             g->res = up;
             g->out2 = out;
             v->n_pend--;

@@ -10,8 +10,13 @@
 // products carry ~22 bits of x (what the f32 path's 1e-4 agreement with the
 // CPU needs). A workgroup of 4 subgroups (of 32) computes
 // 64 rows x 64 tokens, each subgroup 32 x 32 (2 x 2 matrices), over steps of
-// BK = 32 columns staged in shared memory; the result goes through shared
-// memory for the epilogue (flags as matvec.comp: 1 bias, 2 residual add).
+// BK = 32 columns staged in shared memory (f16); the global loads of the next
+// step are issued before the products of this one (held raw in registers and
+// converted at the next step), so their latency hides behind the arithmetic.
+// The matrices are separate variables, not arrays (the shader is built
+// without spirv-opt, which crashes on it: no array of matrices for the driver
+// to lower). The result goes through shared memory for the epilogue (flags as
+// matvec.comp: 1 bias, 2 residual add).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_NV_cooperative_matrix : require
 #extension GL_KHR_memory_scope_semantics : require
@@ -25,6 +30,8 @@
 #define BK 32
 #define SK (BK + 8)     // row stride of the staged tiles (halves)
 #define SC (BM + 4)     // token stride of the result tile (floats)
+#define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
+#define CM32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
 layout(local_size_x = 128) in;
 layout(push_constant, std430) uniform Params {
     U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias; F32 res;
@@ -37,62 +44,78 @@ shared float16_t Xh[BN * SK];   // [token][k]
 shared float16_t Xl[BN * SK];
 shared float Cs[BN * SC];       // [token][row]
 
+// This invocation's share of a step: weight chunks (8 halves) i = tid + 128 q
+// (row i / 4, chunk i % 4) and token vec4s i = tid + 128 q (token i / 8, vec4 i % 8).
+uvec4 ld_w(uint tid, uint q, uint r0, uint k0) {
+    uint i = tid + 128u * q, r = r0 + i / 4u, c = k0 / 8u + i % 4u;
+    return r < pc.rows && c < pc.cols / 8u ? U32x4(pc.w).v[(r * pc.cols) / 8u + c] : uvec4(0u);
+}
+vec4 ld_x(uint tid, uint q, uint t0, uint k0) {
+    uint i = tid + 128u * q, t = t0 + i / 8u, c = k0 + (i % 8u) * 4u;
+    return t < pc.n && c < pc.cols ? pc.x.v[(t * pc.cols + c) / 4u] : vec4(0.0);
+}
+void st_w(uint tid, uint q, uvec4 u) {
+    uint i = tid + 128u * q, o = (i / 4u) * SK + (i % 4u) * 8u;
+#if WT == 1
+    vec4 w0 = vec4(unpackHalf2x16(u.x), unpackHalf2x16(u.y)), w1 = vec4(unpackHalf2x16(u.z), unpackHalf2x16(u.w));
+#else
+    vec4 w0 = vec4(bf16_lo(u.x), bf16_hi(u.x), bf16_lo(u.y), bf16_hi(u.y));
+    vec4 w1 = vec4(bf16_lo(u.z), bf16_hi(u.z), bf16_lo(u.w), bf16_hi(u.w));
+#endif
+    f16vec4 h0 = f16vec4(clamp(w0, -65504.0, 65504.0)), h1 = f16vec4(clamp(w1, -65504.0, 65504.0));
+    Ws[o] = h0.x; Ws[o + 1u] = h0.y; Ws[o + 2u] = h0.z; Ws[o + 3u] = h0.w;
+    Ws[o + 4u] = h1.x; Ws[o + 5u] = h1.y; Ws[o + 6u] = h1.z; Ws[o + 7u] = h1.w;
+}
+void st_x(uint tid, uint q, vec4 xv) {
+    uint i = tid + 128u * q, o = (i / 8u) * SK + (i % 8u) * 4u;
+    xv = clamp(xv, -65504.0, 65504.0);
+    // hi: x with its mantissa cut to f16's 10 bits, by bit masking (a compiler
+    // may take f32(f16(x)) for x); lo: the rest (exact in f32), scaled
+    vec4 h32 = uintBitsToFloat(floatBitsToUint(xv) & 0xffffe000u);
+    f16vec4 hi = f16vec4(h32);
+    f16vec4 lo = f16vec4((xv - h32) * 2048.0);
+    Xh[o] = hi.x; Xh[o + 1u] = hi.y; Xh[o + 2u] = hi.z; Xh[o + 3u] = hi.w;
+    Xl[o] = lo.x; Xl[o + 1u] = lo.y; Xl[o + 2u] = lo.z; Xl[o + 3u] = lo.w;
+}
+
 void main() {
     const uint tid = gl_LocalInvocationIndex, sg = gl_SubgroupID;
     const uint r0 = gl_WorkGroupID.x * BM, t0 = gl_WorkGroupID.y * BN;
-    const uint chunks = pc.cols / 8u;
     const uint wr = (sg & 1u) * 32u, wt = (sg >> 1) * 32u;   // this subgroup's rows and tokens in the tile
-    fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> acc[2][2], accl[2][2];
-    for (uint i = 0; i < 2; i++)
-        for (uint j = 0; j < 2; j++) {
-            acc[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
-            accl[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
-        }
+    CM32 c00 = CM32(0.0), c01 = CM32(0.0), c10 = CM32(0.0), c11 = CM32(0.0);
+    CM32 l00 = CM32(0.0), l01 = CM32(0.0), l10 = CM32(0.0), l11 = CM32(0.0);
+    uvec4 w0 = ld_w(tid, 0u, r0, 0u), w1 = ld_w(tid, 1u, r0, 0u);
+    vec4 x0 = ld_x(tid, 0u, t0, 0u), x1 = ld_x(tid, 1u, t0, 0u), x2 = ld_x(tid, 2u, t0, 0u), x3 = ld_x(tid, 3u, t0, 0u);
     for (uint k0 = 0; k0 < pc.cols; k0 += BK) {
-        for (uint i = tid; i < BM * 4u; i += 128u) {
-            uint row = i / 4u, ch = i % 4u, r = r0 + row, c = k0 / 8u + ch;
-            vec4 w0 = vec4(0.0), w1 = vec4(0.0);
-            if (r < pc.rows && c < chunks) weight_chunk8(pc.w, pc.sc, pc.bi, pc.cols, pc.group, r, c, w0, w1);
-            w0 = clamp(w0, -65504.0, 65504.0);
-            w1 = clamp(w1, -65504.0, 65504.0);
-            uint o = row * SK + ch * 8u;
-            Ws[o] = float16_t(w0.x); Ws[o + 1u] = float16_t(w0.y); Ws[o + 2u] = float16_t(w0.z); Ws[o + 3u] = float16_t(w0.w);
-            Ws[o + 4u] = float16_t(w1.x); Ws[o + 5u] = float16_t(w1.y); Ws[o + 6u] = float16_t(w1.z); Ws[o + 7u] = float16_t(w1.w);
-        }
-        for (uint i = tid; i < BN * 8u; i += 128u) {
-            uint tok = i / 8u, q = i % 8u, t = t0 + tok, c = k0 + q * 4u;
-            vec4 xv = t < pc.n && c < pc.cols ? pc.x.v[(t * pc.cols + c) / 4u] : vec4(0.0);
-            xv = clamp(xv, -65504.0, 65504.0);
-            // hi: x with its mantissa cut to f16's 10 bits, by bit masking (a compiler
-            // may take f32(f16(x)) for x); lo: the rest (exact in f32), scaled
-            vec4 h32 = uintBitsToFloat(floatBitsToUint(xv) & 0xffffe000u);
-            f16vec4 hi = f16vec4(h32);
-            f16vec4 lo = f16vec4((xv - h32) * 2048.0);
-            uint o = tok * SK + q * 4u;
-            Xh[o] = hi.x; Xh[o + 1u] = hi.y; Xh[o + 2u] = hi.z; Xh[o + 3u] = hi.w;
-            Xl[o] = lo.x; Xl[o + 1u] = lo.y; Xl[o + 2u] = lo.z; Xl[o + 3u] = lo.w;
-        }
+        st_w(tid, 0u, w0); st_w(tid, 1u, w1);
+        st_x(tid, 0u, x0); st_x(tid, 1u, x1); st_x(tid, 2u, x2); st_x(tid, 3u, x3);
         barrier();
+        if (k0 + BK < pc.cols) {   // the next step's loads, in flight during the products
+            uint k1 = k0 + BK;
+            w0 = ld_w(tid, 0u, r0, k1); w1 = ld_w(tid, 1u, r0, k1);
+            x0 = ld_x(tid, 0u, t0, k1); x1 = ld_x(tid, 1u, t0, k1); x2 = ld_x(tid, 2u, t0, k1); x3 = ld_x(tid, 3u, t0, k1);
+        }
         for (uint kk = 0; kk < BK; kk += 16u) {
-            fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> a[2], bh[2], bl[2];
-            for (uint i = 0; i < 2; i++) coopMatLoadNV(a[i], Ws, (wr + 16u * i) * SK + kk, SK, false);
-            for (uint j = 0; j < 2; j++) {
-                coopMatLoadNV(bh[j], Xh, (wt + 16u * j) * SK + kk, SK, true);
-                coopMatLoadNV(bl[j], Xl, (wt + 16u * j) * SK + kk, SK, true);
-            }
-            for (uint i = 0; i < 2; i++)
-                for (uint j = 0; j < 2; j++) {
-                    acc[i][j] = coopMatMulAddNV(a[i], bh[j], acc[i][j]);
-                    accl[i][j] = coopMatMulAddNV(a[i], bl[j], accl[i][j]);
-                }
+            CM16 a0, a1, h0, h1, g0, g1;
+            coopMatLoadNV(a0, Ws, wr * SK + kk, SK, false);
+            coopMatLoadNV(a1, Ws, (wr + 16u) * SK + kk, SK, false);
+            coopMatLoadNV(h0, Xh, wt * SK + kk, SK, true);
+            coopMatLoadNV(h1, Xh, (wt + 16u) * SK + kk, SK, true);
+            coopMatLoadNV(g0, Xl, wt * SK + kk, SK, true);
+            coopMatLoadNV(g1, Xl, (wt + 16u) * SK + kk, SK, true);
+            c00 = coopMatMulAddNV(a0, h0, c00); c01 = coopMatMulAddNV(a0, h1, c01);
+            c10 = coopMatMulAddNV(a1, h0, c10); c11 = coopMatMulAddNV(a1, h1, c11);
+            l00 = coopMatMulAddNV(a0, g0, l00); l01 = coopMatMulAddNV(a0, g1, l01);
+            l10 = coopMatMulAddNV(a1, g0, l10); l11 = coopMatMulAddNV(a1, g1, l11);
         }
         barrier();
     }
-    for (uint i = 0; i < 2; i++)
-        for (uint j = 0; j < 2; j++) {
-            acc[i][j] = acc[i][j] + accl[i][j] * (1.0 / 2048.0);
-            coopMatStoreNV(acc[i][j], Cs, (wt + 16u * j) * SC + wr + 16u * i, SC, true);
-        }
+    c00 = c00 + l00 * (1.0 / 2048.0); c01 = c01 + l01 * (1.0 / 2048.0);
+    c10 = c10 + l10 * (1.0 / 2048.0); c11 = c11 + l11 * (1.0 / 2048.0);
+    coopMatStoreNV(c00, Cs, wt * SC + wr, SC, true);
+    coopMatStoreNV(c01, Cs, (wt + 16u) * SC + wr, SC, true);
+    coopMatStoreNV(c10, Cs, wt * SC + wr + 16u, SC, true);
+    coopMatStoreNV(c11, Cs, (wt + 16u) * SC + wr + 16u, SC, true);
     barrier();
     for (uint i = tid; i < BM * BN; i += 128u) {
         uint row = i % BM, tok = i / BM, r = r0 + row, t = t0 + tok;
