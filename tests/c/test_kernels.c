@@ -192,10 +192,11 @@ Test(kernels, ggml_arithmetic_bit_identical) {
     for (int n = 8; n <= 584; n += 24) {
         uint16_t a[584], b[584];
         for (int i = 0; i < n; i++) { a[i] = vm_f32_to_f16(frand() * 4); b[i] = vm_f32_to_f16(frand() * 4); }
-        float x = simd->dot_f16_chain8(a, b, n), y = ref->dot_f16_chain8(a, b, n);
-        cr_expect(memcmp(&x, &y, 4) == 0, "dot_f16_chain8 n=%d: %a vs %a", n, x, y);
-        x = simd->dot_f16_acc32(a, b, n); y = ref->dot_f16_acc32(a, b, n);
-        cr_expect(memcmp(&x, &y, 4) == 0, "dot_f16_acc32 n=%d: %a vs %a", n, x, y);
+        for (int acc32 = 0; acc32 < 2; acc32++) {  // one row of any length (the odd ones take fallbacks)
+            float x, y = acc32 ? vm_generic_dot_f16_acc32(a, b, n) : vm_generic_dot_f16_chain8(a, b, n);
+            simd->dots_f16(a, (size_t)n, 1, b, n, acc32, &x);
+            cr_expect(memcmp(&x, &y, 4) == 0, "dots_f16 n=%d acc32=%d: %a vs %a", n, acc32, x, y);
+        }
     }
     // block-wise attention helpers: the same bits as the one-row kernels
     for (int hd = 8; hd <= 136; hd += 8) {
@@ -206,7 +207,7 @@ Test(kernels, ggml_arithmetic_bit_identical) {
             float o1[16], o2[16];
             simd->dots_f16(kb, (size_t)hd, 13, q, hd, acc32, o1);
             for (int p = 0; p < 13; p++)
-                o2[p] = acc32 ? ref->dot_f16_acc32(kb + p * hd, q, hd) : ref->dot_f16_chain8(kb + p * hd, q, hd);
+                o2[p] = acc32 ? vm_generic_dot_f16_acc32(kb + p * hd, q, hd) : vm_generic_dot_f16_chain8(kb + p * hd, q, hd);
             cr_expect(memcmp(o1, o2, sizeof(float) * 13) == 0, "dots_f16 hd=%d acc32=%d", hd, acc32);
         }
         float w[16], a1[32 * 136] = { 0 }, a2[32 * 136] = { 0 };

@@ -103,16 +103,16 @@ static void cpu_embed(vm_backend *be, const vm_weight *table, const vm_buf *toke
 
 static float vec_get(const vm_tensor *t, int i) { return vm_load_scale(t->dtype, t->data, i); }
 
-typedef struct rows_job {
+typedef struct rmsnorm_job {
     const float *x;
     const vm_tensor *w;
     float eps;
     int dim;
     float *out;
-} rows_job;
+} rmsnorm_job;
 
 static void rmsnorm_rows(void *ctx, int begin, int end, int thread_index) {
-    const rows_job *j = ctx;
+    const rmsnorm_job *j = ctx;
     const int dim = j->dim;
     for (int r = begin; r < end; r++) {
         const float *xr = j->x + (size_t)r * dim;
@@ -126,7 +126,7 @@ static void rmsnorm_rows(void *ctx, int begin, int end, int thread_index) {
 
 static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
                         int dim, vm_buf *out) {
-    rows_job j = { x->data, w, eps, dim, out->data };
+    rmsnorm_job j = { x->data, w, eps, dim, out->data };
     vm_parallel_for(impl_of(be)->pool, rows, VM_MAX(1, 8192 / VM_MAX(dim, 1)), rmsnorm_rows, &j);
 }
 
@@ -408,10 +408,6 @@ static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *
 // output), a single decoded token through its f16 vec_dot (32 partial sums).
 // `single` picks the second. Positions past the context count as masked
 // zeros, which leave every partial sum unchanged.
-static inline void prefetch_rows(const void *p, size_t bytes) {
-    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch((const char *)p + off, 0, 3);
-}
-
 static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *q, int n_ctx, int kvh,
                          int single, float *scratch, float *o) {
     const vm_cpu_kernels *k = j->k;
@@ -424,12 +420,9 @@ static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *
     k->to_f16(qh, q, hd);
     const int acc32 = single || hd % 8;
     float mx = -INFINITY;
-    const size_t block_elems = (size_t)bs * hd; // one kv head's rows of one block
     for (int p0 = 0; p0 < n_ctx; p0 += bs) {
         const uint16_t *kb = kc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
         int n = VM_MIN(bs, n_ctx - p0);
-        if (p0 + bs < n_ctx) // the next block is elsewhere in memory: fetch it while this one computes
-            prefetch_rows(kc + (((size_t)blocks[p0 / bs + 1] * j->n_kv_heads + kvh) * bs) * hd, block_elems * 2);
         k->dots_f16(kb, (size_t)hd, n, qh, hd, acc32, sc + p0);
         for (int p = p0; p < p0 + n; p++) {
             sc[p] *= j->scale;
@@ -443,8 +436,6 @@ static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *
     memset(acc, 0, (size_t)used * hd * 4);
     for (int p0 = 0; p0 < n_ctx; p0 += bs) {
         const uint16_t *vb = vc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
-        if (p0 + bs < n_ctx)
-            prefetch_rows(vc + (((size_t)blocks[p0 / bs + 1] * j->n_kv_heads + kvh) * bs) * hd, block_elems * 2);
         k->axpy_lanes_f16(acc, lanes, p0, sc + p0, vb, (size_t)hd, VM_MIN(bs, n_ctx - p0), hd);
     }
     if (used < lanes) memset(acc + (size_t)used * hd, 0, (size_t)(lanes - used) * hd * 4);

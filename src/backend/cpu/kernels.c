@@ -208,12 +208,6 @@ static void axpy(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-static float vdot_f16(const float *a, const uint16_t *b, int n) {
-    float s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * vm_f16_to_f32(b[i]);
-    return s;
-}
-
 static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
     for (int i = 0; i < n; i++) y[i] = fmaf(a, vm_f16_to_f32(x[i]), y[i]);
 }
@@ -300,8 +294,7 @@ const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
-    vdot, axpy, vdot_f16, axpy_f16,
-    vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
+    vdot, axpy, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };
 

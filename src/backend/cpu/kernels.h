@@ -67,15 +67,9 @@ typedef struct vm_cpu_kernels {
     // attention helpers on f32 vectors
     float (*vdot)(const float *a, const float *b, int n);      // a . b
     void (*axpy)(float *y, float a, const float *x, int n);    // y += a * x
-    float (*vdot_f16)(const float *a, const uint16_t *b, int n); // a . f16 b
-    void (*axpy_f16)(float *y, float a, const uint16_t *x, int n); // y += a * f16 x (fused)
     // llama.cpp's CPU arithmetic for GGUF models (see docs/ARCHITECTURE.md, "GGUF
     // arithmetic"). Each is bit-identical across kernel sets (fused multiply-adds
     // in a fixed order), so results do not depend on the CPU's vector width.
-    // f16 dot, one 8-lane fused chain then vm_hsum8 (ggml's batched f16 GEMM); n % 8 == 0
-    float (*dot_f16_chain8)(const uint16_t *a, const uint16_t *b, int n);
-    // f16 dot, 4 x 8-lane chains over 32-element steps (ggml's f16 vec_dot)
-    float (*dot_f16_acc32)(const uint16_t *a, const uint16_t *b, int n);
     // y[i] = vm_ggml_expf(x[i] - max) for i < n; returns the sum over 8-element
     // chunks (each vm_hsum8'd, lanes past n count 0) accumulated in double
     double (*exp_sum)(float *y, const float *x, float max, int n);
@@ -85,9 +79,10 @@ typedef struct vm_cpu_kernels {
     // f16 conversions, round to nearest even: dst = f16(src); dst = f32(f16(src * scale))
     void (*to_f16)(uint16_t *dst, const float *src, int n);
     void (*round_f16)(float *dst, const float *src, float scale, int n);
-    // Attention over one cache block (lanes a power of two): out[p] = dot(k + p*stride, q) for p < n in
-    // the order of dot_f16_acc32 (acc32 != 0) or dot_f16_chain8; and
-    // acc[(p0 + p) % lanes] += w[p] * v[p] (rows of hd floats, fused) for p < n.
+    // Attention over one cache block: out[p] = dot(k + p*stride, q) for p < n in
+    // the order of vm_generic_dot_f16_acc32 (acc32 != 0) or _chain8; and
+    // acc[(p0 + p) % lanes] += w[p] * v[p] (rows of hd floats, fused; lanes a
+    // power of two) for p < n.
     void (*dots_f16)(const uint16_t *k, size_t stride, int n, const uint16_t *q, int hd, int acc32, float *out);
     void (*axpy_lanes_f16)(float *acc, int lanes, int p0, const float *w, const uint16_t *v, size_t stride,
                            int n, int hd);
@@ -101,9 +96,12 @@ static inline float vm_hsum8(const float a[8]) {
     float x0 = a[0] + a[4], x1 = a[1] + a[5], x2 = a[2] + a[6], x3 = a[3] + a[7];
     return (x0 + x2) + (x1 + x3);
 }
-// generic versions, shared by kernel sets without their own
+// The two f16 dot orders of ggml: one 8-lane fused chain then vm_hsum8 (its
+// batched f16 GEMM; n % 8 == 0), and 4 x 8-lane chains over 32-element steps
+// (its f16 vec_dot). The definitions dots_f16 follows.
 float vm_generic_dot_f16_chain8(const uint16_t *a, const uint16_t *b, int n);
 float vm_generic_dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n);
+// generic versions, shared by kernel sets without their own
 double vm_generic_exp_sum(float *y, const float *x, float max, int n);
 void vm_generic_silu_mul(float *out, const float *g, const float *u, size_t n);
 void vm_generic_to_f16(uint16_t *dst, const float *src, int n);

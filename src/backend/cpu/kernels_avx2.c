@@ -410,18 +410,6 @@ static void axpy(float *y, float a, const float *x, int n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-static float vdot_f16(const float *a, const uint16_t *b, int n) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i))), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8))), acc1);
-    }
-    float s = hsum8(_mm256_add_ps(acc0, acc1));
-    for (; i < n; i++) s += a[i] * h2f(b[i]);
-    return s;
-}
-
 static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
     __m256 av = _mm256_set1_ps(a);
     int i = 0;
@@ -584,7 +572,6 @@ const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
-    vdot, axpy, vdot_f16, axpy_f16,
-    dot_f16_chain8, dot_f16_acc32, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16,
+    vdot, axpy, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16,
 };
 #endif

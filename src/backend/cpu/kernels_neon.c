@@ -368,23 +368,6 @@ static void axpy(float *y, float a, const float *x, int n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-static float vdot_f16(const float *a, const uint16_t *b, int n) {
-    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        float16x8_t h0 = vreinterpretq_f16_u16(vld1q_u16(b + i)), h1 = vreinterpretq_f16_u16(vld1q_u16(b + i + 8));
-        a0 = vfmaq_f32(a0, vld1q_f32(a + i), vcvt_f32_f16(vget_low_f16(h0)));
-        a1 = vfmaq_f32(a1, vld1q_f32(a + i + 4), vcvt_high_f32_f16(h0));
-        a2 = vfmaq_f32(a2, vld1q_f32(a + i + 8), vcvt_f32_f16(vget_low_f16(h1)));
-        a3 = vfmaq_f32(a3, vld1q_f32(a + i + 12), vcvt_high_f32_f16(h1));
-    }
-    for (; i + 4 <= n; i += 4)
-        a0 = vfmaq_f32(a0, vld1q_f32(a + i), vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(b + i))));
-    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
-    for (; i < n; i++) s += a[i] * h2f(b[i]);
-    return s;
-}
-
 static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -406,8 +389,8 @@ const vm_cpu_kernels vm_kernels_neon_dotprod = {
     "neon_dotprod", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp,
     dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp,
-    dot8_q4_0_q8_dp, dot8_q4_1_q8_dp, dot8_q8_0_q8_dp, vdot, axpy, vdot_f16, axpy_f16,
-    vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
+    dot8_q4_0_q8_dp, dot8_q4_1_q8_dp, dot8_q8_0_q8_dp, vdot, axpy,
+    vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };
 
@@ -415,8 +398,8 @@ const vm_cpu_kernels vm_kernels_neon = {
     "neon", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_mull, dot_q4_1_q8_mull, dot_q8_0_q8_mull,
     dot4_q4_0_q8_mull, dot4_q4_1_q8_mull, dot4_q8_0_q8_mull,
-    dot8_q4_0_q8_mull, dot8_q4_1_q8_mull, dot8_q8_0_q8_mull, vdot, axpy, vdot_f16, axpy_f16,
-    vm_generic_dot_f16_chain8, vm_generic_dot_f16_acc32, vm_generic_exp_sum, vm_generic_silu_mul,
+    dot8_q4_0_q8_mull, dot8_q4_1_q8_mull, dot8_q8_0_q8_mull, vdot, axpy,
+    vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };
 
