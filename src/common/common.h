@@ -107,6 +107,8 @@ double vm_now_seconds(void);
 // Growable arrays and strings: grow *arr (capacity *cap elements of elem bytes)
 // to hold at least `need` (doubling); 0, or -1 when out of memory.
 int vm_grow(void **arr, int *cap, int need, size_t elem);
+// Index of the first maximum of x[0, n) (NaNs never win); 0 when n <= 0.
+int vm_argmax(const float *x, int n);
 // Appends n bytes to the NUL-terminated *text of length *len, capacity *cap.
 int vm_text_append(char **text, size_t *len, size_t *cap, const char *s, size_t n);
 

@@ -194,8 +194,6 @@ void vm_logprobs_fill(const float *lsm, int n, int32_t chosen, int k, vm_positio
 // Applies every logits processor, penalty and truncation to logits (in place) as
 // vLLM v1 does and draws a token. logits: one raw row of vocab floats.
 int32_t vm_sample_row(vm_sample_ctx *c, vm_request *r, float *logits);
-// The first index of the largest value of x (greedy).
-int32_t vm_argmax_row(const float *x, int n);
 // Draws from softmax(x / temperature) with rng (one uniform); x is overwritten
 // with the unnormalized probabilities. Tokens at -inf are never drawn.
 int32_t vm_draw_row(float *x, int n, float temperature, vm_rng *rng);

@@ -191,12 +191,6 @@ static float row_max(const float *x, int n) {
     return mx;
 }
 
-int32_t vm_argmax_row(const float *x, int n) {
-    float mx = row_max(x, n);
-    for (int t = 0; t < n; t++) if (x[t] == mx) return t; // the first maximum, as a strict > scan gives
-    return 0;
-}
-
 #define DRAW_BLOCK 512
 
 int32_t vm_draw_row(float *x, int n, float temperature, vm_rng *rng) {
@@ -206,7 +200,7 @@ int32_t vm_draw_row(float *x, int n, float temperature, vm_rng *rng) {
     const v4f m = v4_set1(mx == -INFINITY ? 0.0f : mx);
     int n_blocks = (n + DRAW_BLOCK - 1) / DRAW_BLOCK;
     double bsum_stack[1024], *bsum = n_blocks <= 1024 ? bsum_stack : malloc((size_t)n_blocks * sizeof *bsum);
-    if (!bsum) return vm_argmax_row(x, n);
+    if (!bsum) return vm_argmax(x, n);
     double total = 0;
     for (int b = 0; b < n_blocks; b++) {
         int lo = b * DRAW_BLOCK, hi = VM_MIN(lo + DRAW_BLOCK, n), i = lo;
@@ -369,7 +363,7 @@ int32_t vm_sample_row(vm_sample_ctx *c, vm_request *r, float *logits) {
         vm_apply_penalties(logits, V, r->tokens, r->n_prompt, outs, n_out, p->presence_penalty,
                            p->frequency_penalty, p->repetition_penalty);
 
-    if (p->temperature < SAMPLING_EPS) return vm_argmax_row(logits, V); // greedy
+    if (p->temperature < SAMPLING_EPS) return vm_argmax(logits, V); // greedy
     if (p->min_p <= 0 && !(p->top_k > 0 && p->top_k < V) && !(p->top_p < 1.0f))
         return vm_draw_row(logits, V, p->temperature, &r->rng); // temperature only: no sort, one pass fewer
     for (int t = 0; t < V; t++) logits[t] /= p->temperature;

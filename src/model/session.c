@@ -82,10 +82,3 @@ int vm_session_eval(vm_session *s, const int32_t *tokens, int n, int all_logits,
     }
     return 0;
 }
-
-int vm_argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}

@@ -20,6 +20,4 @@ int vm_session_n_past(const vm_session *s);
 // last token (all_logits = 0), or [n, vocab] for every token (all_logits = 1).
 int vm_session_eval(vm_session *s, const int32_t *tokens, int n, int all_logits, float *logits, vm_err *e);
 
-int vm_argmax(const float *x, int n);
-
 #endif

@@ -282,7 +282,7 @@ Test(sampler, temperature_draw_over_blocks) {
         double ex = draws * pr[i] / sum, sd = sqrt(ex * (1 - pr[i] / sum)) + 1;
         cr_assert(fabs(counts[i] - ex) < 5 * sd, "token %d: %d vs %.1f", i, counts[i], ex);
     }
-    cr_assert_eq(vm_argmax_row(x, N), 5);
+    cr_assert_eq(vm_argmax(x, N), 5);
     // every token masked but one
     for (int i = 0; i < N; i++) y[i] = i == 999 ? -50.0f : -INFINITY;
     cr_assert_eq(vm_draw_row(y, N, 1.0f, &r), 999);
