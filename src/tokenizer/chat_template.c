@@ -469,14 +469,21 @@ typedef struct parser {
     int loop_depth, macro_depth;
 } parser;
 
+// Records "chat template <what>: line N: <message>" in e.
+static void fail_msg(vm_err *e, const char *what, int line, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+static void fail_msg(vm_err *e, const char *what, int line, const char *fmt, va_list ap) {
+    char msg[900];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    vm_errf(e, "chat template %s: line %d: %s", what, line, msg);
+}
+
 static void pfail(parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4), noreturn));
 static void pfail(parser *p, int line, const char *fmt, ...) {
-    char msg[900];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    fail_msg(p->e, "syntax error", line, fmt, ap);
     va_end(ap);
-    vm_errf(p->e, "chat template syntax error: line %d: %s", line, msg);
     longjmp(*p->fail, 1);
 }
 
@@ -1421,12 +1428,10 @@ typedef struct rctx {
 
 static void rfail(rctx *c, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4), noreturn));
 static void rfail(rctx *c, int line, const char *fmt, ...) {
-    char msg[900];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    fail_msg(c->e, "error", line, fmt, ap);
     va_end(ap);
-    vm_errf(c->e, "chat template error: line %d: %s", line, msg);
     longjmp(c->fail, 1);
 }
 
