@@ -43,6 +43,8 @@ typedef struct vm_attn_meta {
     const vm_buf *decode_from;
 } vm_attn_meta;
 
+#define VM_SAMPLE_PARAM_WORDS 4
+
 // KV cache layer layout: [num_blocks][n_kv_heads][block_size][head_dim] of kv_dtype.
 // With an F16 cache, attention rounds q and the softmax weights to f16 as well
 // (the arithmetic of llama.cpp's default f16 cache, the reference for GGUF).
@@ -85,6 +87,15 @@ struct vm_backend {
     // out (n_rows, dim) = x[rows[i]]   (rows: i32 [n_rows])
     void (*get_rows)(vm_backend *be, const vm_buf *x, const vm_buf *rows, int n_rows, int dim,
                      vm_buf *out);
+    // out (i32 [rows]) = one token id per row of x (rows, cols), which may be
+    // overwritten. params: NULL, or per row 4 words (VM_SAMPLE_PARAM_WORDS)
+    // {temperature f32, u f32, u f64}: a temperature below 1e-5 (or no params)
+    // takes the index of the first maximum (vm_argmax: NaNs never win, a row of
+    // NaNs gives 0); else the inverse CDF of softmax(x / temperature) at u in
+    // [0, 1) (vm_draw_u; the CPU uses the f64 u and gives vm_draw_u's token
+    // exactly, a GPU sums in f32 in its own order). Steps whose rows all draw
+    // this way read back ids instead of logits.
+    void (*sample)(vm_backend *be, const vm_buf *x, int rows, int cols, const vm_buf *params, vm_buf *out);
     // Finish everything queued so far.
     int (*sync)(vm_backend *be, vm_err *e);
     void (*destroy)(vm_backend *be);

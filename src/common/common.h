@@ -109,6 +109,11 @@ double vm_now_seconds(void);
 int vm_grow(void **arr, int *cap, int need, size_t elem);
 // Index of the first maximum of x[0, n) (NaNs never win); 0 when n <= 0.
 int vm_argmax(const float *x, int n);
+// Draws from softmax(x / temperature) (temperature > 0) by the inverse CDF at
+// u01 in [0, 1); x is overwritten (with unnormalized probabilities). Every
+// machine computes the same roundings (common/draw.c), so the token depends
+// only on the row and u01.
+int32_t vm_draw_u(float *x, int n, float temperature, double u01);
 // Appends n bytes to the NUL-terminated *text of length *len, capacity *cap.
 int vm_text_append(char **text, size_t *len, size_t *cap, const char *s, size_t n);
 

@@ -134,6 +134,14 @@ const char *vm_finish_reason_name(vm_finish_reason r) {
 
 // ---------------------------------------------------------------- engine
 
+// One row's parameters for vm_backend.sample (VM_SAMPLE_PARAM_WORDS words).
+typedef struct sample_param {
+    float temperature;       // 0: argmax
+    float u32;               // u for GPUs
+    double u;                // u for the CPU (vm_draw_u's exact token)
+} sample_param;
+_Static_assert(sizeof(sample_param) == VM_SAMPLE_PARAM_WORDS * 4, "sample_param layout");
+
 typedef struct sample_job {
     vm_request *r;
     float *logits;           // the row (overwritten)
@@ -154,6 +162,8 @@ struct vm_engine {
     // sampling on several threads: a pool, and per thread a context (idx
     // scratch) and a log-softmax row, made when first needed
     vm_par *par; int par_max; bool par_tried;
+    bool device_sample;     // plain draws on the backend (exec.device_sample; VLLM_METAL_DEVICE_SAMPLE=0: never)
+    struct sample_param *sparams; int cap_sparams;
     vm_sample_ctx *tctx; float **tlsm; int n_tctx;
     sample_job *jobs; int cap_jobs;
     vm_runner_seq *seqs; int cap_seqs;
@@ -208,6 +218,8 @@ vm_engine *vm_engine_create_with(const vm_engine_args *args, vm_executor exec, v
     if (a->max_model_len <= 0) a->max_model_len = exec.max_position_embeddings > 0 ? exec.max_position_embeddings : 2048;
     if (a->num_kv_blocks < 2) { vm_errf(e, "engine: num_kv_blocks must be set (>= 2)"); goto fail; }
     eng->vocab_size = exec.vocab_size;
+    const char *ds = getenv("VLLM_METAL_DEVICE_SAMPLE");
+    eng->device_sample = exec.device_sample && !(ds && !strcmp(ds, "0"));
     eng->bos_token_id = -1;
     eng->next_id = 1;
     vm_rng_seed(&eng->seed_rng, (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)eng << 16));
@@ -283,7 +295,7 @@ void vm_engine_free(vm_engine *eng) {
     free(eng->sctx.idx); free(eng->lsm); free(eng->seqs);
     vm_par_free(eng->par);
     for (int i = 1; i < eng->n_tctx; i++) { free(eng->tctx[i].idx); free(eng->tlsm[i]); } // 0: the engine's own
-    free(eng->tctx); free(eng->tlsm); free(eng->jobs);
+    free(eng->tctx); free(eng->tlsm); free(eng->jobs); free(eng->sparams);
     free(eng->inbox); free(eng->live);
     if (eng->exec.destroy) eng->exec.destroy(eng->exec.ctx);
     if (eng->codec && eng->codec->destroy) eng->codec->destroy(eng->codec->ctx);
@@ -777,6 +789,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
     double now = vm_now_seconds();
     uint64_t prompt_tokens = 0;
     int n_step_tokens = 0;
+    bool want_ids = eng->device_sample;
     for (int i = 0; i < n; i++) {
         vm_scheduled *st = &s->step[i];
         vm_request *r = st->req;
@@ -796,12 +809,36 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
             eng->seqs[i].image_features = r->image_features;
         }
         if (st->start < r->n_prompt) prompt_tokens += (uint64_t)(VM_MIN(end, r->n_prompt) - st->start);
+        if (from < end && !(from == end - 1 && end == r->n_tokens && vm_sample_is_plain(r, eng->vocab_size)))
+            want_ids = false;
+    }
+    // Ids only when every row that needs logits is a plain draw: the backend
+    // draws them (the uniform from each request's own generator, as on the host).
+    int n_rows = 0;
+    if (want_ids) {
+        for (int i = 0; i < n; i++) {
+            vm_request *r = s->step[i].req;
+            if (eng->seqs[i].logits_from >= s->step[i].start + s->step[i].n_new) continue;
+            if (vm_grow((void **)&eng->sparams, &eng->cap_sparams, n_rows + 1, sizeof *eng->sparams)) {
+                want_ids = false;
+                break;
+            }
+            sample_param *q = &eng->sparams[n_rows++];
+            memset(q, 0, sizeof *q);
+            if (r->sp.temperature >= 1e-5f) {
+                q->temperature = r->sp.temperature;
+                q->u = vm_rng_uniform(&r->rng);
+                q->u32 = (float)q->u;
+            }
+        }
     }
     if (prof) vm_prof_add(VM_PROF_PACK, vm_prof_now() - t_mark);
     float *logits = NULL;
+    int32_t *ids = NULL;
     int n_logits = 0;
     vm_err fe;
-    if (vm_model_runner_execute(eng->runner, &eng->exec, eng->seqs, n, &logits, &n_logits, &fe)) {
+    if (vm_model_runner_execute(eng->runner, &eng->exec, eng->seqs, n, want_ids, eng->sparams, &logits, &ids,
+                                &n_logits, &fe)) {
         // the step's requests cannot go on
         for (int i = n - 1; i >= 0; i--) finish_request(eng, s->step[i].req, VM_FINISH_ERROR, fe.msg);
         s->n_step = 0;
@@ -825,6 +862,10 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         int end = st->start + st->n_new;
         int from = eng->seqs[i].logits_from;
         for (int p = from; p < end; p++, row++) {
+            if (ids) {   // want_ids: this row sampled on the backend
+                eng->jobs[n_sampled++] = (sample_job){ .r = r, .token = ids[row] };
+                continue;
+            }
             float *lg = logits + (size_t)row * V;
             if (p + 1 < r->n_prompt && r->sp.prompt_logprobs >= 0 && !r->plp_sent) { // prompt logprobs
                 if (!r->plp) {
@@ -844,7 +885,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
     // sampling: rows are independent (each request draws from its own generator),
     // so they run on the sampler threads in any order with the same results
     double t0 = prof ? vm_prof_now() : 0;
-    sample_rows(eng, n_sampled);
+    if (!ids) sample_rows(eng, n_sampled);
     if (prof) t_sample = vm_prof_now() - t0;
     for (int j = 0; j < n_sampled; j++) {
         vm_request *r = eng->jobs[j].r;

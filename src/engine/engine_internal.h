@@ -194,6 +194,11 @@ void vm_logprobs_fill(const float *lsm, int n, int32_t chosen, int k, vm_positio
 // Applies every logits processor, penalty and truncation to logits (in place) as
 // vLLM v1 does and draws a token. logits: one raw row of vocab floats.
 int32_t vm_sample_row(vm_sample_ctx *c, vm_request *r, float *logits);
+// True when vm_sample_row would use the raw logits as they are and only draw
+// (the argmax for temperature 0, else vm_draw_row with no min_p/top-k/top-p)
+// and nothing else is asked of them (no logprobs, bias, penalties, allowed or
+// bad words, min_tokens in force): the backend can draw such a row itself.
+bool vm_sample_is_plain(const vm_request *r, int vocab);
 // Draws from softmax(x / temperature) with rng (one uniform); x is overwritten
 // with the unnormalized probabilities. Tokens at -inf are never drawn.
 int32_t vm_draw_row(float *x, int n, float temperature, vm_rng *rng);

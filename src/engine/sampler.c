@@ -139,114 +139,12 @@ void vm_logprobs_fill(const float *lsm, int n, int32_t chosen, int k, vm_positio
     free(best);
 }
 
-// ---------------------------------------------------------------- argmax and the draw
-//
-// Written on 4-float vectors (GCC vector extensions: one SSE or NEON register),
-// with no fused multiply-adds (ISO C mode): every lane computes the same
-// roundings, so a row's result depends only on the row, never on the machine.
+// ---------------------------------------------------------------- the draw
 
-typedef float v4f __attribute__((vector_size(16)));
-typedef int32_t v4i __attribute__((vector_size(16)));
-
-static inline v4f v4_load(const float *p) { v4f v; memcpy(&v, p, sizeof v); return v; }
-static inline void v4_store(float *p, v4f v) { memcpy(p, &v, sizeof v); }
-static inline v4f v4_set1(float x) { return (v4f){ x, x, x, x }; }
-static inline v4f v4_select(v4i m, v4f a, v4f b) { return (v4f)((m & (v4i)a) | (~m & (v4i)b)); }
-static inline v4f v4_max(v4f a, v4f b) { return v4_select(a > b, a, b); } // NaN in a: b
-
-// exp(x) for x <= 0 (Cephes' expf: round to n = x/ln2, two-part ln 2, degree-5
-// polynomial, 2^n through the exponent bits); 0 below -87 and for NaN.
-static inline v4f v4_exp_neg(v4f x) {
-    v4i keep = x > v4_set1(-87.0f);
-    x = v4_select(keep, x, v4_set1(-87.0f));
-    const v4f magic = v4_set1(12582912.0f); // 1.5 * 2^23: adding it rounds to an integer
-    v4f n = (x * v4_set1(1.44269504088896341f) + magic) - magic;
-    v4f r = x - n * v4_set1(0.693359375f) - n * v4_set1(-2.12194440e-4f);
-    v4f q = v4_set1(1.9875691500e-4f);
-    q = q * r + v4_set1(1.3981999507e-3f);
-    q = q * r + v4_set1(8.3334519073e-3f);
-    q = q * r + v4_set1(4.1665795894e-2f);
-    q = q * r + v4_set1(1.6666665459e-1f);
-    q = q * r + v4_set1(5.0000001201e-1f);
-    v4f e = q * (r * r) + r + v4_set1(1.0f);
-    v4i ni = __builtin_convertvector(n, v4i);
-    v4f two_n = (v4f)((ni + 127) << 23);
-    return (v4f)(keep & (v4i)(e * two_n));
-}
-
-// The vector starting at x[i], padded with `pad` past n.
-static inline v4f v4_load_tail(const float *x, int i, int n, float pad) {
-    float t[4];
-    for (int k = 0; k < 4; k++) t[k] = i + k < n ? x[i + k] : pad;
-    return v4_load(t);
-}
-
-static float row_max(const float *x, int n) {
-    v4f m = v4_set1(-INFINITY);
-    int i = 0;
-    for (; i + 4 <= n; i += 4) m = v4_max(v4_load(x + i), m);
-    if (i < n) m = v4_max(v4_load_tail(x, i, n, -INFINITY), m);
-    float mx = -INFINITY;
-    for (int k = 0; k < 4; k++) if (m[k] > mx) mx = m[k];
-    return mx;
-}
-
-#define DRAW_BLOCK 512
-
+// The request's generator gives the uniform; the draw itself (common/draw.c) is
+// shared with the backends' sample op, so a row drawn there is the same token.
 int32_t vm_draw_row(float *x, int n, float temperature, vm_rng *rng) {
-    // probabilities exp(x/T - max) in place, summed per block of DRAW_BLOCK
-    const v4f T = v4_set1(temperature);
-    const float mx = row_max(x, n) / temperature; // = max of x/T (division is monotonic)
-    const v4f m = v4_set1(mx == -INFINITY ? 0.0f : mx);
-    int n_blocks = (n + DRAW_BLOCK - 1) / DRAW_BLOCK;
-    double bsum_stack[1024], *bsum = n_blocks <= 1024 ? bsum_stack : malloc((size_t)n_blocks * sizeof *bsum);
-    if (!bsum) return vm_argmax(x, n);
-    double total = 0;
-    for (int b = 0; b < n_blocks; b++) {
-        int lo = b * DRAW_BLOCK, hi = VM_MIN(lo + DRAW_BLOCK, n), i = lo;
-        v4f acc = v4_set1(0.0f);
-        if (temperature == 1.0f)
-            for (; i + 4 <= hi; i += 4) {
-                v4f e = v4_exp_neg(v4_load(x + i) - m);
-                v4_store(x + i, e);
-                acc += e;
-            }
-        else
-            for (; i + 4 <= hi; i += 4) {
-                v4f e = v4_exp_neg(v4_load(x + i) / T - m);
-                v4_store(x + i, e);
-                acc += e;
-            }
-        if (i < hi) {
-            v4f e = v4_exp_neg(v4_load_tail(x, i, hi, -INFINITY) / T - m);
-            for (int k = 0; i + k < hi; k++) x[i + k] = e[k];
-            acc += e;
-        }
-        double s = 0;
-        for (int k = 0; k < 4; k++) s += acc[k];
-        bsum[b] = s;
-        total += s;
-    }
-    // inverse CDF with the request's own generator: the block, then the token in it
-    double u = vm_rng_uniform(rng) * total, cum = 0;
-    int32_t pick = -1;
-    int last = n_blocks - 1;
-    while (last > 0 && !(bsum[last] > 0)) last--;
-    for (int b = 0; b <= last && pick < 0; b++) {
-        if (!(bsum[b] > 0)) continue;
-        int lo = b * DRAW_BLOCK, hi = VM_MIN(lo + DRAW_BLOCK, n);
-        if (!(u < cum + bsum[b]) && b < last) { cum += bsum[b]; continue; }
-        // in this block (or, by rounding, past the end of the last one)
-        double in = cum;
-        for (int t = lo; t < hi; t++) {
-            if (x[t] == 0.0f) continue;
-            in += x[t];
-            pick = t;
-            if (u < in) break;
-        }
-    }
-    if (bsum != bsum_stack) free(bsum);
-    return pick >= 0 ? pick : 0;
+    return vm_draw_u(x, n, temperature, vm_rng_uniform(rng));
 }
 
 // ---------------------------------------------------------------- processors
@@ -324,6 +222,16 @@ void vm_apply_top_k_top_p(float *logits, int vocab, int top_k, float top_p, int 
     }
 }
 
+bool vm_sample_is_plain(const vm_request *r, int vocab) {
+    const vm_sampling_params *p = &r->sp;
+    bool untouched = p->logprobs < 0 && p->n_allowed_token_ids == 0 && r->n_bad_words == 0 &&
+                     r->n_tokens - r->n_prompt >= p->min_tokens && p->n_logit_bias == 0 &&
+                     p->presence_penalty == 0 && p->frequency_penalty == 0 && p->repetition_penalty == 1.0f;
+    return untouched && (p->temperature < SAMPLING_EPS ||
+                         (p->min_p <= 0 && !(p->top_k > 0 && p->top_k < vocab) && !(p->top_p < 1.0f)));
+}
+
+// Keep vm_sample_is_plain in step with what this does to the logits.
 int32_t vm_sample_row(vm_sample_ctx *c, vm_request *r, float *logits) {
     const vm_sampling_params *p = &r->sp;
     int V = c->vocab_size;

@@ -29,8 +29,8 @@ struct vm_model {
     // activation scratch, sized for max_tokens rows
     vm_buf *x, *xn, *q, *k, *v, *attn, *proj, *gate, *up;
     // step metadata
-    vm_buf *tokens, *positions, *seq_start, *ctx_len, *slots, *logit_rows, *block_table, *decode_from;
-    size_t block_table_cap;
+    vm_buf *tokens, *positions, *seq_start, *ctx_len, *slots, *logit_rows, *block_table, *decode_from, *ids, *sparams;
+    size_t block_table_cap, ids_cap, sparams_cap;
     vm_buf *logits;
     size_t logits_cap;
 };
@@ -180,7 +180,7 @@ void vm_model_free(vm_model *m) {
     if (!m) return;
     vm_buf *bufs[] = { m->x, m->xn, m->q, m->k, m->v, m->attn, m->proj, m->gate, m->up, m->tokens,
                        m->positions, m->seq_start, m->ctx_len, m->decode_from, m->slots, m->logit_rows,
-                       m->block_table, m->logits, m->mrope_pos[0], m->mrope_pos[1], m->mrope_pos[2] };
+                       m->block_table, m->ids, m->sparams, m->logits, m->mrope_pos[0], m->mrope_pos[1], m->mrope_pos[2] };
     for (size_t i = 0; i < VM_ARRAY_LEN(bufs); i++)
         if (bufs[i]) m->be->buf_free(m->be, bufs[i]);
     free(m->layers);
@@ -354,6 +354,16 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
         size_t bytes = (size_t)b->n_logits * c->vocab_size * 4;
         if (ensure_buf(be, &m->logits, &m->logits_cap, bytes, e) != 0) return -1;
         be->matmul(be, &m->lm_head, m->xn, b->n_logits, m->logits); // (n_logits, vocab)
+        if (b->ids_out) {   // tokens drawn on the backend: only the ids come back
+            size_t pbytes = (size_t)b->n_logits * VM_SAMPLE_PARAM_WORDS * 4;
+            if (ensure_buf(be, &m->ids, &m->ids_cap, (size_t)b->n_logits * 4, e) != 0 ||
+                (b->sample_params && ensure_buf(be, &m->sparams, &m->sparams_cap, pbytes, e) != 0)) return -1;
+            if (b->sample_params) be->buf_write(be, m->sparams, 0, b->sample_params, pbytes);
+            be->sample(be, m->logits, b->n_logits, c->vocab_size, b->sample_params ? m->sparams : NULL, m->ids);
+            if (be->sync(be, e) != 0) return -1;
+            be->buf_read(be, m->ids, 0, b->ids_out, (size_t)b->n_logits * 4);
+            return 0;
+        }
         if (be->sync(be, e) != 0) return -1;
         be->buf_read(be, m->logits, 0, logits, bytes);
         return 0;

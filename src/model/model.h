@@ -68,6 +68,11 @@ typedef struct vm_batch {
     // [n_seqs] or NULL (all prompt): positions >= decode_from[s] are generated
     // tokens (see vm_attn_meta.decode_from)
     const int32_t *decode_from;
+    // [n_logits] or NULL: when set, the forward draws one token id per logit row
+    // on the backend (vm_backend.sample with sample_params: NULL = argmax, else
+    // VM_SAMPLE_PARAM_WORDS words per row) and returns those instead of logits.
+    int32_t *ids_out;
+    const void *sample_params;
 } vm_batch;
 
 // Loads weights (mmap) and config; max_batch_tokens sizes the activation scratch.

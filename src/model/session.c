@@ -72,7 +72,7 @@ int vm_session_eval(vm_session *s, const int32_t *tokens, int n, int all_logits,
         // a one-token call is a decode step, a longer one a prompt batch (as in llama.cpp)
         int32_t decode_from[1] = { n == 1 ? s->n_past : INT32_MAX };
         vm_batch b = { len, tokens + done, s->positions, 1, seq_start, ctx_len, s->n_blocks,
-                       s->block_table, s->slots, 0, s->rows, decode_from };
+                       s->block_table, s->slots, 0, s->rows, decode_from, NULL, NULL };
         float *out = NULL;
         if (logits && all_logits) { b.n_logits = len; out = logits + (size_t)done * vocab; }
         else if (logits && last_chunk) { b.n_logits = 1; b.logit_rows = &s->rows[len - 1]; out = logits; }

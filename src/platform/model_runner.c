@@ -11,7 +11,7 @@
 
 struct vm_model_runner {
     int block_size, vocab_size;
-    int32_t *tokens, *positions, *slots, *rows; int cap_tokens;
+    int32_t *tokens, *positions, *slots, *rows, *ids; int cap_tokens;
     int32_t *seq_start, *ctx_len, *decode_from; int cap_seqs;
     int32_t *block_table; size_t cap_table;
     float *logits; size_t cap_logits;
@@ -30,7 +30,7 @@ vm_model_runner *vm_model_runner_create(int block_size, int vocab_size, vm_err *
 
 void vm_model_runner_free(vm_model_runner *r) {
     if (!r) return;
-    free(r->tokens); free(r->positions); free(r->slots); free(r->rows);
+    free(r->tokens); free(r->positions); free(r->slots); free(r->rows); free(r->ids);
     free(r->seq_start); free(r->ctx_len); free(r->decode_from); free(r->block_table); free(r->logits);
     free(r->mrope); free(r->embeds); free(r->embed_rows);
     free(r);
@@ -38,7 +38,7 @@ void vm_model_runner_free(vm_model_runner *r) {
 
 static int reserve(vm_model_runner *r, int n_tokens, int n_seqs, size_t table, size_t logits) {
     if (n_tokens > r->cap_tokens) {
-        int32_t **arrs[] = { &r->tokens, &r->positions, &r->slots, &r->rows };
+        int32_t **arrs[] = { &r->tokens, &r->positions, &r->slots, &r->rows, &r->ids };
         for (size_t i = 0; i < VM_ARRAY_LEN(arrs); i++) {
             void *p = realloc(*arrs[i], (size_t)n_tokens * sizeof(int32_t));
             if (!p) return -1;
@@ -72,7 +72,8 @@ static int reserve(vm_model_runner *r, int n_tokens, int n_seqs, size_t table, s
 }
 
 int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_runner_seq *seqs,
-                            int n_seqs, float **logits, int *n_logits, vm_err *e) {
+                            int n_seqs, int want_ids, const void *sample_params, float **logits, int32_t **ids,
+                            int *n_logits, vm_err *e) {
     const bool prof = vm_prof_on();
     double t0 = prof ? vm_prof_now() : 0;
     int n_tokens = 0, n_rows = 0, max_blocks = 1;
@@ -82,7 +83,7 @@ int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_
         max_blocks = VM_MAX(max_blocks, seqs[s].n_blocks);
     }
     if (reserve(r, VM_MAX(n_tokens, 1), n_seqs, (size_t)n_seqs * (size_t)max_blocks,
-                (size_t)VM_MAX(n_rows, 1) * (size_t)r->vocab_size))
+                want_ids ? 1 : (size_t)VM_MAX(n_rows, 1) * (size_t)r->vocab_size))
         return vm_errf(e, "model runner: out of memory for a batch of %d tokens", n_tokens);
 
     const int bs = r->block_size;
@@ -160,6 +161,7 @@ int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_
         .n_seqs = n_seqs, .seq_start = r->seq_start, .ctx_len = r->ctx_len,
         .max_blocks_per_seq = max_blocks, .block_table = r->block_table,
         .slot_mapping = r->slots, .n_logits = n_rows, .logit_rows = r->rows, .decode_from = r->decode_from,
+        .ids_out = want_ids ? r->ids : NULL, .sample_params = want_ids ? sample_params : NULL,
     };
     double t1 = prof ? vm_prof_now() : 0;
     if (prof) vm_prof_add(VM_PROF_PACK, t1 - t0);
@@ -168,7 +170,8 @@ int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_
                            r->mrope, r->logits, e)) return -1;
     } else if (ex->forward(ex->ctx, &b, r->logits, e)) return -1;
     if (prof) vm_prof_add(VM_PROF_RECORD, vm_prof_now() - t1);  // the report takes WAIT and COPY out
-    *logits = r->logits;
+    *logits = want_ids ? NULL : r->logits;
+    *ids = want_ids ? r->ids : NULL;
     *n_logits = n_rows;
     return 0;
 }

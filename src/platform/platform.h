@@ -29,6 +29,7 @@ typedef struct vm_executor {
     int max_position_embeddings;
     int (*forward)(void *ctx, const vm_batch *b, float *logits, vm_err *e);
     void (*destroy)(void *ctx);
+    int device_sample;            // forward honours vm_batch.ids_out / sample_params
     const vm_vision_info *vision; // NULL: text-only
     // one image's pixel_values -> features (n_features, feature_dim), malloc'ed
     int (*encode_image)(void *ctx, const float *pixels, const int grid_thw[3], float **features,
@@ -82,9 +83,13 @@ typedef struct vm_model_runner vm_model_runner;
 vm_model_runner *vm_model_runner_create(int block_size, int vocab_size, vm_err *e);
 void vm_model_runner_free(vm_model_runner *r);
 // Packs the step into one vm_batch and runs ex->forward once. *logits points to
-// [n_logits, vocab] rows in sequence order (owned by the runner, valid until the next call).
+// [n_logits, vocab] rows in sequence order (owned by the runner, valid until the next call);
+// with want_ids, the rows are drawn on the backend instead (vm_batch.ids_out,
+// sample_params: NULL or VM_SAMPLE_PARAM_WORDS words per row): *logits is NULL and
+// *ids points to one token id per row; else *ids is NULL.
 int vm_model_runner_execute(vm_model_runner *r, const vm_executor *ex, const vm_runner_seq *seqs,
-                            int n_seqs, float **logits, int *n_logits, vm_err *e);
+                            int n_seqs, int want_ids, const void *sample_params, float **logits,
+                            int32_t **ids, int *n_logits, vm_err *e);
 
 // ---------------------------------------------------------------- worker.c
 

@@ -102,7 +102,7 @@ int vm_worker_create(const vm_worker_config *cfg, vm_executor *out, vm_worker_in
     for (int i = 0; i < info->n_eos_token_ids; i++) info->eos_token_ids[i] = c->eos_token_ids[i];
     *out = (vm_executor){ .ctx = w, .vocab_size = c->vocab_size,
                           .max_position_embeddings = c->max_position_embeddings,
-                          .forward = worker_forward, .destroy = worker_destroy };
+                          .forward = worker_forward, .destroy = worker_destroy, .device_sample = 1 };
     if (w->vision) {
         out->vision = &w->vinfo;
         out->encode_image = worker_encode_image;

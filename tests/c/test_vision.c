@@ -246,13 +246,13 @@ static void check_logits(const char *model, double tol) {
         int32_t seq_start[2] = { 0, P }, ctx = P;
         int32_t *lrows = malloc(4 * n);
         for (int i = 0; i < P; i++) lrows[i] = i;
-        vm_batch b = { P, tk, seq_pos, 1, seq_start, &ctx, nblocks, bt, slots, P, lrows, NULL };
+        vm_batch b = { P, tk, seq_pos, 1, seq_start, &ctx, nblocks, bt, slots, P, lrows, NULL, NULL, NULL };
         cr_assert(vm_model_forward_embeds(m, kv, &b, feat, rows, n_rows, pos, logits, &e) == 0, "%s", e.msg);
         // decode
         for (int i = P; i < n; i++) {
             int32_t one_start[2] = { 0, 1 }, one_ctx = i + 1, row0 = 0, mp[3];
             for (int a = 0; a < 3; a++) mp[a] = i + delta;
-            vm_batch d = { 1, tk + i, seq_pos + i, 1, one_start, &one_ctx, nblocks, bt, slots + i, 1, &row0, NULL };
+            vm_batch d = { 1, tk + i, seq_pos + i, 1, one_start, &one_ctx, nblocks, bt, slots + i, 1, &row0, NULL, NULL, NULL };
             cr_assert(vm_model_forward_embeds(m, kv, &d, NULL, NULL, 0, mp, logits + (size_t)i * V, &e) == 0, "%s", e.msg);
         }
         double worst = 0, scale = 0;

@@ -304,6 +304,59 @@ Test(vulkan, elementwise) {
     free(a); free(b);
 }
 
+// ---- sample: argmax and the inverse-CDF draw on the device ---------------------------------
+
+// Rows of logits (a vocabulary-sized row, ties, -inf, a NaN, a row of NaNs),
+// greedy and tempered: argmax ids equal the CPU's exactly; a drawn id must
+// lie in the CDF interval of u (computed here in f64), within 1e-4 of the
+// total mass for the GPU's f32 sums, and the CPU's equals vm_draw_u's.
+Test(vulkan, sample) {
+    NEED_GPU();
+    const int rows = 12, cols = 151936;
+    float *x = rnd_vec((size_t)rows * cols, 8.0f);
+    x[(size_t)1 * cols + 7] = x[(size_t)1 * cols + 90000] = 50.0f;            // tie: the first wins
+    for (int c = 0; c < cols; c++) x[(size_t)2 * cols + c] = c % 3 ? -INFINITY : x[(size_t)2 * cols + c];
+    x[(size_t)3 * cols + 5] = NAN;
+    x[(size_t)3 * cols + 6] = 60.0f;                                          // NaN never wins
+    for (int c = 0; c < cols; c++) x[(size_t)4 * cols + c] = NAN;             // all NaN: 0
+    struct { float t, u32; double u; } prm[12];
+    for (int r = 0; r < rows; r++) {
+        prm[r].t = r < 5 ? 0.0f : r % 2 ? 0.7f : 1.3f;
+        prm[r].u = (rnd() + 1.0) / 2.0 * 0.999;
+        prm[r].u32 = (float)prm[r].u;
+    }
+    prm[11].u = 0.9999999; prm[11].u32 = (float)prm[11].u;                    // the far end of the CDF
+    pair px = pair_new(x, (size_t)rows * cols * 4), pp = pair_new(prm, sizeof prm), po = pair_new(NULL, rows * 4);
+    gpu->sample(gpu, px.g, rows, cols, pp.g, po.g);
+    cpu->sample(cpu, px.c, rows, cols, pp.c, po.c);
+    vm_err e = {{0}};
+    cr_assert(gpu->sync(gpu, &e) == 0, "%s", e.msg);
+    int32_t ig[12], ic[12];
+    gpu->buf_read(gpu, po.g, 0, ig, sizeof ig);
+    cpu->buf_read(cpu, po.c, 0, ic, sizeof ic);
+    cr_expect(ic[1] == 7 && ic[3] == 6 && ic[4] == 0, "cpu argmax: %d %d %d", ic[1], ic[3], ic[4]);
+    float *row = malloc((size_t)cols * 4);
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * cols;
+        if (prm[r].t == 0.0f) {
+            cr_expect(ig[r] == vm_argmax(xr, cols) && ic[r] == ig[r], "row %d: gpu %d cpu %d argmax %d", r, ig[r], ic[r], vm_argmax(xr, cols));
+            continue;
+        }
+        memcpy(row, xr, (size_t)cols * 4);
+        cr_expect(ic[r] == vm_draw_u(row, cols, prm[r].t, prm[r].u), "row %d: cpu %d", r, ic[r]);
+        double mx = -INFINITY, total = 0, below = 0;
+        for (int c = 0; c < cols; c++) mx = fmax(mx, xr[c]);
+        for (int c = 0; c < cols; c++) total += exp(((double)xr[c] - mx) / prm[r].t);
+        for (int c = 0; c < ig[r] && c < cols; c++) below += exp(((double)xr[c] - mx) / prm[r].t);
+        double p = ig[r] >= 0 && ig[r] < cols ? exp(((double)xr[ig[r]] - mx) / prm[r].t) : -1, at = prm[r].u * total;
+        cr_expect(p > 0 && below - 1e-4 * total <= at && at <= below + p + 1e-4 * total,
+                  "row %d: gpu %d outside the CDF interval of u=%g (below %g, p %g, total %g)", r, ig[r], prm[r].u, below, p, total);
+    }
+    free(row);
+    pair_free(px); pair_free(pp); pair_free(po);
+    free(x);
+}
+
 // ---- KV cache and paged attention -------------------------------------------------------------
 
 // Three sequences with their whole context written through cache_write, then

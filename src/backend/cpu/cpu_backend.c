@@ -545,6 +545,29 @@ static void cpu_get_rows(vm_backend *be, const vm_buf *x, const vm_buf *rows, in
                 (size_t)dim * 4);
 }
 
+typedef struct { const vm_buf *x, *params; vm_buf *out; int cols; } sample_job;
+
+static void sample_rows(void *ctx, int begin, int end, int thread_index) {
+    (void)thread_index;
+    const sample_job *j = ctx;
+    int32_t *o = j->out->data;
+    for (int i = begin; i < end; i++) {
+        float *row = (float *)j->x->data + (size_t)i * j->cols, t = 0;
+        double u = 0;
+        if (j->params) {
+            const char *p = (const char *)j->params->data + (size_t)i * VM_SAMPLE_PARAM_WORDS * 4;
+            memcpy(&t, p, 4);
+            memcpy(&u, p + 8, 8);
+        }
+        o[i] = t >= 1e-5f ? vm_draw_u(row, j->cols, t, u) : vm_argmax(row, j->cols);
+    }
+}
+
+static void cpu_sample(vm_backend *be, const vm_buf *x, int rows, int cols, const vm_buf *params, vm_buf *out) {
+    sample_job j = { x, params, out, cols };
+    vm_parallel_for(impl_of(be)->pool, rows, 1, sample_rows, &j);
+}
+
 static int cpu_sync(vm_backend *be, vm_err *e) { return 0; }
 
 static void cpu_destroy(vm_backend *be) {
@@ -590,6 +613,7 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     be->swiglu = cpu_swiglu;
     be->add = cpu_add;
     be->get_rows = cpu_get_rows;
+    be->sample = cpu_sample;
     be->sync = cpu_sync;
     be->destroy = cpu_destroy;
     return be;

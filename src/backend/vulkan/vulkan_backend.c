@@ -40,6 +40,7 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
 #else
 
 #include "../cpu/kernels.h"
+#include "../../common/common.h"
 #include "../../common/prof.h"
 
 #include <ctype.h>
@@ -60,7 +61,7 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
     X(gemmcm_f16) X(gemmcm_bf16) \
     X(embed_f32) X(embed_f16) X(embed_bf16) X(embed_a4) X(embed_a8) X(embed_a2)            \
     X(rmsnorm) X(rope) X(cache_write_f32) X(cache_write_f16) X(attention_f32)              \
-    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows)
+    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample)
 
 // (each array is written out below: an #include cannot sit inside a macro)
 static const uint32_t spv_matvec1_f32[] = {
@@ -210,6 +211,9 @@ static const uint32_t spv_add_bias[] = {
 static const uint32_t spv_get_rows[] = {
 #include "get_rows.inc"
 };
+static const uint32_t spv_sample[] = {
+#include "sample.inc"
+};
 
 enum {
 #define X(name) SH_##name,
@@ -322,6 +326,14 @@ typedef struct vk_impl {
 } vk_impl;
 
 static vk_impl *impl_of(const vm_backend *be) { return be->impl; }
+#if defined(__x86_64__)
+#include <immintrin.h>
+static inline void cpu_relax(void) { _mm_pause(); }
+#elif defined(__aarch64__)
+static inline void cpu_relax(void) { __asm__ __volatile__("yield"); }
+#else
+static inline void cpu_relax(void) {}
+#endif
 static void pend_flush(vk_impl *v);
 static void rec_barrier(vk_impl *v);
 
@@ -456,6 +468,24 @@ static void hz_add(VkDeviceAddress (*set)[2], int *n, const vm_buf *b) {
     (*n)++;
 }
 
+// Waits for the submit's fence: polls it for up to FENCE_SPIN_S first, then
+// blocks. A thread that sleeps on the fence every step wakes on a cold (and
+// often another) core; on the H100 machine that made recording the next step
+// up to 8x slower than on a thread that stays put (a step is a few ms).
+#define FENCE_SPIN_S 0.05
+static VkResult fence_wait(vk_impl *v) {
+    if (!v->software) {   // lavapipe's workers need the cores a spinning thread would take
+        double t0 = vm_now_seconds();
+        for (unsigned i = 0;; i++) {
+            VkResult r = vkGetFenceStatus(v->dev, v->fence);
+            if (r != VK_NOT_READY) return r;
+            if ((i & 63) == 63 && vm_now_seconds() - t0 > FENCE_SPIN_S) break;
+            cpu_relax();
+        }
+    }
+    return vkWaitForFences(v->dev, 1, &v->fence, VK_TRUE, UINT64_MAX);
+}
+
 // Submits the pending commands and waits for them.
 static int flush(vk_impl *v) {
     pend_flush(v);
@@ -468,7 +498,7 @@ static int flush(vk_impl *v) {
         else {
             VkSubmitInfo si = { .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &v->cmd };
             if ((r = vkQueueSubmit(v->queue, 1, &si, v->fence)) != VK_SUCCESS) fail(v, "vkQueueSubmit", r);
-            else if ((r = vkWaitForFences(v->dev, 1, &v->fence, VK_TRUE, UINT64_MAX)) != VK_SUCCESS) fail(v, "vkWaitForFences", r);
+            else if ((r = fence_wait(v)) != VK_SUCCESS) fail(v, "vkWaitForFences", r);
             vkResetFences(v->dev, 1, &v->fence);
             if (v->qpool && !v->failed && v->n_q > 1) {
                 uint64_t ts[PROF_MAX];
@@ -629,8 +659,12 @@ static void vk_buf_read(vm_backend *be, const vm_buf *b, size_t off, void *dst, 
     vk_impl *v = impl_of(be);
     const int prof = vm_prof_on();
     double t0 = prof ? vm_prof_now() : 0, wait = 0;
-    flush(v);
-    if (prof) wait = vm_prof_now() - t0;
+    // The first staging copy joins the pending commands' submit (a step's
+    // forward and its logits copy are one submit).
+    if (b->map || n == 0 || n > STAGING_MAX) {
+        flush(v);
+        if (prof) wait = vm_prof_now() - t0;
+    }
     if (n == 0) return;
     if (b->map) memcpy(dst, (const char *)b->map + off, n);
     for (size_t done = 0; !b->map && done < n;) {
@@ -971,6 +1005,15 @@ static void vk_add(vm_backend *be, vm_buf *x, const vm_buf *y, size_t n) {
 static void vk_get_rows(vm_backend *be, const vm_buf *x, const vm_buf *rows, int n_rows, int dim, vm_buf *out) {
     eltwise(impl_of(be), SH_get_rows, (elt_pc){ x->addr, 0, out->addr, rows->addr, (uint32_t)n_rows * (uint32_t)dim, (uint32_t)dim },
             x, rows, out);
+}
+
+static void vk_sample(vm_backend *be, const vm_buf *x, int rows, int cols, const vm_buf *params, vm_buf *out) {
+    vk_impl *v = impl_of(be);
+    struct { VkDeviceAddress x, y, params; uint32_t rows, cols, has_params; } pc =
+        { x->addr, out->addr, params ? params->addr : 0, (uint32_t)rows, (uint32_t)cols, params != NULL };
+    uint32_t gx, gy;
+    grid_1d((uint64_t)rows, &gx, &gy);
+    dispatch(v, SH_sample, &pc, sizeof pc, gx, gy, 1, RDS(x, params), WRS(out));
 }
 
 static void vk_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads, int head_dim, const vm_rope *r) {
@@ -1338,6 +1381,7 @@ vm_backend *vm_backend_vulkan_create(const char *device_hint, vm_err *e) {
     be->swiglu = vk_swiglu;
     be->add = vk_add;
     be->get_rows = vk_get_rows;
+    be->sample = vk_sample;
     be->sync = vk_sync;
     be->destroy = vk_destroy;
     return be;
