@@ -149,10 +149,12 @@ static void free_weight(test_weight *t) { free(t->data); free(t->scales); free(t
 // (32 and 64 tokens, partial tiles on both axes); float weights also take a
 // column count that is no multiple of the GEMM's 32-column step. Each n also
 // runs matmul + add_bias + a residual add (folded into the matmul on the GPU).
+static int check_cols;   // > 0: this many columns (the split-K cases)
+
 static void check_matmul(const char *what, vm_dtype dt, int bits, int group, vm_dtype sdt) {
     NEED_GPU();
     const int float_w = dt == VM_DTYPE_F32 || dt == VM_DTYPE_F16 || dt == VM_DTYPE_BF16;
-    const int rows = 67, cols = float_w ? 264 : 256;
+    const int rows = 67, cols = check_cols > 0 ? check_cols : float_w ? 264 : 256;
     test_weight t = make_weight(dt, rows, cols, bits, group, sdt);
     vm_err e = {{0}};
     vm_weight wg = t.w, wc = t.w;
@@ -211,6 +213,12 @@ static void setup_gemm(void) {
     setup();
     unsetenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES");
 }
+// 1064 columns: on a cooperative-matrix device the GEMM splits K in 4 (3 x 320
+// + 104: the last split ragged) and splitk.comp adds the parts and the epilogue.
+static void setup_splitk(void) { setup_gemm(); check_cols = 1064; }
+static void teardown_splitk(void) { check_cols = 0; teardown(); }
+Test(vulkan, gemm_bf16_splitk, .init = setup_splitk, .fini = teardown_splitk) { check_matmul("gemm bf16 split-K", VM_DTYPE_BF16, 0, 0, 0); }
+Test(vulkan, gemm_f16_splitk, .init = setup_splitk, .fini = teardown_splitk) { check_matmul("gemm f16 split-K", VM_DTYPE_F16, 0, 0, 0); }
 Test(vulkan, gemm_f32, .init = setup_gemm) { check_matmul("gemm f32", VM_DTYPE_F32, 0, 0, 0); }
 Test(vulkan, gemm_f16, .init = setup_gemm) { check_matmul("gemm f16", VM_DTYPE_F16, 0, 0, 0); }
 Test(vulkan, gemm_bf16, .init = setup_gemm) { check_matmul("gemm bf16", VM_DTYPE_BF16, 0, 0, 0); }

@@ -61,7 +61,7 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
     X(gemmcm_f16) X(gemmcm_bf16) \
     X(embed_f32) X(embed_f16) X(embed_bf16) X(embed_a4) X(embed_a8) X(embed_a2)            \
     X(rmsnorm) X(rope) X(cache_write_f32) X(cache_write_f16) X(attention_f32)              \
-    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample)
+    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample) X(splitk)
 
 // (each array is written out below: an #include cannot sit inside a macro)
 static const uint32_t spv_matvec1_f32[] = {
@@ -214,6 +214,9 @@ static const uint32_t spv_get_rows[] = {
 static const uint32_t spv_sample[] = {
 #include "sample.inc"
 };
+static const uint32_t spv_splitk[] = {
+#include "splitk.inc"
+};
 
 enum {
 #define X(name) SH_##name,
@@ -267,7 +270,10 @@ typedef struct {
     VkDeviceAddress w, sc, bi, x, y, bias, res, w2, sc2, bi2, nw;
     uint32_t rows, cols, n, group, flags;
     float eps;
+    VkDeviceAddress part;   // gemm_cm.comp split K: the partial sums (set when the dispatch is recorded)
+    uint32_t ksplit;        // columns per split (grid z = the number of splits)
 } mm_pc;
+_Static_assert(sizeof(mm_pc) <= 128, "push constants");
 enum { MM_BIAS = 1, MM_RES = 2, MM_NORM = 4, MM_DUAL = 8 };   // MM_NORM, MM_DUAL: matvec.comp only
 
 typedef struct vk_impl {
@@ -287,6 +293,8 @@ typedef struct vk_impl {
     int software;         // a CPU device (lavapipe)
     uint32_t subgroup_size;
     uint32_t gemm_min_tiles;  // fewer 64x64 tiles than this: matvec (VLLM_METAL_VULKAN_GEMM_MIN_TILES)
+    uint32_t attn_items;      // attention splits the context until about this many workgroups (VLLM_METAL_VULKAN_ATTN_WGS)
+    uint32_t splitk_wgs;      // gemm_cm grids of fewer workgroups split K up to this many (VLLM_METAL_VULKAN_SPLITK; 0: never)
     int vk_fuse;          // rmsnorm and swiglu folded into matvecs (VLLM_METAL_VULKAN_FUSE=0: not)
     int coopmat;          // gemm_cm.comp usable (VK_NV_cooperative_matrix, 16x16x16 f16 -> f32, subgroups of 32)
     char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
@@ -303,6 +311,7 @@ typedef struct vk_impl {
     vec_entry *vecs;
     size_t n_vecs, cap_vecs;
     vm_buf *attn_part;    // attention split partials
+    vm_buf *mm_part;      // split-K GEMM partials
 
     // Hazard tracking: buffer ranges read and written by the dispatches
     // recorded since the last barrier. A dispatch gets a barrier in front of
@@ -312,7 +321,7 @@ typedef struct vk_impl {
     int n_rd, n_wr;
     // Matmuls recorded lazily (up to PEND_MAX), so that an add_bias on one's
     // output folds into it.
-    struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy; const vm_buf *x, *y, *res, *out2; } pend[PEND_MAX];
+    struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy, gz; const vm_buf *x, *y, *res, *out2; } pend[PEND_MAX];
     int n_pend;
     // The last rmsnorm (rows of x -> out, out != x), while neither has been
     // written since: a matvec of out reads x and normalizes it itself, so
@@ -335,6 +344,7 @@ static inline void cpu_relax(void) { __asm__ __volatile__("yield"); }
 static inline void cpu_relax(void) {}
 #endif
 static void pend_flush(vk_impl *v);
+static void grid_1d(uint64_t groups, uint32_t *gx, uint32_t *gy);
 static void rec_barrier(vk_impl *v);
 
 static void fail(vk_impl *v, const char *what, VkResult r) {
@@ -576,6 +586,24 @@ static void pend_flush(vk_impl *v) {
     v->n_pend = 0;
     for (int i = 0; i < n; i++) {
         struct pend_mm *p = &v->pend[i];
+        if (p->gz > 1) {   // split K: partial sums, then splitk.comp adds them and does the epilogue
+            size_t total = (size_t)p->pc.rows * p->pc.n, need = total * p->gz * 4;
+            if (!v->mm_part || v->mm_part->size < need) {
+                buf_release(v, v->mm_part);
+                vm_err e = {{0}};
+                if (!(v->mm_part = buf_create(v, need, 0, &e))) { if (!v->failed) { v->failed = 1; v->err = e; } return; }
+            }
+            p->pc.part = v->mm_part->addr;
+            const vm_buf *rd[1] = { p->x }, *wr[1] = { v->mm_part };
+            dispatch_raw(v, p->sh, &p->pc, sizeof p->pc, p->gx, p->gy, p->gz, rd, 1, wr, 1);
+            struct { VkDeviceAddress part, y, bias, res; uint32_t total, rows, splits, flags; } rc =
+                { v->mm_part->addr, p->pc.y, p->pc.bias, p->pc.res, (uint32_t)total, p->pc.rows, p->gz, p->pc.flags };
+            uint32_t gx, gy;
+            grid_1d((total + 255) / 256, &gx, &gy);
+            const vm_buf *rd2[2] = { v->mm_part, p->res }, *wr2[2] = { p->y, p->res };
+            dispatch_raw(v, SH_splitk, &rc, sizeof rc, gx, gy, 1, rd2, 2, wr2, 2);
+            continue;
+        }
         const vm_buf *rd[2] = { p->x, p->res }, *wr[3] = { p->y, p->res, p->out2 };
         dispatch_raw(v, p->sh, &p->pc, sizeof p->pc, p->gx, p->gy, 1, rd, 2, wr, 3);
     }
@@ -917,6 +945,17 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
         p->sh = kw->wt == WT_F16 ? SH_gemmcm_f16 : SH_gemmcm_bf16;
         p->gx = (rows + 63) / 64;
         p->gy = (uint32_t)((n + 63) / 64);
+        // Split K where the grid has too few tiles to keep every SM busy (a
+        // few workgroups of 4 subgroups per SM): at least 256 columns a split.
+        uint32_t t = p->gx * p->gy, cols = (uint32_t)w->cols, splits = 1;
+        if (t < v->splitk_wgs && cols >= 512) {
+            splits = (v->splitk_wgs + t - 1) / t;
+            if (splits > cols / 256) splits = cols / 256;
+        }
+        uint32_t ks = (cols + splits - 1) / splits;
+        ks = (ks + 63) / 64 * 64;   // a multiple of gemm_cm.comp's BK
+        p->pc.ksplit = ks;
+        p->gz = (cols + ks - 1) / ks;
     } else if (n <= 32) {
         p->sh = SH_gemm32_f32 + kw->wt;
         p->gx = (rows + 127) / 128;
@@ -926,6 +965,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
         p->gx = (rows + 63) / 64;
         p->gy = (uint32_t)((n + 63) / 64);
     }
+    if (p->sh != SH_gemmcm_f16 && p->sh != SH_gemmcm_bf16) p->gz = 1;
     p->x = x;
     p->y = out;
     p->res = p->out2 = NULL;
@@ -1056,7 +1096,7 @@ static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache,
     uint32_t items = (uint32_t)m->n_tokens * (uint32_t)n_heads;
     uint32_t tile = (ATTN_WG / (v->subgroup_size < ATTN_WG ? v->subgroup_size : ATTN_WG)) * ATTN_U;
     uint32_t tiles = (uint32_t)((m->max_ctx_len + tile - 1) / tile);
-    uint32_t want = items >= 512 ? 1 : (512 + items - 1) / items;
+    uint32_t want = items >= v->attn_items ? 1 : (v->attn_items + items - 1) / items;
     if (want > tiles) want = tiles;
     if (want > 64) want = 64;
     if (want < 1) want = 1;
@@ -1122,6 +1162,7 @@ static void vk_destroy(vm_backend *be) {
             for (size_t i = 0; i < v->n_vecs; i++) { buf_destroy(v, v->vecs[i].buf); free(v->vecs[i].bytes); }
             buf_destroy(v, v->staging);
             buf_destroy(v, v->attn_part);
+            buf_destroy(v, v->mm_part);
             for (int i = 0; i < SH_COUNT; i++) {
                 if (v->pipes[i]) vkDestroyPipeline(v->dev, v->pipes[i], NULL);
                 if (v->modules[i]) vkDestroyShaderModule(v->dev, v->modules[i], NULL);
@@ -1302,7 +1343,11 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
         if (v->coopmat) dext[n_use++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
     }
     free(dex);
-    v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 128 : 512;
+    v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 16 : 512;
+    const char *senv = getenv("VLLM_METAL_VULKAN_SPLITK");
+    v->splitk_wgs = senv && *senv ? (uint32_t)atoi(senv) : 512;
+    const char *aenv = getenv("VLLM_METAL_VULKAN_ATTN_WGS");
+    v->attn_items = aenv && atoi(aenv) > 0 ? (uint32_t)atoi(aenv) : 1536;
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qci = { .sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = qf,
                                     .queueCount = 1, .pQueuePriorities = &prio };

@@ -10,13 +10,15 @@
 // products carry ~22 bits of x (what the f32 path's 1e-4 agreement with the
 // CPU needs). A workgroup of 4 subgroups (of 32) computes
 // 64 rows x 64 tokens, each subgroup 32 x 32 (2 x 2 matrices), over steps of
-// BK = 32 columns staged in shared memory (f16); the global loads of the next
+// BK = 64 columns staged in shared memory (f16); the global loads of the next
 // step are issued before the products of this one (held raw in registers and
 // converted at the next step), so their latency hides behind the arithmetic.
 // The matrices are separate variables, not arrays (the shader is built
 // without spirv-opt, which crashes on it: no array of matrices for the driver
 // to lower). The result goes through shared memory for the epilogue (flags as
-// matvec.comp: 1 bias, 2 residual add).
+// matvec.comp: 1 bias, 2 residual add). Split K (grid z > 1, for grids of few
+// tiles): workgroup z sums columns [z ksplit, (z+1) ksplit) into its own slice
+// of part, and splitk.comp adds the slices in order and does the epilogue.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_NV_cooperative_matrix : require
 #extension GL_KHR_memory_scope_semantics : require
@@ -27,7 +29,9 @@
 
 #define BM 64
 #define BN 64
-#define BK 32
+#define BK 64
+#define WQ (BM * BK / 8 / 128)   // weight chunks (8 halves) per invocation per step
+#define XQ (BN * BK / 4 / 128)   // activation vec4s per invocation per step
 #define SK (BK + 8)     // row stride of the staged tiles (halves)
 #define SC (BM + 4)     // token stride of the result tile (floats)
 #define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
@@ -37,6 +41,7 @@ layout(push_constant, std430) uniform Params {
     U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias; F32 res;
     U32 w2; F32 sc2; F32 bi2; F32x4 nw;
     uint rows, cols, n, group, flags; float eps;
+    F32 part; uint ksplit;
 } pc;
 
 shared float16_t Ws[BM * SK];   // [row][k]
@@ -47,15 +52,15 @@ shared float Cs[BN * SC];       // [token][row]
 // This invocation's share of a step: weight chunks (8 halves) i = tid + 128 q
 // (row i / 4, chunk i % 4) and token vec4s i = tid + 128 q (token i / 8, vec4 i % 8).
 uvec4 ld_w(uint tid, uint q, uint r0, uint k0) {
-    uint i = tid + 128u * q, r = r0 + i / 4u, c = k0 / 8u + i % 4u;
+    uint i = tid + 128u * q, r = r0 + i / (BK / 8u), c = k0 / 8u + i % (BK / 8u);
     return r < pc.rows && c < pc.cols / 8u ? U32x4(pc.w).v[(r * pc.cols) / 8u + c] : uvec4(0u);
 }
 vec4 ld_x(uint tid, uint q, uint t0, uint k0) {
-    uint i = tid + 128u * q, t = t0 + i / 8u, c = k0 + (i % 8u) * 4u;
+    uint i = tid + 128u * q, t = t0 + i / (BK / 4u), c = k0 + (i % (BK / 4u)) * 4u;
     return t < pc.n && c < pc.cols ? pc.x.v[(t * pc.cols + c) / 4u] : vec4(0.0);
 }
 void st_w(uint tid, uint q, uvec4 u) {
-    uint i = tid + 128u * q, o = (i / 4u) * SK + (i % 4u) * 8u;
+    uint i = tid + 128u * q, o = (i / (BK / 8u)) * SK + (i % (BK / 8u)) * 8u;
 #if WT == 1
     vec4 w0 = vec4(unpackHalf2x16(u.x), unpackHalf2x16(u.y)), w1 = vec4(unpackHalf2x16(u.z), unpackHalf2x16(u.w));
 #else
@@ -67,7 +72,7 @@ void st_w(uint tid, uint q, uvec4 u) {
     Ws[o + 4u] = h1.x; Ws[o + 5u] = h1.y; Ws[o + 6u] = h1.z; Ws[o + 7u] = h1.w;
 }
 void st_x(uint tid, uint q, vec4 xv) {
-    uint i = tid + 128u * q, o = (i / 8u) * SK + (i % 8u) * 4u;
+    uint i = tid + 128u * q, o = (i / (BK / 4u)) * SK + (i % (BK / 4u)) * 4u;
     xv = clamp(xv, -65504.0, 65504.0);
     // hi: x with its mantissa cut to f16's 10 bits, by bit masking (a compiler
     // may take f32(f16(x)) for x); lo: the rest (exact in f32), scaled
@@ -84,16 +89,20 @@ void main() {
     const uint wr = (sg & 1u) * 32u, wt = (sg >> 1) * 32u;   // this subgroup's rows and tokens in the tile
     CM32 c00 = CM32(0.0), c01 = CM32(0.0), c10 = CM32(0.0), c11 = CM32(0.0);
     CM32 l00 = CM32(0.0), l01 = CM32(0.0), l10 = CM32(0.0), l11 = CM32(0.0);
-    uvec4 w0 = ld_w(tid, 0u, r0, 0u), w1 = ld_w(tid, 1u, r0, 0u);
-    vec4 x0 = ld_x(tid, 0u, t0, 0u), x1 = ld_x(tid, 1u, t0, 0u), x2 = ld_x(tid, 2u, t0, 0u), x3 = ld_x(tid, 3u, t0, 0u);
-    for (uint k0 = 0; k0 < pc.cols; k0 += BK) {
-        st_w(tid, 0u, w0); st_w(tid, 1u, w1);
-        st_x(tid, 0u, x0); st_x(tid, 1u, x1); st_x(tid, 2u, x2); st_x(tid, 3u, x3);
+    // split K: workgroup z takes columns [kb, ke) (ksplit a multiple of BK)
+    const uint kb = gl_WorkGroupID.z * pc.ksplit, ke = min(pc.cols, kb + pc.ksplit);
+    uvec4 wq[WQ];
+    vec4 xq[XQ];
+    for (uint q = 0; q < WQ; q++) wq[q] = ld_w(tid, q, r0, kb);
+    for (uint q = 0; q < XQ; q++) xq[q] = ld_x(tid, q, t0, kb);
+    for (uint k0 = kb; k0 < ke; k0 += BK) {
+        for (uint q = 0; q < WQ; q++) st_w(tid, q, wq[q]);
+        for (uint q = 0; q < XQ; q++) st_x(tid, q, xq[q]);
         barrier();
-        if (k0 + BK < pc.cols) {   // the next step's loads, in flight during the products
+        if (k0 + BK < ke) {        // the next step's loads, in flight during the products
             uint k1 = k0 + BK;
-            w0 = ld_w(tid, 0u, r0, k1); w1 = ld_w(tid, 1u, r0, k1);
-            x0 = ld_x(tid, 0u, t0, k1); x1 = ld_x(tid, 1u, t0, k1); x2 = ld_x(tid, 2u, t0, k1); x3 = ld_x(tid, 3u, t0, k1);
+            for (uint q = 0; q < WQ; q++) wq[q] = ld_w(tid, q, r0, k1);
+            for (uint q = 0; q < XQ; q++) xq[q] = ld_x(tid, q, t0, k1);
         }
         for (uint kk = 0; kk < BK; kk += 16u) {
             CM16 a0, a1, h0, h1, g0, g1;
@@ -121,8 +130,12 @@ void main() {
         uint row = i % BM, tok = i / BM, r = r0 + row, t = t0 + tok;
         if (r >= pc.rows || t >= pc.n) continue;
         float s = Cs[tok * SC + row];
-        if ((pc.flags & 1u) != 0u) s += pc.bias.v[r];
         uint o = t * pc.rows + r;
+        if (gl_NumWorkGroups.z > 1u) {   // a partial sum: splitk.comp adds them up and does the epilogue
+            pc.part.v[gl_WorkGroupID.z * pc.n * pc.rows + o] = s;
+            continue;
+        }
+        if ((pc.flags & 1u) != 0u) s += pc.bias.v[r];
         pc.y.v[o] = s;
         if ((pc.flags & 2u) != 0u) pc.res.v[o] += s;
     }
