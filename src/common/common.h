@@ -104,6 +104,16 @@ char *vm_read_file(const char *path, size_t *len, size_t max_len, vm_err *e);
 
 double vm_now_seconds(void);
 
+// One pause of a spin-wait loop (x86 pause, arm64 yield).
+#if defined(__x86_64__)
+#include <immintrin.h>
+static inline void vm_cpu_relax(void) { _mm_pause(); }
+#elif defined(__aarch64__)
+static inline void vm_cpu_relax(void) { __asm__ __volatile__("yield"); }
+#else
+static inline void vm_cpu_relax(void) {}
+#endif
+
 // Growable arrays and strings: grow *arr (capacity *cap elements of elem bytes)
 // to hold at least `need` (doubling); 0, or -1 when out of memory.
 int vm_grow(void **arr, int *cap, int need, size_t elem);

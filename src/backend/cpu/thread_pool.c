@@ -6,6 +6,7 @@
 // to be done, not for every worker to check in: a worker the OS has
 // descheduled does not hold up the forward pass.
 #include "thread_pool.h"
+#include "../../common/common.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -17,14 +18,6 @@
 // the gap between the back-to-back jobs of a forward pass, short enough that
 // a loaded machine (more runnable threads than cores) is not starved.
 #define SPIN_ITERS 20000
-#if defined(__x86_64__)
-#include <immintrin.h>
-static inline void vm_cpu_relax(void) { _mm_pause(); }
-#elif defined(__aarch64__)
-static inline void vm_cpu_relax(void) { __asm__ __volatile__("yield"); }
-#else
-static inline void vm_cpu_relax(void) {}
-#endif
 
 struct vm_thread_pool {
     int n_threads;              // including the caller

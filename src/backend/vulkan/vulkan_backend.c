@@ -335,14 +335,6 @@ typedef struct vk_impl {
 } vk_impl;
 
 static vk_impl *impl_of(const vm_backend *be) { return be->impl; }
-#if defined(__x86_64__)
-#include <immintrin.h>
-static inline void cpu_relax(void) { _mm_pause(); }
-#elif defined(__aarch64__)
-static inline void cpu_relax(void) { __asm__ __volatile__("yield"); }
-#else
-static inline void cpu_relax(void) {}
-#endif
 static void pend_flush(vk_impl *v);
 static void grid_1d(uint64_t groups, uint32_t *gx, uint32_t *gy);
 static void rec_barrier(vk_impl *v);
@@ -490,7 +482,7 @@ static VkResult fence_wait(vk_impl *v) {
             VkResult r = vkGetFenceStatus(v->dev, v->fence);
             if (r != VK_NOT_READY) return r;
             if ((i & 63) == 63 && vm_now_seconds() - t0 > FENCE_SPIN_S) break;
-            cpu_relax();
+            vm_cpu_relax();
         }
     }
     return vkWaitForFences(v->dev, 1, &v->fence, VK_TRUE, UINT64_MAX);
