@@ -318,9 +318,12 @@ Test(vulkan, elementwise) {
 // greedy and tempered: argmax ids equal the CPU's exactly; a drawn id must
 // lie in the CDF interval of u (computed here in f64), within 1e-4 of the
 // total mass for the GPU's f32 sums, and the CPU's equals vm_draw_u's.
-// sum of exp((x[c] - mx) / t) over c < n, in f64 (not vectorized: aarch64
-// GCC 12 crashes vectorizing this reduction)
-__attribute__((optimize("no-tree-vectorize")))
+// This test is built without loop vectorization: aarch64 GCC 12 crashes
+// vectorizing its f64 reductions (an internal compiler error).
+#pragma GCC push_options
+#pragma GCC optimize("no-tree-vectorize")
+
+// sum of exp((x[c] - mx) / t) over c < n, in f64
 static double mass(const float *x, int n, double mx, float t) {
     double s = 0;
     for (int c = 0; c < n; c++) s += exp(((double)x[c] - mx) / t);
@@ -373,6 +376,7 @@ Test(vulkan, sample) {
     pair_free(px); pair_free(pp); pair_free(po);
     free(x);
 }
+#pragma GCC pop_options
 
 // ---- KV cache and paged attention -------------------------------------------------------------
 
