@@ -2,15 +2,19 @@
 //
 // Buffers are plain VkBuffers reached by shaders through 64-bit device
 // addresses passed in push constants (VK_KHR_buffer_device_address, core in
-// 1.2), so there are no descriptor sets. Ops are recorded into one command
-// buffer (barriers only on buffer hazards) and submitted when the host must
-// see or replace memory: buf_read, a buf_write of more than UPDATE_MAX bytes.
-// Other buf_writes are recorded in order (vkCmdUpdateBuffer), also when
-// nothing is pending yet (they open the recording), so the host's call
-// order is the GPU's and a decode step (metadata in, ops, logits out) is one
-// submit. sync does not submit: it reports the first failure recorded so
-// far; a failure of the submit itself (device lost) is reported by the
-// next sync.
+// 1.2), so there are no descriptor sets. Ops are recorded into a command list
+// (barriers only on buffer hazards) and submitted when the host must see or
+// replace memory: buf_read, a buf_write of more than UPDATE_MAX bytes. Other
+// buf_writes are recorded in order too (their bytes go to a host-visible
+// upload buffer, copied in by the list), also when nothing is pending yet
+// (they open the recording), so the host's call order is the GPU's and a
+// decode step (metadata in, ops, ids or logits out) is one submit. At the
+// submit, a command buffer recorded earlier with the same list (same
+// pipelines, push constants, grids, barriers and copies) is reused; only a
+// new list is recorded into Vulkan (CB_CACHE of them are kept; destroying any
+// buffer drops them). sync does not submit: it reports the first failure
+// recorded so far; a failure of the submit itself (device lost) is reported
+// by the next sync.
 //
 // Memory: on a discrete GPU every buffer is device-local and the host goes
 // through a staging buffer. Where device-local memory is also host-visible
@@ -262,6 +266,7 @@ typedef struct vec_entry {
 } vec_entry;
 
 #define HZ_MAX 32
+#define CB_CACHE 8        // recorded command buffers kept for reuse
 #define PEND_MAX 4
 #define PROF_MAX 8192
 
@@ -283,7 +288,6 @@ typedef struct vk_impl {
     VkQueue queue;
     uint32_t qfamily;
     VkCommandPool pool;
-    VkCommandBuffer cmd;
     VkFence fence;
     VkPipelineLayout layout;
     VkShaderModule modules[SH_COUNT];
@@ -299,7 +303,18 @@ typedef struct vk_impl {
     int coopmat;          // gemm_cm.comp usable (VK_NV_cooperative_matrix, 16x16x16 f16 -> f32, subgroups of 32)
     char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
 
-    int recording;        // commands pending in cmd
+    int recording;        // commands pending in the list
+    // The step's commands as a list (vk_cmd); flush submits a recorded command
+    // buffer holding exactly that list, from the cache when one does (a
+    // steady decode step repeats the last one's commands; only the uploaded
+    // bytes differ, and those travel through the upload buffer).
+    struct vk_cmd *list;
+    size_t n_list, cap_list;
+    vm_buf *upload;       // host-visible: the step's buf_writes, copied in by the list
+    size_t up_off, up_want;
+    struct cb_cache { VkCommandBuffer cb; struct vk_cmd *list; size_t n, cap; uint64_t used; } cache[CB_CACHE];
+    uint64_t n_steps, n_cache_hits;
+    int no_reuse;         // VLLM_METAL_VULKAN_REUSE=0: record every step
     int wr_open;          // buffer updates recorded since the last barrier (the next command waits for them)
     vm_err err;           // first failure of a void op, returned by sync
     int failed;
@@ -335,6 +350,16 @@ typedef struct vk_impl {
 } vk_impl;
 
 static vk_impl *impl_of(const vm_backend *be) { return be->impl; }
+
+// One recorded command. Entries are zeroed before they are filled, so two
+// lists compare with memcmp.
+enum { CMD_BARRIER, CMD_DISPATCH, CMD_COPY, CMD_TS_RESET, CMD_TS };
+typedef struct vk_cmd {
+    uint32_t kind, sh, pc_size, g[3];
+    VkBuffer src, dst;
+    VkDeviceSize so, dO, n;
+    uint8_t pc[128];
+} vk_cmd;
 static void pend_flush(vk_impl *v);
 static void grid_1d(uint64_t groups, uint32_t *gx, uint32_t *gy);
 static void rec_barrier(vk_impl *v);
@@ -405,8 +430,11 @@ static vm_buf *buf_create(vk_impl *v, size_t bytes, int host, vm_err *e) {
     return b;
 }
 
+static void cache_clear(vk_impl *v);
+
 static void buf_destroy(vk_impl *v, vm_buf *b) {
     if (!b) return;
+    cache_clear(v);   // recorded command buffers may name it
     vkDestroyBuffer(v->dev, b->buf, NULL);
     vkFreeMemory(v->dev, b->mem, NULL);
     free(b);
@@ -429,17 +457,30 @@ static void buf_release(vk_impl *v, vm_buf *b) {
 
 // ---- command recording -----------------------------------------------------------------
 
+static vk_cmd *cmd_add(vk_impl *v, uint32_t kind) {
+    if (v->n_list == v->cap_list) {
+        size_t cap = v->cap_list ? 2 * v->cap_list : 512;
+        vk_cmd *l = realloc(v->list, cap * sizeof *l);
+        if (!l) { if (!v->failed) { v->failed = 1; vm_errf(&v->err, "out of memory"); } return NULL; }
+        v->list = l;
+        v->cap_list = cap;
+    }
+    vk_cmd *c = &v->list[v->n_list++];
+    memset(c, 0, sizeof *c);
+    c->kind = kind;
+    return c;
+}
+
 static int rec_begin(vk_impl *v) {
     if (v->recording) return 0;
-    VkCommandBufferBeginInfo bi = { .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
-                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT };
-    VkResult r = vkBeginCommandBuffer(v->cmd, &bi);
-    if (r != VK_SUCCESS) { fail(v, "vkBeginCommandBuffer", r); return -1; }
+    if (v->failed) return -1;
     v->recording = 1;
+    v->n_list = 0;
+    v->up_off = 0;
     rec_barrier(v);   // what earlier submissions wrote is visible to this one
     if (v->qpool) {
-        vkCmdResetQueryPool(v->cmd, v->qpool, 0, PROF_MAX);
-        vkCmdWriteTimestamp(v->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, v->qpool, 0);
+        cmd_add(v, CMD_TS_RESET);
+        cmd_add(v, CMD_TS);
         v->n_q = 1;
     }
     return 0;
@@ -447,12 +488,7 @@ static int rec_begin(vk_impl *v) {
 
 // Everything before is visible to everything after (compute and transfers).
 static void rec_barrier(vk_impl *v) {
-    VkMemoryBarrier mb = { .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
-        .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
-                         VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT };
-    VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
-    vkCmdPipelineBarrier(v->cmd, st, st, 0, 1, &mb, 0, NULL, 0, NULL);
+    cmd_add(v, CMD_BARRIER);
     v->n_rd = v->n_wr = 0;
     v->wr_open = 0;
     v->n_barriers++;
@@ -488,17 +524,87 @@ static VkResult fence_wait(vk_impl *v) {
     return vkWaitForFences(v->dev, 1, &v->fence, VK_TRUE, UINT64_MAX);
 }
 
+static void cache_clear(vk_impl *v) {
+    for (int i = 0; i < CB_CACHE; i++) v->cache[i].n = 0;   // (command buffers kept, re-recorded when taken)
+}
+
+// Records the list into cb.
+static int replay(vk_impl *v, VkCommandBuffer cb) {
+    VkCommandBufferBeginInfo bi = { .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO };
+    VkResult r = vkResetCommandBuffer(cb, 0);
+    if (r == VK_SUCCESS) r = vkBeginCommandBuffer(cb, &bi);
+    if (r != VK_SUCCESS) { fail(v, "vkBeginCommandBuffer", r); return -1; }
+    VkMemoryBarrier mb = { .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+        .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                         VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT };
+    const VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+    uint32_t q = 0;
+    int bound = -1;
+    for (size_t i = 0; i < v->n_list; i++) {
+        const vk_cmd *c = &v->list[i];
+        switch (c->kind) {
+        case CMD_BARRIER: vkCmdPipelineBarrier(cb, st, st, 0, 1, &mb, 0, NULL, 0, NULL); break;
+        case CMD_DISPATCH:
+            if ((int)c->sh != bound) { vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, v->pipes[c->sh]); bound = (int)c->sh; }
+            vkCmdPushConstants(cb, v->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, c->pc_size, c->pc);
+            vkCmdDispatch(cb, c->g[0], c->g[1], c->g[2]);
+            break;
+        case CMD_COPY: { VkBufferCopy bc = { c->so, c->dO, c->n }; vkCmdCopyBuffer(cb, c->src, c->dst, 1, &bc); break; }
+        case CMD_TS_RESET: vkCmdResetQueryPool(cb, v->qpool, 0, PROF_MAX); break;
+        case CMD_TS: vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, v->qpool, q++); break;
+        }
+    }
+    if ((r = vkEndCommandBuffer(cb)) != VK_SUCCESS) { fail(v, "vkEndCommandBuffer", r); return -1; }
+    return 0;
+}
+
+// A command buffer holding the list: a cached one with the same commands, or
+// the least recently used slot re-recorded.
+static VkCommandBuffer cache_get(vk_impl *v) {
+    v->n_steps++;
+    int lru = 0;
+    for (int i = 0; i < CB_CACHE; i++) {
+        struct cb_cache *c = &v->cache[i];
+        if (!v->no_reuse && c->n == v->n_list && c->n && !memcmp(c->list, v->list, v->n_list * sizeof *v->list)) {
+            c->used = v->n_steps;
+            v->n_cache_hits++;
+            return c->cb;
+        }
+        if (c->used < v->cache[lru].used) lru = i;
+    }
+    struct cb_cache *c = &v->cache[lru];
+    c->n = 0;
+    if (!c->cb) {
+        VkCommandBufferAllocateInfo ai = { .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = v->pool,
+                                           .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1 };
+        VkResult r = vkAllocateCommandBuffers(v->dev, &ai, &c->cb);
+        if (r != VK_SUCCESS) { c->cb = VK_NULL_HANDLE; fail(v, "vkAllocateCommandBuffers", r); return VK_NULL_HANDLE; }
+    }
+    if (replay(v, c->cb) != 0) return VK_NULL_HANDLE;
+    if (c->cap < v->n_list) {
+        vk_cmd *l = realloc(c->list, v->n_list * sizeof *l);
+        if (!l) return c->cb;   // usable now, not kept
+        c->list = l;
+        c->cap = v->n_list;
+    }
+    memcpy(c->list, v->list, v->n_list * sizeof *v->list);
+    c->n = v->n_list;
+    c->used = v->n_steps;
+    return c->cb;
+}
+
 // Submits the pending commands and waits for them.
 static int flush(vk_impl *v) {
     pend_flush(v);
     if (v->recording) {
-        v->recording = 0;
         rec_barrier(v);
+        v->recording = 0;
         v->n_submits++;
-        VkResult r = vkEndCommandBuffer(v->cmd);
-        if (r != VK_SUCCESS) fail(v, "vkEndCommandBuffer", r);
-        else {
-            VkSubmitInfo si = { .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &v->cmd };
+        VkCommandBuffer cb = cache_get(v);
+        VkResult r;
+        if (cb) {
+            VkSubmitInfo si = { .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &cb };
             if ((r = vkQueueSubmit(v->queue, 1, &si, v->fence)) != VK_SUCCESS) fail(v, "vkQueueSubmit", r);
             else if ((r = fence_wait(v)) != VK_SUCCESS) fail(v, "vkWaitForFences", r);
             vkResetFences(v->dev, 1, &v->fence);
@@ -514,7 +620,6 @@ static int flush(vk_impl *v) {
                 }
             }
         }
-        vkResetCommandBuffer(v->cmd, 0);
     }
     for (size_t i = 0; i < v->n_deferred; i++) buf_destroy(v, v->deferred[i]);
     v->n_deferred = 0;
@@ -563,12 +668,15 @@ static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uin
     for (int i = 0; i < nwr; i++) if (wr[i]) hz_add(v->hz_wr, &v->n_wr, wr[i]);
     for (int i = 0; i < nwr; i++)
         if (wr[i] && (wr[i] == v->norm.x || wr[i] == v->norm.out)) v->norm.valid = 0;
-    vkCmdBindPipeline(v->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p);
-    vkCmdPushConstants(v->cmd, v->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
-    vkCmdDispatch(v->cmd, gx, gy, gz);
+    vk_cmd *c = cmd_add(v, CMD_DISPATCH);
+    if (!c) return;
+    c->sh = (uint32_t)sh;
+    c->pc_size = (uint32_t)pc_size;
+    memcpy(c->pc, pc, pc_size);
+    c->g[0] = gx; c->g[1] = gy; c->g[2] = gz;
     v->n_dispatches++;
     if (v->qpool && v->n_q < PROF_MAX) {
-        vkCmdWriteTimestamp(v->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, v->qpool, v->n_q);
+        cmd_add(v, CMD_TS);
         v->qsh[v->n_q++] = (uint32_t)sh;
     }
 }
@@ -637,8 +745,8 @@ static void copy_region(vk_impl *v, VkBuffer src, size_t so, VkBuffer dst, size_
     pend_flush(v);
     if (rec_begin(v) != 0) return;
     rec_barrier(v);
-    VkBufferCopy c = { so, dO, n };
-    vkCmdCopyBuffer(v->cmd, src, dst, 1, &c);
+    vk_cmd *c = cmd_add(v, CMD_COPY);
+    if (c) { c->src = src; c->so = so; c->dst = dst; c->dO = dO; c->n = n; }
     rec_barrier(v);
 }
 
@@ -652,13 +760,22 @@ static void vk_buf_write(vm_backend *be, vm_buf *b, size_t off, const void *src,
     // metadata writes join its one submit. A run of writes shares one barrier
     // in front (earlier commands may read or write b) and one behind (every
     // later command waits for them: uploaded vectors are in no read list).
-    if ((v->recording || !b->map) && n <= UPDATE_MAX && off % 4 == 0 && n % 4 == 0) {
+    if ((v->recording || !b->map) && n <= UPDATE_MAX) {
+        if (v->recording && v->up_off + n > (v->upload ? v->upload->size : 0)) flush(v);   // the upload buffer is full
+        if (!v->recording && (!v->upload || v->upload->size < v->up_want + n)) {   // grown between steps
+            size_t want = v->up_want + n < ((size_t)1 << 20) ? (size_t)1 << 20 : 2 * (v->up_want + n);
+            buf_destroy(v, v->upload);
+            vm_err e = {{0}};
+            if (!(v->upload = buf_create(v, want, 1, &e))) { if (!v->failed) { v->failed = 1; v->err = e; } return; }
+        }
         if (rec_begin(v) != 0) return;
         if (!v->wr_open) rec_barrier(v);
-        for (size_t done = 0; done < n; done += 65536) {
-            size_t len = n - done < 65536 ? n - done : 65536;
-            vkCmdUpdateBuffer(v->cmd, b->buf, off + done, len, (const char *)src + done);
-        }
+        // the bytes go to the upload buffer now; the list copies them in
+        memcpy((char *)v->upload->map + v->up_off, src, n);
+        vk_cmd *c = cmd_add(v, CMD_COPY);
+        if (c) { c->src = v->upload->buf; c->so = v->up_off; c->dst = b->buf; c->dO = off; c->n = n; }
+        v->up_off += (n + 15) & ~(size_t)15;
+        if (v->up_off > v->up_want) v->up_want = v->up_off;
         v->wr_open = 1;
         return;
     }
@@ -1141,8 +1258,9 @@ static void vk_destroy(vm_backend *be) {
             flush(v);
             vkDeviceWaitIdle(v->dev);
             if (v->qpool) {
-                fprintf(stderr, "vulkan profile (%s%s): %llu submits, %llu dispatches, %llu barriers, GPU %.1f ms\n", v->name, v->coopmat ? ", coopmat" : "",
-                        (unsigned long long)v->n_submits, (unsigned long long)v->n_dispatches,
+                fprintf(stderr, "vulkan profile (%s%s): %llu submits (%llu of them reused a recorded command buffer), "
+                        "%llu dispatches, %llu barriers, GPU %.1f ms\n", v->name, v->coopmat ? ", coopmat" : "",
+                        (unsigned long long)v->n_submits, (unsigned long long)v->n_cache_hits, (unsigned long long)v->n_dispatches,
                         (unsigned long long)v->n_barriers, v->prof_gpu_ms);
                 for (int i = 0; i < SH_COUNT; i++)
                     if (v->prof_n[i])
@@ -1155,6 +1273,9 @@ static void vk_destroy(vm_backend *be) {
             buf_destroy(v, v->staging);
             buf_destroy(v, v->attn_part);
             buf_destroy(v, v->mm_part);
+            buf_destroy(v, v->upload);
+            for (int i = 0; i < CB_CACHE; i++) free(v->cache[i].list);
+            free(v->list);
             for (int i = 0; i < SH_COUNT; i++) {
                 if (v->pipes[i]) vkDestroyPipeline(v->dev, v->pipes[i], NULL);
                 if (v->modules[i]) vkDestroyShaderModule(v->dev, v->modules[i], NULL);
@@ -1338,6 +1459,8 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 16 : 512;
     const char *senv = getenv("VLLM_METAL_VULKAN_SPLITK");
     v->splitk_wgs = senv && *senv ? (uint32_t)atoi(senv) : 512;
+    const char *renv = getenv("VLLM_METAL_VULKAN_REUSE");
+    v->no_reuse = renv && !strcmp(renv, "0");
     const char *aenv = getenv("VLLM_METAL_VULKAN_ATTN_WGS");
     v->attn_items = aenv && atoi(aenv) > 0 ? (uint32_t)atoi(aenv) : 1536;
     float prio = 1.0f;
@@ -1377,9 +1500,6 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     VkCommandPoolCreateInfo pci = { .sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
                                     .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT, .queueFamilyIndex = qf };
     if ((r = vkCreateCommandPool(v->dev, &pci, NULL, &v->pool)) != VK_SUCCESS) return vm_errf(e, "vulkan: command pool (%d)", (int)r);
-    VkCommandBufferAllocateInfo cai = { .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = v->pool,
-                                        .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1 };
-    if ((r = vkAllocateCommandBuffers(v->dev, &cai, &v->cmd)) != VK_SUCCESS) return vm_errf(e, "vulkan: command buffer (%d)", (int)r);
     VkFenceCreateInfo fci = { .sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO };
     if ((r = vkCreateFence(v->dev, &fci, NULL, &v->fence)) != VK_SUCCESS) return vm_errf(e, "vulkan: fence (%d)", (int)r);
     VkPushConstantRange range = { VK_SHADER_STAGE_COMPUTE_BIT, 0, PUSH_BYTES };
