@@ -11,7 +11,9 @@
 # each N in STREAMS. The HBM roofline is measured with a device copy (torch);
 # bytes per decode step = the weight bytes of the safetensors file (the tied
 # embedding is read once, as lm_head). transformers' generate runs at batch 1
-# and 32 on the 1.5B model. Prints a table at the end.
+# and 32 on the 1.5B model. The 1.5B model is also quantized to MLX affine
+# 4-bit (bench/gpu_mlx_quantize.py; SKIP_MLX=1 leaves it out). Prints a table
+# at the end.
 set -uo pipefail
 BIN=${BIN:-.gpu}
 MODELS=${MODELS:-/tmp/vm-gpu-models}
@@ -31,6 +33,9 @@ else
     py bench/gpu_transformers_peer.py "$Q" --no-time | tee "$LOG/peer.jsonl"
 fi
 [ -n "${SKIP_SMOL:-}" ] || py bench/gpu_transformers_peer.py "$S" --shape smollm2 --no-time > /dev/null
+# the 1.5B model as an MLX affine 4-bit checkpoint (group 64, bf16 scales)
+Q4=$MODELS/qwen2.5-1.5b-rand-mlx4
+[ -n "${SKIP_MLX:-}" ] || [ -f "$Q4/model.safetensors" ] || py bench/gpu_mlx_quantize.py "$Q" "$Q4" > /dev/null
 
 # ---- HBM bandwidth: a 2 GiB device-to-device copy (read + write bytes / time) ----
 BW=$(py - <<'PY'
@@ -69,12 +74,14 @@ run_model() {   # name path
 
 export GPU_DECODE_BIN=$BIN/gpu_decode
 run_model qwen15b "$Q"
+[ -n "${SKIP_MLX:-}" ] || run_model qwen15b_mlx4 "$Q4"
 [ -n "${SKIP_SMOL:-}" ] || run_model smollm2 "$S"
 for m in ${EXTRA_MODELS:-}; do run_model "${m%%=*}" "${m#*=}"; done
 
 # ---- table ----
 QB=$(step_bytes "$Q")
-py - "$LOG/results" "$LOG/peer.jsonl" "$BW" "$QB" "$STREAMS" <<'PY'
+Q4B=$( [ -f "$Q4/model.safetensors" ] && step_bytes "$Q4" || echo 0)
+py - "$LOG/results" "$LOG/peer.jsonl" "$BW" "$QB" "$STREAMS" "$Q4B" <<'PY'
 import json, sys
 res = {}
 for line in open(sys.argv[1]):
@@ -100,6 +107,11 @@ q = res.get("qwen15b", {})
 try:
     d = float(q["decode1"]); print(f"ours b=1: {d:.1f} tok/s = {100*d/roof:.1f}% of measured roofline, {100*d*qb/3.35e12:.1f}% of 3.35 TB/s")
 except (KeyError, ValueError): pass
+q4b = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+try:
+    d4 = float(res["qwen15b_mlx4"]["decode1"])
+    print(f"MLX 4-bit 1.5B: step reads {q4b/1e9:.3f} GB, roofline {bw/q4b:.0f} tok/s; ours b=1 {d4:.1f} tok/s = {100*d4*q4b/bw:.1f}%")
+except (KeyError, ValueError, ZeroDivisionError): pass
 try:
     s1, s64 = float(q["streams1"]), float(q["streams64"]); print(f"64 streams / 1 stream: {s64/s1:.2f}x")
 except (KeyError, ValueError): pass
