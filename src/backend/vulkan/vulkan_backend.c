@@ -296,7 +296,8 @@ typedef struct vk_impl {
     int unified;          // device buffers are host-visible and mapped
     int software;         // a CPU device (lavapipe)
     uint32_t subgroup_size;
-    uint32_t gemm_min_tiles;  // fewer 64x64 tiles than this: matvec (VLLM_METAL_VULKAN_GEMM_MIN_TILES)
+    uint32_t gemm_min_tiles;  // fewer 64x64 tiles than this: matvec, for gemm_cm.comp (VLLM_METAL_VULKAN_GEMM_MIN_TILES)
+    uint32_t gemm_min_tiles_plain;  // the same for gemm.comp (other weights, or no cooperative matrices)
     uint32_t attn_items;      // attention splits the context until about this many workgroups (VLLM_METAL_VULKAN_ATTN_WGS)
     uint32_t splitk_wgs;      // gemm_cm grids of fewer workgroups split K up to this many (VLLM_METAL_VULKAN_SPLITK; 0: never)
     int vk_fuse;          // rmsnorm and swiglu folded into matvecs (VLLM_METAL_VULKAN_FUSE=0: not)
@@ -1038,7 +1039,8 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     // 24 tiles); up to 64 tokens such matrices take the matvec in token tiles
     // of 8 instead (the weights then come from L2 after the first tile).
     uint32_t tiles = (rows + 63) / 64 * (uint32_t)((n + 63) / 64);
-    if (n <= MATVEC_MAX || (n <= 64 && tiles < v->gemm_min_tiles)) {
+    const int cm = v->coopmat && (kw->wt == WT_F16 || kw->wt == WT_BF16);
+    if (n <= MATVEC_MAX || (n <= 64 && tiles < (cm ? v->gemm_min_tiles : v->gemm_min_tiles_plain))) {
         int tn = n == 1 ? 1 : n <= 4 ? 4 : 8;
         if (v->norm.valid && x == v->norm.out && n == v->norm.rows && w->cols == v->norm.dim && v->vk_fuse) {
             p->pc.x = v->norm.x->addr;
@@ -1050,7 +1052,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
         p->sh = (tn == 1 ? SH_matvec1_f32 : tn == 4 ? SH_matvec4_f32 : SH_matvec8_f32) + kw->wt;
         p->gx = (rows + mv_rows(p->sh) - 1) / mv_rows(p->sh);
         p->gy = (uint32_t)((n + tn - 1) / tn);
-    } else if (v->coopmat && (kw->wt == WT_F16 || kw->wt == WT_BF16)) {
+    } else if (cm) {
         p->sh = kw->wt == WT_F16 ? SH_gemmcm_f16 : SH_gemmcm_bf16;
         p->gx = (rows + 63) / 64;
         p->gy = (uint32_t)((n + 63) / 64);
@@ -1456,7 +1458,8 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
         if (v->coopmat) dext[n_use++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
     }
     free(dex);
-    v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 16 : 512;
+    v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : 16;
+    v->gemm_min_tiles_plain = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 128 : 512;
     const char *senv = getenv("VLLM_METAL_VULKAN_SPLITK");
     v->splitk_wgs = senv && *senv ? (uint32_t)atoi(senv) : 512;
     const char *renv = getenv("VLLM_METAL_VULKAN_REUSE");
