@@ -18,7 +18,7 @@ VK_SHADERS := \
   gemmcm_f16:gemm_cm:WT=1,NOOPT gemmcm_bf16:gemm_cm:WT=2,NOOPT \
   embed_f32:embed:WT=0 embed_f16:embed:WT=1 embed_bf16:embed:WT=2 \
   embed_a4:embed:WT=3 embed_a8:embed:WT=4 embed_a2:embed:WT=5 \
-  rmsnorm:rmsnorm: rope:rope: \
+  rmsnorm:rmsnorm: rope:rope: rope_kv_f32:rope_kv:KV16=0 rope_kv_f16:rope_kv:KV16=1 \
   cache_write_f32:cache_write:KV16=0 cache_write_f16:cache_write:KV16=1 \
   attention_f32:attention:KV16=0 attention_f16:attention:KV16=1 attn_combine:attn_combine: \
   add:eltwise:OP=0 swiglu:eltwise:OP=1 add_bias:eltwise:OP=2 get_rows:eltwise:OP=3 \

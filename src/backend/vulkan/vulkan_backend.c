@@ -65,7 +65,7 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
     X(gemmcm_f16) X(gemmcm_bf16) \
     X(embed_f32) X(embed_f16) X(embed_bf16) X(embed_a4) X(embed_a8) X(embed_a2)            \
     X(rmsnorm) X(rope) X(cache_write_f32) X(cache_write_f16) X(attention_f32)              \
-    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample) X(splitk)
+    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample) X(splitk) X(rope_kv_f32) X(rope_kv_f16)
 
 // (each array is written out below: an #include cannot sit inside a macro)
 static const uint32_t spv_matvec1_f32[] = {
@@ -221,6 +221,12 @@ static const uint32_t spv_sample[] = {
 static const uint32_t spv_splitk[] = {
 #include "splitk.inc"
 };
+static const uint32_t spv_rope_kv_f32[] = {
+#include "rope_kv_f32.inc"
+};
+static const uint32_t spv_rope_kv_f16[] = {
+#include "rope_kv_f16.inc"
+};
 
 enum {
 #define X(name) SH_##name,
@@ -339,6 +345,10 @@ typedef struct vk_impl {
     // output folds into it.
     struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy, gz; const vm_buf *x, *y, *res, *out2; } pend[PEND_MAX];
     int n_pend;
+    // Ropes recorded lazily (up to 2: q, then k), so that rope(q), rope(k),
+    // cache_write(k, v) become one rope_kv.comp dispatch.
+    struct pend_rope { vm_buf *x; const vm_buf *pos; VkDeviceAddress freq; int n, n_heads, head_dim, half, interleaved; float theta_scale; } rope[2];
+    int n_rope;
     // The last rmsnorm (rows of x -> out, out != x), while neither has been
     // written since: a matvec of out reads x and normalizes it itself, so
     // it need not wait for the rmsnorm.
@@ -682,7 +692,12 @@ static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uin
     }
 }
 
+static void rope_dispatch(vk_impl *v, const struct pend_rope *r);
+
 static void pend_flush(vk_impl *v) {
+    int nr = v->n_rope;
+    v->n_rope = 0;
+    for (int i = 0; i < nr; i++) rope_dispatch(v, &v->rope[i]);   // recorded before any pending matmul
     int n = v->n_pend;
     v->n_pend = 0;
     for (int i = 0; i < n; i++) {
@@ -1167,6 +1182,14 @@ static void vk_sample(vm_backend *be, const vm_buf *x, int rows, int cols, const
     dispatch(v, SH_sample, &pc, sizeof pc, gx, gy, 1, RDS(x, params), WRS(out));
 }
 
+static void rope_dispatch(vk_impl *v, const struct pend_rope *r) {
+    struct { VkDeviceAddress x, pos, inv_freq; uint32_t n, n_heads, head_dim, half_rot, interleaved; float theta_scale; } pc =
+        { r->x->addr, r->pos->addr, r->freq, (uint32_t)r->n, (uint32_t)r->n_heads, (uint32_t)r->head_dim, (uint32_t)r->half,
+          (uint32_t)r->interleaved, r->theta_scale };
+    const vm_buf *rd[2] = { r->x, r->pos }, *wr[1] = { r->x };
+    dispatch_raw(v, SH_rope, &pc, sizeof pc, (uint32_t)((r->half + 63) / 64), (uint32_t)r->n, 1, rd, 2, wr, 1);
+}
+
 static void vk_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads, int head_dim, const vm_rope *r) {
     vk_impl *v = impl_of(be);
     int half = r->rot_dim / 2;
@@ -1174,14 +1197,34 @@ static void vk_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, i
     if (r->theta_scale <= 0) {
         if (!(fa = vec_f32(v, r->inv_freq, VM_DTYPE_F32, (size_t)half))) return;
     }
-    struct { VkDeviceAddress x, pos, inv_freq; uint32_t n, n_heads, head_dim, half_rot, interleaved; float theta_scale; } pc =
-        { x->addr, positions->addr, fa, (uint32_t)n, (uint32_t)n_heads, (uint32_t)head_dim, (uint32_t)half, (uint32_t)(r->interleaved != 0), r->theta_scale };
-    dispatch(v, SH_rope, &pc, sizeof pc, (uint32_t)((half + 63) / 64), (uint32_t)n, 1, RDS(x, positions), WRS(x));
+    struct pend_rope pr = { x, positions, fa, n, n_heads, head_dim, half, r->interleaved != 0, r->theta_scale };
+    // a second rope (k after q) waits with the first for the cache write
+    int pair = v->n_rope == 1 && v->n_pend == 0 && v->rope[0].x != x && v->rope[0].pos == positions && v->rope[0].freq == fa &&
+               v->rope[0].n == n && v->rope[0].head_dim == head_dim && v->rope[0].half == half &&
+               v->rope[0].interleaved == pr.interleaved && v->rope[0].theta_scale == pr.theta_scale;
+    if (!pair) pend_flush(v);
+    v->rope[v->n_rope++] = pr;
 }
 
 static void vk_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *vb, const vm_attn_meta *m,
                            vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
     vk_impl *v = impl_of(be);
+    const struct pend_rope *rq = &v->rope[0], *rk = &v->rope[1];
+    if (v->n_rope == 2 && v->n_pend == 0 && rk->x == k && rk->n == m->n_tokens && rk->n_heads == n_kv_heads &&
+        rk->head_dim == head_dim && 2 * rk->half == head_dim && vb != rq->x && vb != k &&
+        (m->kv_dtype != VM_DTYPE_F16 || rk->interleaved)) {
+        // rope(q), rope(k) and this write in one dispatch (rope_kv.comp)
+        struct { VkDeviceAddress q, k, v, pos, inv_freq, slots, kc, vc;
+                 uint32_t n, n_heads, n_kv_heads, head_dim, half_rot, interleaved, block_size; float theta_scale; } pc =
+            { rq->x->addr, k->addr, vb->addr, rk->pos->addr, rk->freq, m->slot_mapping->addr, k_cache->addr, v_cache->addr,
+              (uint32_t)m->n_tokens, (uint32_t)rq->n_heads, (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)rk->half,
+              (uint32_t)rk->interleaved, (uint32_t)m->block_size, rk->theta_scale };
+        const vm_buf *rd[5] = { rq->x, k, vb, rk->pos, m->slot_mapping }, *wr[4] = { rq->x, k, k_cache, v_cache };
+        v->n_rope = 0;
+        dispatch_raw(v, m->kv_dtype == VM_DTYPE_F16 ? SH_rope_kv_f16 : SH_rope_kv_f32, &pc, sizeof pc,
+                     (uint32_t)((rk->half + 63) / 64), (uint32_t)m->n_tokens, 1, rd, 5, wr, 4);
+        return;
+    }
     struct { VkDeviceAddress k, v, slots, kc, vc; uint32_t n_tokens, n_kv_heads, head_dim, block_size; } pc =
         { k->addr, vb->addr, m->slot_mapping->addr, k_cache->addr, v_cache->addr, (uint32_t)m->n_tokens,
           (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)m->block_size };
