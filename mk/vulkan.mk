@@ -22,7 +22,7 @@ VK_SHADERS := \
   cache_write_f32:cache_write:KV16=0 cache_write_f16:cache_write:KV16=1 \
   attention_f32:attention:KV16=0 attention_f16:attention:KV16=1 attn_combine:attn_combine: \
   add:eltwise:OP=0 swiglu:eltwise:OP=1 add_bias:eltwise:OP=2 get_rows:eltwise:OP=3 \
-  sample:sample: splitk:splitk:
+  sample:sample: splitk:splitk: q8act:q8act:
 
 ifeq ($(VK_OK),1)
 $(BUILD)/$(VK_DIR)/vulkan_backend.o: CFLAGS += -DVM_HAVE_VULKAN -I$(VK_GEN) $(shell pkg-config --cflags vulkan)

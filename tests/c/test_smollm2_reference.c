@@ -5,6 +5,9 @@
 //  - transformers' GGUF loader (dequantized f32): last-position logits and
 //    greedy tokens, against our f32-activation run (VLLM_METAL_Q8_ACTIVATIONS=0).
 // Skipped when the model file is absent (scripts/setup.sh model fetches it).
+// VLLM_METAL_TEST_BACKEND=vulkan runs both on the Vulkan backend (a GPU sums
+// in its own orders, with f32 activations: the same acceptance lines, no
+// bit-exact checks).
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
@@ -15,6 +18,7 @@
 #include <unistd.h>
 
 #include "backend/cpu/kernels.h"
+#include "backend/vulkan/vulkan_backend.h"
 #include "model/session.h"
 
 static const char *model_path(void) {
@@ -23,6 +27,11 @@ static const char *model_path(void) {
     if (p) return p;
     snprintf(buf, sizeof buf, "%s/.cache/vllm-metal/SmolLM2-135M-Instruct.Q4_1.gguf", getenv("HOME"));
     return buf;
+}
+
+static int on_gpu(void) {
+    const char *b = getenv("VLLM_METAL_TEST_BACKEND");
+    return b && !strcmp(b, "vulkan");
 }
 
 static int32_t *ids_of(json_t *arr, int *n) {
@@ -73,7 +82,9 @@ static agreement compare(const char *golden_file, int check_logits) {
     json_t *root = json_load_file(golden_file, 0, &je);
     cr_assert(root, "%s: %s", golden_file, je.text);
     vm_err e = {{0}};
-    vm_backend *be = vm_backend_cpu_create(0, &e);
+    vm_backend *be = on_gpu() ? vm_backend_vulkan_create(NULL, &e) : vm_backend_cpu_create(0, &e);
+    cr_assert(be, "%s", e.msg);
+    if (on_gpu()) cr_log_info("on %s", vm_backend_vulkan_device_name(be));
     vm_model *m = vm_model_create(model_path(), be, 512, &e);
     cr_assert(m, "%s", e.msg);
     const int vocab = vm_model_get_config(m)->vocab_size;
@@ -177,7 +188,7 @@ Test(smollm2, agrees_with_llama_cpp, .timeout = 600) {
               a.positions_equal, a.positions);
     // llama.cpp's x86 build runs AVX2 code; our AVX2 kernels reproduce its
     // arithmetic exactly (other kernel sets sum in other orders).
-    if (strcmp(vm_cpu_kernels_select()->name, "avx2") == 0)
+    if (!on_gpu() && strcmp(vm_cpu_kernels_select()->name, "avx2") == 0)
         cr_expect(a.bit_exact == a.bit_checks && a.bit_checks >= 40, "logits bit-exact in %d/%d checks",
                   a.bit_exact, a.bit_checks);
 }

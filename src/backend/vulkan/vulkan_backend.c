@@ -25,10 +25,12 @@
 // Weights are uploaded once by weight_prepare in the layout the shaders read
 // (shaders/weight.glsl): f32/f16/bf16 as stored; GGUF Q4_0/Q4_1 repacked as
 // 4-bit affine groups of 32 and Q8_0 as 8-bit affine (q+128, bias -128d),
-// MLX affine words as stored with f32 scales/biases. Matmuls use f32
-// activations against these (what VLLM_METAL_Q8_ACTIVATIONS=0 does on the
-// CPU), and attention computes in f32 also over an f16 cache (the CPU rounds
-// q and the softmax weights to f16 there; we do not).
+// MLX affine words as stored with f32 scales/biases. GGUF block weights take
+// llama.cpp's 8-bit activations as values (q8act.comp; the CPU's integer dots
+// sum the same products; VLLM_METAL_Q8_ACTIVATIONS=0: f32, both backends),
+// other weights f32 activations. Attention computes in f32; over an f16 cache
+// q is rounded to f16 first as on the CPU (the CPU rounds the softmax weights
+// to f16 too; we do not).
 #include "vulkan_backend.h"
 
 #ifndef VM_HAVE_VULKAN
@@ -65,7 +67,7 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
     X(gemmcm_f16) X(gemmcm_bf16) \
     X(embed_f32) X(embed_f16) X(embed_bf16) X(embed_a4) X(embed_a8) X(embed_a2)            \
     X(rmsnorm) X(rope) X(cache_write_f32) X(cache_write_f16) X(attention_f32)              \
-    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample) X(splitk) X(rope_kv_f32) X(rope_kv_f16)
+    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample) X(splitk) X(rope_kv_f32) X(rope_kv_f16) X(q8act)
 
 // (each array is written out below: an #include cannot sit inside a macro)
 static const uint32_t spv_matvec1_f32[] = {
@@ -227,6 +229,9 @@ static const uint32_t spv_rope_kv_f32[] = {
 static const uint32_t spv_rope_kv_f16[] = {
 #include "rope_kv_f16.inc"
 };
+static const uint32_t spv_q8act[] = {
+#include "q8act.inc"
+};
 
 enum {
 #define X(name) SH_##name,
@@ -258,6 +263,7 @@ typedef struct vk_weight {
     vm_buf *buf;
     VkDeviceAddress w, sc, bi;
     int wt, group;
+    int q8act;            // GGUF block weight: multiplies llama.cpp's 8-bit activations (q8act.comp)
     struct vk_weight *next;
 } vk_weight;
 
@@ -307,6 +313,10 @@ typedef struct vk_impl {
     uint32_t attn_items;      // attention splits the context until about this many workgroups (VLLM_METAL_VULKAN_ATTN_WGS)
     uint32_t splitk_wgs;      // gemm_cm grids of fewer workgroups split K up to this many (VLLM_METAL_VULKAN_SPLITK; 0: never)
     int vk_fuse;          // rmsnorm and swiglu folded into matvecs (VLLM_METAL_VULKAN_FUSE=0: not)
+    int q8_activations;   // GGUF block weights take 8-bit activations (VLLM_METAL_Q8_ACTIVATIONS=0: f32)
+    // the last q8act.comp output: src's n rows of cols, while neither has been written since
+    struct { const vm_buf *src; int n, cols, valid; } q8;
+    vm_buf *xq;           // q8act.comp output
     int coopmat;          // gemm_cm.comp usable (VK_NV_cooperative_matrix, 16x16x16 f16 -> f32, subgroups of 32)
     char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
 
@@ -677,8 +687,10 @@ static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uin
     if (need) rec_barrier(v);
     for (int i = 0; i < nrd; i++) if (rd[i]) hz_add(v->hz_rd, &v->n_rd, rd[i]);
     for (int i = 0; i < nwr; i++) if (wr[i]) hz_add(v->hz_wr, &v->n_wr, wr[i]);
-    for (int i = 0; i < nwr; i++)
+    for (int i = 0; i < nwr; i++) {
         if (wr[i] && (wr[i] == v->norm.x || wr[i] == v->norm.out)) v->norm.valid = 0;
+        if (wr[i] && (wr[i] == v->q8.src || wr[i] == v->xq) && sh != SH_q8act) v->q8.valid = 0;
+    }
     vk_cmd *c = cmd_add(v, CMD_DISPATCH);
     if (!c) return;
     c->sh = (uint32_t)sh;
@@ -771,6 +783,7 @@ static void vk_buf_write(vm_backend *be, vm_buf *b, size_t off, const void *src,
     if (n == 0) return;
     pend_flush(v);
     v->norm.valid = 0;
+    v->q8.valid = 0;
     // Recorded in order with the ops: while commands are pending, or (device
     // memory the host cannot map) to open the recording, so that the step's
     // metadata writes join its one submit. A run of writes shares one barrier
@@ -961,6 +974,7 @@ static int vk_weight_prepare(vm_backend *be, vm_weight *w, vm_err *e) {
     size_t s_off = (wbytes + 255) & ~(size_t)255, b_off = s_off + ((sbytes + 255) & ~(size_t)255);
     kw->wt = wt;
     kw->group = group;
+    kw->q8act = v->q8_activations && (w->dtype == VM_DTYPE_Q4_0 || w->dtype == VM_DTYPE_Q4_1 || w->dtype == VM_DTYPE_Q8_0);
     kw->w = kw->buf->addr;
     kw->sc = kw->buf->addr + s_off;
     kw->bi = kw->buf->addr + b_off;
@@ -1041,10 +1055,32 @@ static void norm_touch(vk_impl *v, const vm_buf *b) {
     if (b == v->norm.x || b == v->norm.out) v->norm.valid = 0;
 }
 
+// x as llama.cpp's 8-bit activations (q8act.comp into v->xq), reused while
+// neither x nor xq is written (q, k and v share one).
+static const vm_buf *q8_input(vk_impl *v, const vm_buf *x, int n, int cols) {
+    int pending_write = 0;
+    for (int i = 0; i < v->n_pend; i++)
+        if (v->pend[i].y == x || v->pend[i].res == x || v->pend[i].out2 == x) pending_write = 1;
+    if (v->q8.valid && !pending_write && v->q8.src == x && v->q8.n == n && v->q8.cols == cols) return v->xq;
+    size_t need = (size_t)n * (size_t)cols * 4;
+    if (!v->xq || v->xq->size < need) {
+        buf_release(v, v->xq);
+        vm_err e = {{0}};
+        if (!(v->xq = buf_create(v, need, 0, &e))) { if (!v->failed) { v->failed = 1; v->err = e; } return NULL; }
+    }
+    struct { VkDeviceAddress x, y; uint32_t blocks; } pc = { x->addr, v->xq->addr, (uint32_t)((size_t)n * cols / 32) };
+    uint32_t gx, gy;
+    grid_1d(((uint64_t)pc.blocks + 63) / 64, &gx, &gy);
+    dispatch(v, SH_q8act, &pc, sizeof pc, gx, gy, 1, RDS(x), WRS(v->xq));
+    v->q8.src = x; v->q8.n = n; v->q8.cols = cols; v->q8.valid = 1;
+    return v->xq;
+}
+
 static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     vk_impl *v = impl_of(be);
     vk_weight *kw = dev_weight(v, w);
     if (!kw || n <= 0) return;
+    if (kw->q8act && !(x = q8_input(v, x, n, (int)w->cols))) return;
     if (v->n_pend == PEND_MAX) pend_flush(v);
     struct pend_mm *p = &v->pend[v->n_pend++];
     p->pc = (mm_pc){ .w = kw->w, .sc = kw->sc, .bi = kw->bi, .x = x->addr, .y = out->addr, .rows = (uint32_t)w->rows,
@@ -1318,6 +1354,7 @@ static void vk_destroy(vm_backend *be) {
             buf_destroy(v, v->staging);
             buf_destroy(v, v->attn_part);
             buf_destroy(v, v->mm_part);
+            buf_destroy(v, v->xq);
             buf_destroy(v, v->upload);
             for (int i = 0; i < CB_CACHE; i++) free(v->cache[i].list);
             free(v->list);
@@ -1505,6 +1542,8 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     v->gemm_min_tiles_plain = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 128 : 512;
     const char *senv = getenv("VLLM_METAL_VULKAN_SPLITK");
     v->splitk_wgs = senv && *senv ? (uint32_t)atoi(senv) : 512;
+    const char *q8env = getenv("VLLM_METAL_Q8_ACTIVATIONS");
+    v->q8_activations = !(q8env && !strcmp(q8env, "0"));
     const char *renv = getenv("VLLM_METAL_VULKAN_REUSE");
     v->no_reuse = renv && !strcmp(renv, "0");
     const char *aenv = getenv("VLLM_METAL_VULKAN_ATTN_WGS");

@@ -8,7 +8,8 @@
 // the result goes straight to out (n_tokens, n_heads, head_dim); with
 // several, each writes (max, sum, unnormalized o[head_dim]) to part and
 // attn_combine.comp merges them (decode). head_dim must be even.
-// Arithmetic is f32 throughout, also with an f16 cache (KV16).
+// Arithmetic is f32 throughout; with an f16 cache (KV16) q is rounded to f16
+// first, as the CPU does (the softmax weights are not: the CPU rounds them too).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -59,6 +60,9 @@ void main() {
     for (uint k = 0; k < PPL; k++) {
         uint d = k * SG + lane;
         qr[k] = d < hp ? pc.q.v[item * hp + d] : vec2(0.0);
+#if KV16
+        qr[k] = unpackHalf2x16(packHalf2x16(qr[k]));   // q in f16, as the CPU's (and llama.cpp's) f16-cache dot
+#endif
         o[k] = vec2(0.0);
     }
     float m = -1.0 / 0.0, l = 0.0;
