@@ -264,6 +264,7 @@ typedef struct vk_weight {
     VkDeviceAddress w, sc, bi;
     int wt, group;
     int q8act;            // GGUF block weight: multiplies llama.cpp's 8-bit activations (q8act.comp)
+    int q41;              // ... a Q4_1 one: its min term takes q8act.comp's correction (MM_CORR)
     struct vk_weight *next;
 } vk_weight;
 
@@ -291,7 +292,8 @@ typedef struct {
     uint32_t ksplit;        // columns per split (grid z = the number of splits)
 } mm_pc;
 _Static_assert(sizeof(mm_pc) <= 128, "push constants");
-enum { MM_BIAS = 1, MM_RES = 2, MM_NORM = 4, MM_DUAL = 8 };   // MM_NORM, MM_DUAL: matvec.comp only
+enum { MM_BIAS = 1, MM_RES = 2, MM_NORM = 4, MM_DUAL = 8, MM_CORR = 16 };   // MM_NORM, MM_DUAL: matvec.comp only;
+// MM_CORR (matvec.comp, gemm.comp): part = q8act.comp's Q4_1 min-term corrections
 
 typedef struct vk_impl {
     VkInstance instance;
@@ -975,6 +977,7 @@ static int vk_weight_prepare(vm_backend *be, vm_weight *w, vm_err *e) {
     kw->wt = wt;
     kw->group = group;
     kw->q8act = v->q8_activations && (w->dtype == VM_DTYPE_Q4_0 || w->dtype == VM_DTYPE_Q4_1 || w->dtype == VM_DTYPE_Q8_0);
+    kw->q41 = kw->q8act && w->dtype == VM_DTYPE_Q4_1;
     kw->w = kw->buf->addr;
     kw->sc = kw->buf->addr + s_off;
     kw->bi = kw->buf->addr + b_off;
@@ -1062,13 +1065,14 @@ static const vm_buf *q8_input(vk_impl *v, const vm_buf *x, int n, int cols) {
     for (int i = 0; i < v->n_pend; i++)
         if (v->pend[i].y == x || v->pend[i].res == x || v->pend[i].out2 == x) pending_write = 1;
     if (v->q8.valid && !pending_write && v->q8.src == x && v->q8.n == n && v->q8.cols == cols) return v->xq;
-    size_t need = (size_t)n * (size_t)cols * 4;
+    size_t need = (size_t)n * (size_t)cols * 4 + (size_t)n * (size_t)(cols / 32) * 4;   // values, then corr
     if (!v->xq || v->xq->size < need) {
         buf_release(v, v->xq);
         vm_err e = {{0}};
         if (!(v->xq = buf_create(v, need, 0, &e))) { if (!v->failed) { v->failed = 1; v->err = e; } return NULL; }
     }
-    struct { VkDeviceAddress x, y; uint32_t blocks; } pc = { x->addr, v->xq->addr, (uint32_t)((size_t)n * cols / 32) };
+    struct { VkDeviceAddress x, y, corr; uint32_t blocks; } pc =
+        { x->addr, v->xq->addr, v->xq->addr + (size_t)n * (size_t)cols * 4, (uint32_t)((size_t)n * cols / 32) };
     uint32_t gx, gy;
     grid_1d(((uint64_t)pc.blocks + 63) / 64, &gx, &gy);
     dispatch(v, SH_q8act, &pc, sizeof pc, gx, gy, 1, RDS(x), WRS(v->xq));
@@ -1085,6 +1089,10 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     struct pend_mm *p = &v->pend[v->n_pend++];
     p->pc = (mm_pc){ .w = kw->w, .sc = kw->sc, .bi = kw->bi, .x = x->addr, .y = out->addr, .rows = (uint32_t)w->rows,
                      .cols = (uint32_t)w->cols, .n = (uint32_t)n, .group = (uint32_t)kw->group };
+    if (kw->q41) {   // x is v->xq: its corrections follow the values
+        p->pc.flags |= MM_CORR;
+        p->pc.part = x->addr + (size_t)n * (size_t)w->cols * 4;
+    }
     uint32_t rows = (uint32_t)w->rows;
     // A GEMM grid of few workgroups leaves most of a large GPU idle (1536 rows:
     // 24 tiles); up to 64 tokens such matrices take the matvec in token tiles

@@ -27,6 +27,7 @@ layout(push_constant, std430) uniform Params {
     U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias; F32 res;
     U32 w2; F32 sc2; F32 bi2; F32x4 nw;
     uint rows, cols, n, group, flags; float eps;
+    F32 corr;   // flags 16: Q4_1 min-term correction per (token, block), as matvec.comp
 } pc;
 
 shared float Ws[BK][BM + 1];
@@ -73,7 +74,10 @@ void main() {
             uint t = t0 + tx + 16u * j;
             if (t >= pc.n) continue;
             uint o = t * pc.rows + r;
-            float s = acc[i][j] + b;
+            float s = acc[i][j];
+            if ((pc.flags & 16u) != 0u)
+                for (uint g = 0; g < pc.cols / 32u; g++) s += pc.bi.v[r * (pc.cols / 32u) + g] * pc.corr.v[t * (pc.cols / 32u) + g];
+            s += b;
             pc.y.v[o] = s;
             if ((pc.flags & 2u) != 0u) pc.res.v[o] += s;
         }

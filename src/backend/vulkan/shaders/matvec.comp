@@ -12,6 +12,9 @@
 //   2 (res):  also adds the result into res (a folded residual add: res += out);
 //   4 (norm): x is the input of an rmsnorm with weight nw: the workgroup
 //             sums x^2 on the way and multiplies by nw and 1/rms itself;
+//   16 (corr): adds min * corr[token][block] once per 32-column block (group
+//             32: GGUF Q4_1 on q8act.comp's activations), right after the
+//             block's first chunk, in every token tile alike;
 //   8 (dual): two weights of equal shape (w: gate, w2: up) on the same x, NR/2
 //             rows of each a workgroup: y = gate, res = up, bias = silu(gate) * up
 //             (a folded swiglu).
@@ -36,13 +39,22 @@ layout(push_constant, std430) uniform Params {
     U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias; F32 res;
     U32 w2; F32 sc2; F32 bi2; F32x4 nw;
     uint rows, cols, n, group, flags; float eps;
+    F32 corr;   // flags 16: per (token, 32-column block) Q4_1 min-term correction (q8act.comp)
 } pc;
 
 shared float red[NR * TN + TN][WG / 4];   // per subgroup partial sums (subgroups of 4 lanes at least)
 
+// the flag-16 term of row rr (weight j of a dual pair: w2's biases) for token t at chunk c
+float corr_term(uint j, uint rr, uint t, uint c) {
+    if ((c & 3u) != 0u) return 0.0;
+    const uint g = rr * (pc.cols / 32u) + c / 4u;
+    const float mn = ((pc.flags & 8u) != 0u && j >= NH) ? pc.bi2.v[g] : pc.bi.v[g];
+    return mn * pc.corr.v[t * (pc.cols / 32u) + c / 4u];
+}
+
 void main() {
     const uint tid = gl_LocalInvocationIndex, chunks = pc.cols / 8u;
-    const bool norm = (pc.flags & 4u) != 0u, dual = (pc.flags & 8u) != 0u;
+    const bool norm = (pc.flags & 4u) != 0u, dual = (pc.flags & 8u) != 0u, corr = (pc.flags & 16u) != 0u;
     const uint r0 = gl_WorkGroupID.x * (dual ? NH : NR), t0 = gl_WorkGroupID.y * TN;
     const uint nt = min(TN, pc.n - t0);
     uint rr[NR];
@@ -76,6 +88,7 @@ void main() {
             xb0 *= g1;
         }
         for (uint j = 0; j < NR; j++) acc[j][0] += dot(w0[j], xa0) + dot(w1[j], xb0);
+        if (corr) for (uint j = 0; j < NR; j++) acc[j][0] += corr_term(j, rr[j], t0, c);
         if (has2) {
             if (norm) {
                 vec4 g0 = pc.nw.v[2u * c2], g1 = pc.nw.v[2u * c2 + 1u];
@@ -84,6 +97,7 @@ void main() {
                 xb2 *= g1;
             }
             for (uint j = 0; j < NR; j++) acc[j][0] += dot(v0[j], xa2) + dot(v1[j], xb2);
+            if (corr) for (uint j = 0; j < NR; j++) acc[j][0] += corr_term(j, rr[j], t0, c2);
         }
     }
 #else
@@ -109,6 +123,9 @@ void main() {
         }
         for (uint j = 0; j < NR; j++)
             for (uint t = 0; t < TN; t++) acc[j][t] += dot(w0[j], xa[t]) + dot(w1[j], xb[t]);
+        if (corr)
+            for (uint j = 0; j < NR; j++)
+                for (uint t = 0; t < TN; t++) acc[j][t] += corr_term(j, rr[j], t0 + min(t, nt - 1u), c);
     }
 #endif
     const uint sg = gl_SubgroupID, nsg = gl_NumSubgroups;
