@@ -25,10 +25,11 @@
 // Weights are uploaded once by weight_prepare in the layout the shaders read
 // (shaders/weight.glsl): f32/f16/bf16 as stored; GGUF Q4_0/Q4_1 repacked as
 // 4-bit affine groups of 32 and Q8_0 as 8-bit affine (q+128, bias -128d),
-// MLX affine words as stored with f32 scales/biases. GGUF block weights take
-// llama.cpp's 8-bit activations as values (q8act.comp; the CPU's integer dots
-// sum the same products; VLLM_METAL_Q8_ACTIVATIONS=0: f32, both backends),
-// other weights f32 activations. Attention computes in f32; over an f16 cache
+// MLX affine words as stored with f32 scales/biases. Matmuls use f32
+// activations (the CPU's VLLM_METAL_Q8_ACTIVATIONS=0 arithmetic); with
+// VLLM_METAL_Q8_ACTIVATIONS=1 GGUF block weights take llama.cpp's 8-bit
+// activations as values (q8act.comp, with its f16 Q4_1 block sums: per matmul
+// within 5e-5 of the CPU's integer dots). Attention computes in f32; over an f16 cache
 // q is rounded to f16 first as on the CPU (the CPU rounds the softmax weights
 // to f16 too; we do not).
 #include "vulkan_backend.h"
@@ -315,7 +316,7 @@ typedef struct vk_impl {
     uint32_t attn_items;      // attention splits the context until about this many workgroups (VLLM_METAL_VULKAN_ATTN_WGS)
     uint32_t splitk_wgs;      // gemm_cm grids of fewer workgroups split K up to this many (VLLM_METAL_VULKAN_SPLITK; 0: never)
     int vk_fuse;          // rmsnorm and swiglu folded into matvecs (VLLM_METAL_VULKAN_FUSE=0: not)
-    int q8_activations;   // GGUF block weights take 8-bit activations (VLLM_METAL_Q8_ACTIVATIONS=0: f32)
+    int q8_activations;   // GGUF block weights take 8-bit activations (VLLM_METAL_Q8_ACTIVATIONS=1; default f32)
     // the last q8act.comp output: src's n rows of cols, while neither has been written since
     struct { const vm_buf *src; int n, cols, valid; } q8;
     vm_buf *xq;           // q8act.comp output
@@ -1551,7 +1552,12 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     const char *senv = getenv("VLLM_METAL_VULKAN_SPLITK");
     v->splitk_wgs = senv && *senv ? (uint32_t)atoi(senv) : 512;
     const char *q8env = getenv("VLLM_METAL_Q8_ACTIVATIONS");
-    v->q8_activations = !(q8env && !strcmp(q8env, "0"));
+    // off unless asked for: on a GPU the f32 activations are faster, and
+    // llama.cpp's outputs are reproduced only bit for bit (the CPU backend):
+    // its 8-bit rounding makes any other summation order drift (H100, default
+    // model: 5-6/20 greedy runs equal either way, against 2.3e-5 of
+    // transformers' dequantized f32 logits with f32 activations)
+    v->q8_activations = q8env && !strcmp(q8env, "1");
     const char *renv = getenv("VLLM_METAL_VULKAN_REUSE");
     v->no_reuse = renv && !strcmp(renv, "0");
     const char *aenv = getenv("VLLM_METAL_VULKAN_ATTN_WGS");
