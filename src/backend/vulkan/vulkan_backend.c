@@ -280,6 +280,7 @@ typedef struct vec_entry {
 } vec_entry;
 
 #define HZ_MAX 32
+#define PUSH_BYTES 128    // the push-constant range of every pipeline
 #define CB_CACHE 8        // recorded command buffers kept for reuse
 #define PEND_MAX 4
 #define PROF_MAX 8192
@@ -292,7 +293,7 @@ typedef struct {
     VkDeviceAddress part;   // gemm_cm.comp split K: the partial sums (set when the dispatch is recorded)
     uint32_t ksplit;        // columns per split (grid z = the number of splits)
 } mm_pc;
-_Static_assert(sizeof(mm_pc) <= 128, "push constants");
+_Static_assert(sizeof(mm_pc) <= PUSH_BYTES, "push constants");
 enum { MM_BIAS = 1, MM_RES = 2, MM_NORM = 4, MM_DUAL = 8, MM_CORR = 16 };   // MM_NORM, MM_DUAL: matvec.comp only;
 // MM_CORR (matvec.comp, gemm.comp): part = q8act.comp's Q4_1 min-term corrections
 
@@ -382,7 +383,7 @@ typedef struct vk_cmd {
     uint32_t kind, sh, pc_size, g[3];
     VkBuffer src, dst;
     VkDeviceSize so, dO, n;
-    uint8_t pc[128];
+    uint8_t pc[PUSH_BYTES];
 } vk_cmd;
 static void pend_flush(vk_impl *v);
 static void grid_1d(uint64_t groups, uint32_t *gx, uint32_t *gy);
@@ -669,7 +670,6 @@ static VkPipeline pipeline(vk_impl *v, int sh) {
     return v->pipes[sh];
 }
 
-#define PUSH_BYTES 128
 
 // Records one dispatch that reads the buffers rd and writes wr (NULLs
 // skipped; weights and uploaded vectors are not listed: nothing writes them
@@ -1065,6 +1065,8 @@ static const vm_buf *q8_input(vk_impl *v, const vm_buf *x, int n, int cols) {
     int pending_write = 0;
     for (int i = 0; i < v->n_pend; i++)
         if (v->pend[i].y == x || v->pend[i].res == x || v->pend[i].out2 == x) pending_write = 1;
+    for (int i = 0; i < v->n_rope; i++)
+        if (v->rope[i].x == x) pending_write = 1;
     if (v->q8.valid && !pending_write && v->q8.src == x && v->q8.n == n && v->q8.cols == cols) return v->xq;
     size_t need = (size_t)n * (size_t)cols * 4 + (size_t)n * (size_t)(cols / 32) * 4;   // values, then corr
     if (!v->xq || v->xq->size < need) {
@@ -1090,6 +1092,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     struct pend_mm *p = &v->pend[v->n_pend++];
     p->pc = (mm_pc){ .w = kw->w, .sc = kw->sc, .bi = kw->bi, .x = x->addr, .y = out->addr, .rows = (uint32_t)w->rows,
                      .cols = (uint32_t)w->cols, .n = (uint32_t)n, .group = (uint32_t)kw->group };
+    p->gz = 1;   // split K (gemm_cm.comp) sets more
     if (kw->q41) {   // x is v->xq: its corrections follow the values
         p->pc.flags |= MM_CORR;
         p->pc.part = x->addr + (size_t)n * (size_t)w->cols * 4;
@@ -1136,7 +1139,6 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
         p->gx = (rows + 63) / 64;
         p->gy = (uint32_t)((n + 63) / 64);
     }
-    if (p->sh != SH_gemmcm_f16 && p->sh != SH_gemmcm_bf16) p->gz = 1;
     p->x = x;
     p->y = out;
     p->res = p->out2 = NULL;
@@ -1554,9 +1556,8 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     const char *q8env = getenv("VLLM_METAL_Q8_ACTIVATIONS");
     // off unless asked for: on a GPU the f32 activations are faster, and
     // llama.cpp's outputs are reproduced only bit for bit (the CPU backend):
-    // its 8-bit rounding makes any other summation order drift (H100, default
-    // model: 5-6/20 greedy runs equal either way, against 2.3e-5 of
-    // transformers' dequantized f32 logits with f32 activations)
+    // its 8-bit rounding makes any other summation order drift (see
+    // docs/ARCHITECTURE.md, "GGUF block types")
     v->q8_activations = q8env && !strcmp(q8env, "1");
     const char *renv = getenv("VLLM_METAL_VULKAN_REUSE");
     v->no_reuse = renv && !strcmp(renv, "0");
