@@ -134,13 +134,7 @@ const char *vm_finish_reason_name(vm_finish_reason r) {
 
 // ---------------------------------------------------------------- engine
 
-// One row's parameters for vm_backend.sample (VM_SAMPLE_PARAM_WORDS words).
-typedef struct sample_param {
-    float temperature;       // 0: argmax
-    float u32;               // u for GPUs
-    double u;                // u for the CPU (vm_draw_u's exact token)
-} sample_param;
-_Static_assert(sizeof(sample_param) == VM_SAMPLE_PARAM_WORDS * 4, "sample_param layout");
+_Static_assert(sizeof(vm_sample_param) == VM_SAMPLE_PARAM_WORDS * 4, "vm_sample_param layout");
 
 typedef struct sample_job {
     vm_request *r;
@@ -163,7 +157,7 @@ struct vm_engine {
     // scratch) and a log-softmax row, made when first needed
     vm_par *par; int par_max; bool par_tried;
     bool device_sample;     // plain draws on the backend (exec.device_sample; VLLM_METAL_DEVICE_SAMPLE=0: never)
-    struct sample_param *sparams; int cap_sparams;
+    vm_sample_param *sparams; int cap_sparams;
     vm_sample_ctx *tctx; float **tlsm; int n_tctx;
     sample_job *jobs; int cap_jobs;
     vm_runner_seq *seqs; int cap_seqs;
@@ -814,24 +808,12 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
     }
     // Ids only when every row that needs logits is a plain draw: the backend
     // draws them (the uniform from each request's own generator, as on the host).
-    int n_rows = 0;
-    if (want_ids) {
-        for (int i = 0; i < n; i++) {
-            vm_request *r = s->step[i].req;
-            if (eng->seqs[i].logits_from >= s->step[i].start + s->step[i].n_new) continue;
-            if (vm_grow((void **)&eng->sparams, &eng->cap_sparams, n_rows + 1, sizeof *eng->sparams)) {
-                want_ids = false;
-                break;
-            }
-            sample_param *q = &eng->sparams[n_rows++];
-            memset(q, 0, sizeof *q);
-            if (r->sp.temperature >= 1e-5f) {
-                q->temperature = r->sp.temperature;
-                q->u = vm_rng_uniform(&r->rng);
-                q->u32 = (float)q->u;
-            }
-        }
-    }
+    // (grown first: no generator is drawn from unless the step goes this way)
+    if (want_ids && vm_grow((void **)&eng->sparams, &eng->cap_sparams, n, sizeof *eng->sparams)) want_ids = false;
+    if (want_ids)
+        for (int i = 0, row = 0; i < n; i++)   // at most one row per sequence: its last
+            if (eng->seqs[i].logits_from < s->step[i].start + s->step[i].n_new)
+                vm_sample_param_make(s->step[i].req, &eng->sparams[row++]);
     if (prof) vm_prof_add(VM_PROF_PACK, vm_prof_now() - t_mark);
     float *logits = NULL;
     int32_t *ids = NULL;

@@ -199,6 +199,15 @@ int32_t vm_sample_row(vm_sample_ctx *c, vm_request *r, float *logits);
 // and nothing else is asked of them (no logprobs, bias, penalties, allowed or
 // bad words, min_tokens in force): the backend can draw such a row itself.
 bool vm_sample_is_plain(const vm_request *r, int vocab);
+// One plain row's parameters for vm_backend.sample (VM_SAMPLE_PARAM_WORDS
+// words): greedy leaves them 0; a draw takes the temperature and the next
+// uniform of the request's own generator (what vm_sample_row would draw).
+typedef struct vm_sample_param {
+    float temperature;       // 0: argmax
+    float u32;               // u for GPUs
+    double u;                // u for the CPU (vm_draw_u's exact token)
+} vm_sample_param;
+void vm_sample_param_make(vm_request *r, vm_sample_param *q);
 // Draws from softmax(x / temperature) with rng (one uniform); x is overwritten
 // with the unnormalized probabilities. Tokens at -inf are never drawn.
 int32_t vm_draw_row(float *x, int n, float temperature, vm_rng *rng);

@@ -231,6 +231,14 @@ bool vm_sample_is_plain(const vm_request *r, int vocab) {
                          (p->min_p <= 0 && !(p->top_k > 0 && p->top_k < vocab) && !(p->top_p < 1.0f)));
 }
 
+void vm_sample_param_make(vm_request *r, vm_sample_param *q) {
+    memset(q, 0, sizeof *q);
+    if (r->sp.temperature < SAMPLING_EPS) return;
+    q->temperature = r->sp.temperature;
+    q->u = vm_rng_uniform(&r->rng);
+    q->u32 = (float)q->u;
+}
+
 // Keep vm_sample_is_plain in step with what this does to the logits.
 int32_t vm_sample_row(vm_sample_ctx *c, vm_request *r, float *logits) {
     const vm_sampling_params *p = &r->sp;
