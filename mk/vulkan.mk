@@ -20,7 +20,7 @@ VK_SHADERS := \
   embed_a4:embed:WT=3 embed_a8:embed:WT=4 embed_a2:embed:WT=5 \
   rmsnorm:rmsnorm: rope:rope: rope_kv_f32:rope_kv:KV16=0 rope_kv_f16:rope_kv:KV16=1 \
   cache_write_f32:cache_write:KV16=0 cache_write_f16:cache_write:KV16=1 \
-  attention_f32:attention:KV16=0 attention_f16:attention:KV16=1 attn_combine:attn_combine: \
+  attention_f32:attention:KV16=0 attention_f16:attention:KV16=1 \
   add:eltwise:OP=0 swiglu:eltwise:OP=1 add_bias:eltwise:OP=2 get_rows:eltwise:OP=3 \
   sample:sample: splitk:splitk: q8act:q8act:
 

@@ -68,7 +68,7 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
     X(gemmcm_f16) X(gemmcm_bf16) \
     X(embed_f32) X(embed_f16) X(embed_bf16) X(embed_a4) X(embed_a8) X(embed_a2)            \
     X(rmsnorm) X(rope) X(cache_write_f32) X(cache_write_f16) X(attention_f32)              \
-    X(attention_f16) X(attn_combine) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample) X(splitk) X(rope_kv_f32) X(rope_kv_f16) X(q8act)
+    X(attention_f16) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample) X(splitk) X(rope_kv_f32) X(rope_kv_f16) X(q8act)
 
 // (each array is written out below: an #include cannot sit inside a macro)
 static const uint32_t spv_matvec1_f32[] = {
@@ -203,9 +203,6 @@ static const uint32_t spv_attention_f32[] = {
 static const uint32_t spv_attention_f16[] = {
 #include "attention_f16.inc"
 };
-static const uint32_t spv_attn_combine[] = {
-#include "attn_combine.inc"
-};
 static const uint32_t spv_add[] = {
 #include "add.inc"
 };
@@ -284,6 +281,7 @@ typedef struct vec_entry {
 #define CB_CACHE 8        // recorded command buffers kept for reuse
 #define PEND_MAX 4
 #define PROF_MAX 8192
+#define PROF_KEYS 256
 
 // matvec.comp / gemm.comp / gemm_cm.comp push constants; flags: MM_BIAS, MM_RES.
 typedef struct {
@@ -312,6 +310,7 @@ typedef struct vk_impl {
     int unified;          // device buffers are host-visible and mapped
     int software;         // a CPU device (lavapipe)
     uint32_t subgroup_size;
+    uint32_t mv1_rows, mv1_unroll, mv1_wg;   // matvec.comp one token: RS, U, WGS (VLLM_METAL_VULKAN_MV1=RS,U,WGS)
     uint32_t gemm_min_tiles;  // fewer 64x64 tiles than this: matvec, for gemm_cm.comp (VLLM_METAL_VULKAN_GEMM_MIN_TILES)
     uint32_t gemm_min_tiles_plain;  // the same for gemm.comp (other weights, or no cooperative matrices)
     uint32_t attn_items;      // attention splits the context until about this many workgroups (VLLM_METAL_VULKAN_ATTN_WGS)
@@ -347,6 +346,7 @@ typedef struct vk_impl {
     vec_entry *vecs;
     size_t n_vecs, cap_vecs;
     vm_buf *attn_part;    // attention split partials
+    vm_buf *attn_count;   // attention: splits finished per (token, head) (attention.comp sets them back to 0)
     vm_buf *mm_part;      // split-K GEMM partials
 
     // Hazard tracking: buffer ranges read and written by the dispatches
@@ -369,7 +369,10 @@ typedef struct vk_impl {
     struct { const vm_buf *x, *out; VkDeviceAddress w; float eps; int rows, dim, valid; } norm;
     // VLLM_METAL_VULKAN_PROFILE=1: a timestamp after every dispatch, summed per shader.
     VkQueryPool qpool;
+    // =2: also per grid (shader and workgroup counts), the 64 largest
     uint32_t n_q, qsh[PROF_MAX];
+    struct prof_key { uint32_t sh, g[3], cols; double ms; uint64_t n; } pk[PROF_KEYS];
+    int n_pk, prof_grids, prof_steps;   // prof_steps (=3): timestamps at a submission's start and end only
     double prof_ms[SH_COUNT], prof_gpu_ms, ts_period;
     uint64_t prof_n[SH_COUNT], n_barriers, n_dispatches, n_submits;
 } vk_impl;
@@ -624,6 +627,10 @@ static int flush(vk_impl *v) {
     pend_flush(v);
     if (v->recording) {
         rec_barrier(v);
+        if (v->qpool && v->prof_steps && v->n_q < PROF_MAX && v->n_pk) {   // the whole submission, as the first key's
+            cmd_add(v, CMD_TS);
+            v->qsh[v->n_q++] = 0;
+        }
         v->recording = 0;
         v->n_submits++;
         VkCommandBuffer cb = cache_get(v);
@@ -638,8 +645,11 @@ static int flush(vk_impl *v) {
                 if (vkGetQueryPoolResults(v->dev, v->qpool, 0, v->n_q, sizeof ts, ts, 8, VK_QUERY_RESULT_64_BIT) == VK_SUCCESS) {
                     for (uint32_t i = 1; i < v->n_q; i++) {
                         double ms = (double)(ts[i] - ts[i - 1]) * v->ts_period * 1e-6;
-                        v->prof_ms[v->qsh[i]] += ms;
-                        v->prof_n[v->qsh[i]]++;
+                        struct prof_key *k = &v->pk[v->qsh[i]];
+                        k->ms += ms;
+                        k->n++;
+                        v->prof_ms[k->sh] += ms;
+                        v->prof_n[k->sh]++;
                         v->prof_gpu_ms += ms;
                     }
                 }
@@ -658,8 +668,10 @@ static VkPipeline pipeline(vk_impl *v, int sh) {
     VkResult r = vkCreateShaderModule(v->dev, &mi, NULL, &v->modules[sh]);
     if (r != VK_SUCCESS) { fail(v, shaders[sh].name, r); return VK_NULL_HANDLE; }
     // constant_id 0: the subgroup size (shaders that size per-lane arrays by it)
-    VkSpecializationMapEntry me = { 0, 0, sizeof(uint32_t) };
-    VkSpecializationInfo spec = { 1, &me, sizeof(uint32_t), &v->subgroup_size };
+    // 1, 2, 3: matvec.comp's one-token rows, chunks in flight and invocations a workgroup (other shaders have none)
+    const uint32_t sd[4] = { v->subgroup_size, v->mv1_rows, v->mv1_unroll, v->mv1_wg };
+    VkSpecializationMapEntry me[4] = { { 0, 0, 4 }, { 1, 4, 4 }, { 2, 8, 4 }, { 3, 12, 4 } };
+    VkSpecializationInfo spec = { 4, me, sizeof sd, sd };
     VkComputePipelineCreateInfo ci = { .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = { .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
                    .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = v->modules[sh], .pName = "main",
@@ -701,9 +713,16 @@ static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uin
     memcpy(c->pc, pc, pc_size);
     c->g[0] = gx; c->g[1] = gy; c->g[2] = gz;
     v->n_dispatches++;
-    if (v->qpool && v->n_q < PROF_MAX) {
-        cmd_add(v, CMD_TS);
-        v->qsh[v->n_q++] = (uint32_t)sh;
+    if (v->qpool && v->n_q < PROF_MAX && (!v->prof_steps || !v->n_pk)) {
+        const uint32_t cols = sh <= SH_gemmcm_bf16 && pc_size == sizeof(mm_pc) ? ((const mm_pc *)pc)->cols : 0;   // matmuls: K too
+        int k = 0;
+        while (k < v->n_pk && (v->pk[k].sh != (uint32_t)sh || v->pk[k].g[0] != gx || v->pk[k].g[1] != gy || v->pk[k].g[2] != gz ||
+                               v->pk[k].cols != cols)) k++;
+        if (k == v->n_pk && v->n_pk < PROF_KEYS) v->pk[v->n_pk++] = (struct prof_key){ (uint32_t)sh, { gx, gy, gz }, cols, 0, 0 };
+        if (k < v->n_pk) {
+            cmd_add(v, CMD_TS);
+            v->qsh[v->n_q++] = (uint32_t)k;
+        }
     }
 }
 
@@ -1051,8 +1070,13 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
 // 64 x 64 tiles (32-token tiles of 128 rows up to 32 tokens), on cooperative
 // matrices for f16/bf16 weights where the device has them.
 #define MATVEC_MAX 8
-// rows of a matvec workgroup (matvec.comp's NR)
-static uint32_t mv_rows(int sh) { return sh >= SH_matvec1_f32 && sh <= SH_matvec1_a2 ? 2 : 8; }
+// output rows of a matvec workgroup (matvec.comp: one token, a subgroup a row
+// (a gate/up pair when dual) of 128 invocations; token tiles, NR = 8, 4 pairs when dual)
+static uint32_t mv_rows(const vk_impl *v, int sh, int dual) {
+    if (sh >= SH_matvec1_f32 && sh <= SH_matvec1_a2)
+        return dual ? v->mv1_rows / 2 : v->mv1_rows;
+    return dual ? 4 : 8;
+}
 
 // A pending matmul will write b: the last rmsnorm's input or output no longer holds what it did.
 static void norm_touch(vk_impl *v, const vm_buf *b) {
@@ -1113,7 +1137,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
             x = v->norm.x;
         }
         p->sh = (tn == 1 ? SH_matvec1_f32 : tn == 4 ? SH_matvec4_f32 : SH_matvec8_f32) + kw->wt;
-        p->gx = (rows + mv_rows(p->sh) - 1) / mv_rows(p->sh);
+        p->gx = (rows + mv_rows(v, p->sh, 0) - 1) / mv_rows(v, p->sh, 0);
         p->gy = (uint32_t)((n + tn - 1) / tn);
     } else if (cm) {
         p->sh = kw->wt == WT_F16 ? SH_gemmcm_f16 : SH_gemmcm_bf16;
@@ -1186,7 +1210,7 @@ static void vk_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size
             g->pc.res = up->addr;
             g->pc.bias = out->addr;
             g->pc.flags |= MM_DUAL;
-            g->gx = (g->pc.rows + mv_rows(g->sh) / 2 - 1) / (mv_rows(g->sh) / 2);
+            g->gx = (g->pc.rows + mv_rows(v, g->sh, 1) - 1) / mv_rows(v, g->sh, 1);
             g->res = up;
             g->out2 = out;
             v->n_pend--;
@@ -1234,7 +1258,7 @@ static void rope_dispatch(vk_impl *v, const struct pend_rope *r) {
         { r->x->addr, r->pos->addr, r->freq, (uint32_t)r->n, (uint32_t)r->n_heads, (uint32_t)r->head_dim, (uint32_t)r->half,
           (uint32_t)r->interleaved, r->theta_scale };
     const vm_buf *rd[2] = { r->x, r->pos }, *wr[1] = { r->x };
-    dispatch_raw(v, SH_rope, &pc, sizeof pc, (uint32_t)((r->half + 63) / 64), (uint32_t)r->n, 1, rd, 2, wr, 1);
+    dispatch_raw(v, SH_rope, &pc, sizeof pc, (uint32_t)((r->half + 63) / 64), (uint32_t)r->n, (uint32_t)r->n_heads, rd, 2, wr, 1);
 }
 
 static void vk_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads, int head_dim, const vm_rope *r) {
@@ -1269,7 +1293,7 @@ static void vk_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *vb, co
         const vm_buf *rd[5] = { rq->x, k, vb, rk->pos, m->slot_mapping }, *wr[4] = { rq->x, k, k_cache, v_cache };
         v->n_rope = 0;
         dispatch_raw(v, m->kv_dtype == VM_DTYPE_F16 ? SH_rope_kv_f16 : SH_rope_kv_f32, &pc, sizeof pc,
-                     (uint32_t)((rk->half + 63) / 64), (uint32_t)m->n_tokens, 1, rd, 5, wr, 4);
+                     (uint32_t)((rk->half + 63) / 64), (uint32_t)m->n_tokens, (uint32_t)(rq->n_heads + n_kv_heads), rd, 5, wr, 4);
         return;
     }
     struct { VkDeviceAddress k, v, slots, kc, vc; uint32_t n_tokens, n_kv_heads, head_dim, block_size; } pc =
@@ -1312,20 +1336,34 @@ static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache,
             vm_err e = {{0}};
             if (!(v->attn_part = buf_create(v, need, 0, &e))) { if (!v->failed) { v->failed = 1; v->err = e; } return; }
         }
+        if (!v->attn_count || v->attn_count->size < (size_t)items * 4) {   // per-item split counts, all 0 between dispatches
+            buf_release(v, v->attn_count);
+            vm_err e = {{0}};
+            uint32_t *zero = calloc(items, 4);
+            if (!zero || !(v->attn_count = buf_create(v, (size_t)items * 4, 0, &e))) {
+                free(zero);
+                if (!v->failed) { v->failed = 1; v->err = e; if (!zero) vm_errf(&v->err, "out of memory"); }
+                return;
+            }
+            vk_buf_write(be, v->attn_count, 0, zero, (size_t)items * 4);
+            free(zero);
+        }
         dst = v->attn_part->addr;
     }
     struct { VkDeviceAddress q, kc, vc, out, pos, seq_start, table;
-             uint32_t n_heads, n_kv_heads, head_dim, block_size, max_blocks, n_seqs, n_splits, split_len; float scale; } pc =
+             uint32_t n_heads, n_kv_heads, head_dim, block_size, max_blocks, n_seqs, n_splits, split_len; float scale;
+             VkDeviceAddress count, final_; } pc =
         { q->addr, k_cache->addr, v_cache->addr, dst, m->positions->addr, m->seq_start->addr, m->block_table->addr,
           (uint32_t)n_heads, (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)m->block_size,
-          (uint32_t)m->max_blocks_per_seq, (uint32_t)m->n_seqs, n_splits, split_len, scale };
-    const vm_buf *dst_buf = n_splits > 1 ? v->attn_part : out;
-    dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1,
-             RDS(q, k_cache, v_cache, m->positions, m->seq_start, m->block_table), WRS(dst_buf));
-    if (n_splits > 1) {
-        struct { VkDeviceAddress part, out; uint32_t head_dim, n_splits; } cp = { dst, out->addr, (uint32_t)head_dim, n_splits };
-        dispatch(v, SH_attn_combine, &cp, sizeof cp, items, 1, 1, RDS(v->attn_part), WRS(out));
-    }
+          (uint32_t)m->max_blocks_per_seq, (uint32_t)m->n_seqs, n_splits, split_len, scale,
+          n_splits > 1 ? v->attn_count->addr : 0, out->addr };
+    _Static_assert(sizeof pc <= PUSH_BYTES, "push constants");
+    if (n_splits > 1)
+        dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1,
+                 RDS(q, k_cache, v_cache, m->positions, m->seq_start, m->block_table), WRS(v->attn_part, v->attn_count, out));
+    else
+        dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1,
+                 RDS(q, k_cache, v_cache, m->positions, m->seq_start, m->block_table), WRS(out));
 }
 
 // Submits nothing (see the top): the next buf_read does, with its copy in the
@@ -1358,12 +1396,23 @@ static void vk_destroy(vm_backend *be) {
                     if (v->prof_n[i])
                         fprintf(stderr, "  %-18s %8llu x %8.2f us = %9.1f ms\n", shaders[i].name, (unsigned long long)v->prof_n[i],
                                 v->prof_ms[i] * 1e3 / (double)v->prof_n[i], v->prof_ms[i]);
+                for (int shown = 0; v->prof_grids && shown < 64; shown++) {   // per grid, largest total first
+                    int best = -1;
+                    for (int k = 0; k < v->n_pk; k++)
+                        if (v->pk[k].n && (best < 0 || v->pk[k].ms > v->pk[best].ms)) best = k;
+                    if (best < 0) break;
+                    struct prof_key *k = &v->pk[best];
+                    fprintf(stderr, "    %-16s %6u x %4u x %3u K %5u: %8llu x %8.2f us = %9.1f ms\n", shaders[k->sh].name, k->g[0],
+                            k->g[1], k->g[2], k->cols, (unsigned long long)k->n, k->ms * 1e3 / (double)k->n, k->ms);
+                    k->n = 0;
+                }
                 vkDestroyQueryPool(v->dev, v->qpool, NULL);
             }
             while (v->weights) { vk_weight *n = v->weights->next; buf_destroy(v, v->weights->buf); free(v->weights); v->weights = n; }
             for (size_t i = 0; i < v->n_vecs; i++) { buf_destroy(v, v->vecs[i].buf); free(v->vecs[i].bytes); }
             buf_destroy(v, v->staging);
             buf_destroy(v, v->attn_part);
+            buf_destroy(v, v->attn_count);
             buf_destroy(v, v->mm_part);
             buf_destroy(v, v->xq);
             buf_destroy(v, v->upload);
@@ -1506,6 +1555,19 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     VkPhysicalDeviceProperties2 p2 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sp };
     vkGetPhysicalDeviceProperties2(v->phys, &p2);
     v->subgroup_size = sp.subgroupSize ? sp.subgroupSize : 32;
+    v->mv1_rows = 2;
+    v->mv1_unroll = 2;
+    v->mv1_wg = 64;
+    const char *mv1 = getenv("VLLM_METAL_VULKAN_MV1");
+    if (mv1 && *mv1) {
+        unsigned rs = 0, u = 0, wg = 0;
+        if (sscanf(mv1, "%u,%u,%u", &rs, &u, &wg) != 3 || rs < 2 || rs > 16 || rs % 2 || u < 1 || u > 16 ||
+            wg < 32 || wg > 1024 || wg % 32 || wg / v->subgroup_size > 64)
+            return vm_errf(e, "VLLM_METAL_VULKAN_MV1=%s: expected RS,U,WG (RS even in 2..16, U in 1..16, WG a multiple of 32 up to 1024)", mv1);
+        v->mv1_rows = rs;
+        v->mv1_unroll = u;
+        v->mv1_wg = wg;
+    }
     const char *fenv = getenv("VLLM_METAL_VULKAN_FUSE");
     v->vk_fuse = !(fenv && !strcmp(fenv, "0"));
     const char *genv = getenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES");
@@ -1611,6 +1673,8 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
         VkQueryPoolCreateInfo qi = { .sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO, .queryType = VK_QUERY_TYPE_TIMESTAMP,
                                      .queryCount = PROF_MAX };
         if (vkCreateQueryPool(v->dev, &qi, NULL, &v->qpool) != VK_SUCCESS) v->qpool = VK_NULL_HANDLE;
+        v->prof_grids = !strcmp(prof, "2");
+        v->prof_steps = !strcmp(prof, "3");
         v->ts_period = props.limits.timestampPeriod;
     }
     return 0;

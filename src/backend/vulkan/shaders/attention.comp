@@ -6,8 +6,10 @@
 // coalesced and the dot is a subgroupAdd; every subgroup keeps an online
 // softmax (max, sum, o) that the workgroup merges at the end. With one split
 // the result goes straight to out (n_tokens, n_heads, head_dim); with
-// several, each writes (max, sum, unnormalized o[head_dim]) to part and
-// attn_combine.comp merges them (decode). head_dim must be even.
+// several, each writes (max, sum, unnormalized o[head_dim]) to part, and the
+// last of an item's splits to finish (an atomic count per item, which it
+// sets back to 0) merges them into out (max, then the weighted sums): decode
+// attention is one dispatch. head_dim must be even.
 // Arithmetic is f32 throughout; with an f16 cache (KV16) q is rounded to f16
 // first, as the CPU does (the softmax weights are not: the CPU rounds them too).
 #extension GL_GOOGLE_include_directive : require
@@ -27,14 +29,19 @@ layout(local_size_x = WG) in;
 #else
 #define KVT F32x2
 #endif
+// the split partials and the per-item counts: coherent, read by another workgroup
+layout(buffer_reference, std430, buffer_reference_align = 4) coherent buffer F32C { float v[]; };
+layout(buffer_reference, std430, buffer_reference_align = 4) coherent buffer U32C { uint v[]; };
 layout(push_constant, std430) uniform Params {
-    F32x2 q; KVT kc; KVT vc; F32 out_; I32 pos; I32 seq_start; I32 table;
+    F32x2 q; KVT kc; KVT vc; F32C out_; I32 pos; I32 seq_start; I32 table;
     uint n_heads, n_kv_heads, head_dim, block_size, max_blocks, n_seqs, n_splits, split_len;
     float scale;
+    U32C count; F32 final_;   // several splits: per-item counts, and where the merged result goes
 } pc;
 
 shared float sm_m[WG], sm_l[WG];
 shared vec2 so[MAXP];
+shared bool sm_last;
 
 vec2 kv2(KVT c, uint i) {
 #if KV16
@@ -68,17 +75,20 @@ void main() {
     float m = -1.0 / 0.0, l = 0.0;
     for (uint p0 = begin + sg * U; p0 < end; p0 += nsg * U) {
         float s[U];
-        uint rb[U];
+        vec2 vv[U][PPL];   // V rows loaded with K's, before the softmax needs them
         for (uint j = 0; j < U; j++) {
             uint p = p0 + j;
             float d = 0.0;
-            rb[j] = 0u;
+            for (uint k = 0; k < PPL; k++) vv[j][k] = vec2(0.0);
             if (p < end) {
                 uint blk = uint(pc.table.v[table + p / pc.block_size]);
-                rb[j] = ((blk * pc.n_kv_heads + kvh) * pc.block_size + p % pc.block_size) * hp;
+                uint rb = ((blk * pc.n_kv_heads + kvh) * pc.block_size + p % pc.block_size) * hp;
                 for (uint k = 0; k < PPL; k++) {
                     uint dd = k * SG + lane;
-                    if (dd < hp) d += dot(qr[k], kv2(pc.kc, rb[j] + dd));
+                    if (dd < hp) {
+                        d += dot(qr[k], kv2(pc.kc, rb + dd));
+                        vv[j][k] = kv2(pc.vc, rb + dd);
+                    }
                 }
             }
             s[j] = d;
@@ -97,7 +107,7 @@ void main() {
             if (p0 + j < end) {
                 for (uint k = 0; k < PPL; k++) {
                     uint dd = k * SG + lane;
-                    if (dd < hp) o[k] += s[j] * kv2(pc.vc, rb[j] + dd);
+                    if (dd < hp) o[k] += s[j] * vv[j][k];
                 }
             }
         }
@@ -125,12 +135,36 @@ void main() {
             pc.out_.v[item * hd + 2u * d] = r.x;
             pc.out_.v[item * hd + 2u * d + 1u] = r.y;
         }
-    } else {
-        uint base = (item * pc.n_splits + split) * (hd + 2u);
-        if (tid == 0u) { pc.out_.v[base] = M; pc.out_.v[base + 1u] = L; }
-        for (uint d = tid; d < hp; d += WG) {
-            pc.out_.v[base + 2u + 2u * d] = so[d].x;
-            pc.out_.v[base + 3u + 2u * d] = so[d].y;
-        }
+        return;
     }
+    uint base = (item * pc.n_splits + split) * (hd + 2u);
+    if (tid == 0u) { pc.out_.v[base] = M; pc.out_.v[base + 1u] = L; }
+    for (uint d = tid; d < hp; d += WG) {
+        pc.out_.v[base + 2u + 2u * d] = so[d].x;
+        pc.out_.v[base + 3u + 2u * d] = so[d].y;
+    }
+    // the last split of the item to get here merges them all
+    memoryBarrierBuffer();
+    barrier();
+    if (tid == 0u) sm_last = atomicAdd(pc.count.v[item], 1u) == pc.n_splits - 1u;
+    barrier();
+    if (!sm_last) return;
+    memoryBarrierBuffer();
+    const uint stride = hd + 2u, b0 = item * pc.n_splits * stride;
+    float mt = -1.0 / 0.0;
+    for (uint s = 0; s < pc.n_splits; s++) mt = max(mt, pc.out_.v[b0 + s * stride]);
+    float lt = 0.0;
+    for (uint s = 0; s < pc.n_splits; s++) {
+        float ms = pc.out_.v[b0 + s * stride];
+        if (ms > -1.0 / 0.0) lt += pc.out_.v[b0 + s * stride + 1u] * exp(ms - mt);
+    }
+    for (uint d = tid; d < hd; d += WG) {
+        float acc = 0.0;
+        for (uint s = 0; s < pc.n_splits; s++) {
+            float ms = pc.out_.v[b0 + s * stride];
+            if (ms > -1.0 / 0.0) acc += pc.out_.v[b0 + s * stride + 2u + d] * exp(ms - mt);
+        }
+        pc.final_.v[item * hd + d] = acc / lt;
+    }
+    if (tid == 0u) pc.count.v[item] = 0u;   // ready for the next dispatch
 }

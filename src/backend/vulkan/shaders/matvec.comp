@@ -1,13 +1,19 @@
 #version 450
 // out (n, rows) = x (n, cols) @ W^T for few tokens (decode), one weight type
-// (WT, see weight.glsl). A workgroup of 64 invocations owns NR output rows
-// (2 for one token, 8 for token tiles of 4 or 8) and TN tokens (workgroup y =
-// token tile): its invocations walk the columns 8 at a time (one 16-byte load
-// of f16/bf16 weights per row, NR rows in flight, each weight used for the TN
-// tokens, the x chunk loaded once for the NR rows), then subgroupAdd and
-// shared memory sum the lanes. A token's arithmetic (which lane sums which
-// columns, in what order) is the same whatever TN and NR, so a token's result
-// does not depend on the batch it is in. flags:
+// (WT, see weight.glsl).
+// A workgroup's invocations walk the columns 8 at a time (one 16-byte load
+// of f16/bf16 weights per row, the x chunk loaded once for the workgroup's
+// rows), then subgroupAdd and shared memory sum the lanes.
+//   TN 1 (one token): WGS invocations own RS weight rows (RS / 2 gate/up
+//     pairs when dual); each invocation loads U chunks of every row before it
+//     sums them (specialization constants; defaults 64, 2, 2 and
+//     VLLM_METAL_VULKAN_MV1=RS,U,WGS sets others).
+//   TN 4 / 8 (token tiles): 64 invocations own NR = 8 output rows and TN
+//     tokens (workgroup y = token tile), each weight used for the TN tokens.
+// Invocation i sums chunks i, i + 64, i + 128, ... in that order in both
+// forms (with the defaults), so a token's result does not depend on the
+// batch it is in.
+// flags:
 //   1 (bias): adds bias[row] (a folded add_bias);
 //   2 (res):  also adds the result into res (a folded residual add: res += out);
 //   4 (norm): x is the input of an rmsnorm with weight nw: the workgroup
@@ -24,17 +30,24 @@
 #include "common.glsl"
 #include "weight.glsl"
 
-#define WG 64
 #ifndef TN
 #define TN 1
 #endif
 #if TN == 1
-#define NR 2          // one token: many small workgroups keep enough loads in flight
+#extension GL_EXT_control_flow_attributes : require
+#define NR 2          // (corr_term's dual split: j 0 = gate, 1 = up)
+layout(constant_id = 1) const uint RS = 2;     // weight rows a workgroup (even, at most 16: gate/up pairs when dual)
+layout(constant_id = 2) const uint U = 2;      // chunks of each row an invocation loads before it sums them
+layout(constant_id = 3) const uint WGS = 64;   // invocations a workgroup (at most 64 subgroups)
+layout(local_size_x_id = 3) in;
 #else
+#define WG 64
 #define NR 8
 #endif
 #define NH (NR / 2)
+#if TN != 1
 layout(local_size_x = WG) in;
+#endif
 layout(push_constant, std430) uniform Params {
     U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias; F32 res;
     U32 w2; F32 sc2; F32 bi2; F32x4 nw;
@@ -42,7 +55,9 @@ layout(push_constant, std430) uniform Params {
     F32 corr;   // flags 16: per (token, 32-column block) Q4_1 min-term correction (q8act.comp)
 } pc;
 
+#if TN != 1
 shared float red[NR * TN + TN][WG / 4];   // per subgroup partial sums (subgroups of 4 lanes at least)
+#endif
 
 // the flag-16 term of row rr (weight j of a dual pair: w2's biases) for token t at chunk c
 float corr_term(uint j, uint rr, uint t, uint c) {
@@ -52,6 +67,83 @@ float corr_term(uint j, uint rr, uint t, uint c) {
     return mn * pc.corr.v[t * (pc.cols / 32u) + c / 4u];
 }
 
+#if TN == 1
+shared float red1[17][64];   // per subgroup partial sums: RS rows and the norm's sum of squares
+void main() {
+    const uint tid = gl_LocalInvocationIndex, chunks = pc.cols / 8u;
+    const bool norm = (pc.flags & 4u) != 0u, dual = (pc.flags & 8u) != 0u, corr = (pc.flags & 16u) != 0u;
+    const uint P = dual ? RS / 2u : RS;   // output rows of the workgroup
+    const uint r0 = gl_WorkGroupID.x * P;
+    // weight row of slot i: r0 + i; dual: gate (i even) and up (i odd) of row r0 + i/2
+    uint rr[RS];
+    float acc[RS], ss = 0.0;
+    [[unroll]] for (uint i = 0; i < RS; i++) {
+        rr[i] = min(r0 + (dual ? i / 2u : i), pc.rows - 1u);   // rows past the end: computed, not stored
+        acc[i] = 0.0;
+    }
+    for (uint c0 = tid; c0 < chunks; c0 += U * WGS) {
+        wchunk wk[U][RS];
+        vec4 xa[U], xb[U];
+        [[unroll]] for (uint u = 0; u < U; u++) {
+            const uint c = min(c0 + u * WGS, chunks - 1u);   // past the end: loaded, not summed
+            [[unroll]] for (uint i = 0; i < RS; i++)
+                wk[u][i] = dual && (i & 1u) != 0u ? weight_load(pc.w2, pc.sc2, pc.bi2, pc.cols, pc.group, rr[i], c)
+                                                  : weight_load(pc.w, pc.sc, pc.bi, pc.cols, pc.group, rr[i], c);
+            xa[u] = pc.x.v[2u * c];
+            xb[u] = pc.x.v[2u * c + 1u];
+        }
+        [[unroll]] for (uint u = 0; u < U; u++) {
+            const uint c = c0 + u * WGS;
+            if (c >= chunks) break;
+            if (norm) {
+                ss += dot(xa[u], xa[u]) + dot(xb[u], xb[u]);
+                xa[u] *= pc.nw.v[2u * c];
+                xb[u] *= pc.nw.v[2u * c + 1u];
+            }
+            [[unroll]] for (uint i = 0; i < RS; i++) {
+                vec4 w0, w1;
+                weight_unpack(wk[u][i], w0, w1);
+                acc[i] += dot(w0, xa[u]) + dot(w1, xb[u]);
+                if (corr) acc[i] += corr_term(dual ? (i & 1u) : 0u, rr[i], 0u, c);
+            }
+        }
+    }
+    const uint sg = gl_SubgroupID, nsg = gl_NumSubgroups;
+    [[unroll]] for (uint i = 0; i < RS; i++) {
+        const float t = subgroupAdd(acc[i]);
+        if (subgroupElect()) red1[i][sg] = t;
+    }
+    if (norm) {
+        const float t = subgroupAdd(ss);
+        if (subgroupElect()) red1[16][sg] = t;
+    }
+    barrier();
+    if (tid < P) {
+        const uint r = r0 + tid;
+        float s = 0.0, s2 = 0.0;
+        for (uint k = 0; k < nsg; k++) s += red1[dual ? 2u * tid : tid][k];
+        if (dual) for (uint k = 0; k < nsg; k++) s2 += red1[2u * tid + 1u][k];
+        if (norm) {
+            float q = 0.0;
+            for (uint k = 0; k < nsg; k++) q += red1[16][k];
+            const float inv = 1.0 / sqrt(q / float(pc.cols) + pc.eps);
+            s *= inv;
+            s2 *= inv;
+        }
+        if (r < pc.rows) {
+            if (dual) {
+                pc.res.v[r] = s2;
+                pc.y.v[r] = s;
+                pc.bias.v[r] = s / (1.0 + exp(-s)) * s2;
+            } else {
+                if ((pc.flags & 1u) != 0u) s += pc.bias.v[r];
+                pc.y.v[r] = s;
+                if ((pc.flags & 2u) != 0u) pc.res.v[r] += s;
+            }
+        }
+    }
+}
+#else
 void main() {
     const uint tid = gl_LocalInvocationIndex, chunks = pc.cols / 8u;
     const bool norm = (pc.flags & 4u) != 0u, dual = (pc.flags & 8u) != 0u, corr = (pc.flags & 16u) != 0u;
@@ -64,43 +156,6 @@ void main() {
         ss[t] = 0.0;
         for (uint j = 0; j < NR; j++) acc[j][t] = 0.0;
     }
-#if TN == 1
-    // two chunks' loads issued before either is summed (same sums, same order)
-    for (uint c = tid; c < chunks; c += 2u * WG) {
-        const uint c2 = c + WG;
-        const bool has2 = c2 < chunks;
-        uint xi = (t0 * pc.cols + c * 8u) / 4u, xi2 = (t0 * pc.cols + min(c2, chunks - 1u) * 8u) / 4u;
-        vec4 xa0 = pc.x.v[xi], xb0 = pc.x.v[xi + 1u], xa2 = pc.x.v[xi2], xb2 = pc.x.v[xi2 + 1u];
-        vec4 w0[NR], w1[NR], v0[NR], v1[NR];
-        for (uint j = 0; j < NR; j++) {
-            if (dual && j >= NH) {
-                weight_chunk8(pc.w2, pc.sc2, pc.bi2, pc.cols, pc.group, rr[j], c, w0[j], w1[j]);
-                weight_chunk8(pc.w2, pc.sc2, pc.bi2, pc.cols, pc.group, rr[j], min(c2, chunks - 1u), v0[j], v1[j]);
-            } else {
-                weight_chunk8(pc.w, pc.sc, pc.bi, pc.cols, pc.group, rr[j], c, w0[j], w1[j]);
-                weight_chunk8(pc.w, pc.sc, pc.bi, pc.cols, pc.group, rr[j], min(c2, chunks - 1u), v0[j], v1[j]);
-            }
-        }
-        if (norm) {
-            vec4 g0 = pc.nw.v[2u * c], g1 = pc.nw.v[2u * c + 1u];
-            ss[0] += dot(xa0, xa0) + dot(xb0, xb0);
-            xa0 *= g0;
-            xb0 *= g1;
-        }
-        for (uint j = 0; j < NR; j++) acc[j][0] += dot(w0[j], xa0) + dot(w1[j], xb0);
-        if (corr) for (uint j = 0; j < NR; j++) acc[j][0] += corr_term(j, rr[j], t0, c);
-        if (has2) {
-            if (norm) {
-                vec4 g0 = pc.nw.v[2u * c2], g1 = pc.nw.v[2u * c2 + 1u];
-                ss[0] += dot(xa2, xa2) + dot(xb2, xb2);
-                xa2 *= g0;
-                xb2 *= g1;
-            }
-            for (uint j = 0; j < NR; j++) acc[j][0] += dot(v0[j], xa2) + dot(v1[j], xb2);
-            if (corr) for (uint j = 0; j < NR; j++) acc[j][0] += corr_term(j, rr[j], t0, c2);
-        }
-    }
-#else
     for (uint c = tid; c < chunks; c += WG) {
         vec4 xa[TN], xb[TN];
         for (uint t = 0; t < TN; t++) {
@@ -127,7 +182,6 @@ void main() {
             for (uint j = 0; j < NR; j++)
                 for (uint t = 0; t < TN; t++) acc[j][t] += corr_term(j, rr[j], t0 + min(t, nt - 1u), c);
     }
-#endif
     const uint sg = gl_SubgroupID, nsg = gl_NumSubgroups;
     for (uint j = 0; j < NR; j++)
         for (uint t = 0; t < TN; t++) {
@@ -166,3 +220,4 @@ void main() {
         }
     }
 }
+#endif

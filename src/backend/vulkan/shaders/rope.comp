@@ -19,10 +19,9 @@ void main() {
     sincos_accurate(rope_angle(float(pc.pos.v[t]), i, pc.theta_scale, pc.inv_freq), sn, cs);
     uint a = pc.interleaved != 0u ? 2u * i : i;
     uint b = pc.interleaved != 0u ? 2u * i + 1u : i + pc.half_rot;
-    for (uint h = 0; h < pc.n_heads; h++) {
-        uint base = (t * pc.n_heads + h) * pc.head_dim;
-        float x0 = pc.x.v[base + a], x1 = pc.x.v[base + b];
-        pc.x.v[base + a] = x0 * cs - x1 * sn;
-        pc.x.v[base + b] = x1 * cs + x0 * sn;
-    }
+    const uint h = gl_GlobalInvocationID.z;   // one head a workgroup layer: no chain of loads after stores
+    uint base = (t * pc.n_heads + h) * pc.head_dim;
+    float x0 = pc.x.v[base + a], x1 = pc.x.v[base + b];
+    pc.x.v[base + a] = x0 * cs - x1 * sn;
+    pc.x.v[base + b] = x1 * cs + x0 * sn;
 }
