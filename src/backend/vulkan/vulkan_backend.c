@@ -292,7 +292,7 @@ typedef struct {
     uint32_t ksplit;        // columns per split (grid z = the number of splits)
 } mm_pc;
 _Static_assert(sizeof(mm_pc) <= PUSH_BYTES, "push constants");
-enum { MM_BIAS = 1, MM_RES = 2, MM_NORM = 4, MM_DUAL = 8, MM_CORR = 16 };   // MM_NORM, MM_DUAL: matvec.comp only;
+enum { MM_BIAS = 1, MM_RES = 2, MM_NORM = 4, MM_DUAL = 8, MM_CORR = 16, MM_ROPE = 32 };   // MM_NORM, MM_DUAL: matvec.comp only;
 // MM_CORR (matvec.comp, gemm.comp): part = q8act.comp's Q4_1 min-term corrections
 
 typedef struct vk_impl {
@@ -357,12 +357,21 @@ typedef struct vk_impl {
     int n_rd, n_wr;
     // Matmuls recorded lazily (up to PEND_MAX), so that an add_bias on one's
     // output folds into it.
-    struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy, gz; const vm_buf *x, *y, *res, *out2; } pend[PEND_MAX];
+    struct pend_mm { int sh; mm_pc pc; uint32_t gx, gy, gz; const vm_buf *x, *y, *res, *out2, *rd2[2]; } pend[PEND_MAX];
     int n_pend;
     // Ropes recorded lazily (up to 2: q, then k), so that rope(q), rope(k),
     // cache_write(k, v) become one rope_kv.comp dispatch.
     struct pend_rope { vm_buf *x; const vm_buf *pos; VkDeviceAddress freq; int n, n_heads, head_dim, half, interleaved; float theta_scale; } rope[2];
     int n_rope;
+    // ... recorded while the one-token matvecs that made q, k and v are still
+    // pending: the cache write then folds rope and the cache write into
+    // those matvecs (matvec.comp flag 32, a rope_desc each)
+    int rope_after_mm;
+    int fold_rope;        // VLLM_METAL_VULKAN_FOLD_ROPE=0: not
+    struct rope_slot { struct rope_desc { VkDeviceAddress pos, inv_freq, slots, kc, vc;
+                                          uint32_t head_dim, half, interleaved, block_size, n_kv_heads, kind, kv16;
+                                          float theta_scale; } d; vm_buf *buf; } *rdesc;
+    size_t n_rdesc, cap_rdesc;
     // The last rmsnorm (rows of x -> out, out != x), while neither has been
     // written since: a matvec of out reads x and normalizes it itself, so
     // it need not wait for the rmsnorm.
@@ -728,10 +737,21 @@ static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uin
 
 static void rope_dispatch(vk_impl *v, const struct pend_rope *r);
 
+static void mm_flush(vk_impl *v);
+
+// Pending ropes and matmuls, in the order the decoder gave them: ropes that
+// came after the pending matmuls (waiting to fold into them) go last.
 static void pend_flush(vk_impl *v) {
+    const int after = v->rope_after_mm;
+    v->rope_after_mm = 0;
+    if (after) mm_flush(v);
     int nr = v->n_rope;
     v->n_rope = 0;
-    for (int i = 0; i < nr; i++) rope_dispatch(v, &v->rope[i]);   // recorded before any pending matmul
+    for (int i = 0; i < nr; i++) rope_dispatch(v, &v->rope[i]);
+    mm_flush(v);
+}
+
+static void mm_flush(vk_impl *v) {
     int n = v->n_pend;
     v->n_pend = 0;
     for (int i = 0; i < n; i++) {
@@ -754,8 +774,8 @@ static void pend_flush(vk_impl *v) {
             dispatch_raw(v, SH_splitk, &rc, sizeof rc, gx, gy, 1, rd2, 2, wr2, 2);
             continue;
         }
-        const vm_buf *rd[2] = { p->x, p->res }, *wr[3] = { p->y, p->res, p->out2 };
-        dispatch_raw(v, p->sh, &p->pc, sizeof p->pc, p->gx, p->gy, 1, rd, 2, wr, 3);
+        const vm_buf *rd[4] = { p->x, p->res, p->rd2[0], p->rd2[1] }, *wr[3] = { p->y, p->res, p->out2 };
+        dispatch_raw(v, p->sh, &p->pc, sizeof p->pc, p->gx, p->gy, 1, rd, 4, wr, 3);
     }
 }
 
@@ -1165,7 +1185,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     }
     p->x = x;
     p->y = out;
-    p->res = p->out2 = NULL;
+    p->res = p->out2 = p->rd2[0] = p->rd2[1] = NULL;
     norm_touch(v, out);
 }
 
@@ -1270,17 +1290,98 @@ static void vk_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, i
     }
     struct pend_rope pr = { x, positions, fa, n, n_heads, head_dim, half, r->interleaved != 0, r->theta_scale };
     // a second rope (k after q) waits with the first for the cache write
-    int pair = v->n_rope == 1 && v->n_pend == 0 && v->rope[0].x != x && v->rope[0].pos == positions && v->rope[0].freq == fa &&
-               v->rope[0].n == n && v->rope[0].head_dim == head_dim && v->rope[0].half == half &&
+    int pair = v->n_rope == 1 && (v->n_pend == 0 || v->rope_after_mm) && v->rope[0].x != x && v->rope[0].pos == positions &&
+               v->rope[0].freq == fa && v->rope[0].n == n && v->rope[0].head_dim == head_dim && v->rope[0].half == half &&
                v->rope[0].interleaved == pr.interleaved && v->rope[0].theta_scale == pr.theta_scale;
-    if (!pair) pend_flush(v);
+    if (!pair) {
+        // a first rope on the output of a pending one-token matvec waits with
+        // it (the cache write may fold both); anything else flushes
+        int keep = v->fold_rope && n == 1 && v->n_rope == 0 && v->n_pend > 0;
+        for (int i = 0; keep && i < v->n_pend; i++) keep = v->pend[i].x != x && v->pend[i].res != x;
+        int made = 0;
+        for (int i = 0; i < v->n_pend; i++) made |= v->pend[i].y == x;
+        if (keep && made) v->rope_after_mm = 1;
+        else pend_flush(v);
+    }
     v->rope[v->n_rope++] = pr;
+}
+
+// A rope_desc's device copy (one per distinct content: per layer and kind,
+// the same every step, so recorded command buffers still match).
+static VkDeviceAddress rope_desc_addr(vk_impl *v, const struct rope_desc *d) {
+    for (size_t i = 0; i < v->n_rdesc; i++)
+        if (!memcmp(&v->rdesc[i].d, d, sizeof *d)) return v->rdesc[i].buf->addr;
+    if (v->n_rdesc == v->cap_rdesc) {
+        size_t cap = v->cap_rdesc ? 2 * v->cap_rdesc : 64;
+        struct rope_slot *p = realloc(v->rdesc, cap * sizeof *p);
+        if (!p) { fail(v, "rope descriptors (out of memory)", VK_ERROR_OUT_OF_HOST_MEMORY); return 0; }
+        v->rdesc = p;
+        v->cap_rdesc = cap;
+    }
+    vm_err e = {{0}};
+    vm_buf *b = buf_create(v, sizeof *d, 0, &e);
+    if (!b) { if (!v->failed) { v->failed = 1; v->err = e; } return 0; }
+    // recorded ahead of the pending matmuls that will read it (buf_write would flush them first)
+    int n_pend = v->n_pend, n_rope = v->n_rope, after = v->rope_after_mm;
+    v->n_pend = v->n_rope = v->rope_after_mm = 0;
+    vm_backend tmp = { .impl = v };
+    vk_buf_write(&tmp, b, 0, d, sizeof *d);
+    v->n_pend = n_pend;
+    v->n_rope = n_rope;
+    v->rope_after_mm = after;
+    v->rdesc[v->n_rdesc].d = *d;
+    v->rdesc[v->n_rdesc++].buf = b;
+    return b->addr;
+}
+
+// rope(q), rope(k), cache_write(k, v) for one token while the matvecs that
+// made q, k and v are pending: each matvec pairs its rows as rope pairs
+// (matvec.comp flag 32) and rotates and writes the cache in its epilogue.
+// Returns 0 (nothing changed) where the pattern does not hold.
+static int fold_rope_kv(vk_impl *v, const vm_buf *k, const vm_buf *vb, const vm_attn_meta *m,
+                        vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
+    const struct pend_rope *rq = &v->rope[0], *rk = &v->rope[1];
+    if (v->n_rope != 2 || m->n_tokens != 1 || rk->x != k || rk->n != 1 || rk->n_heads != n_kv_heads ||
+        rk->head_dim != head_dim || 2 * rk->half != head_dim || v->mv1_rows != 2 ||
+        (m->kv_dtype == VM_DTYPE_F16 && !rk->interleaved))
+        return 0;
+    struct pend_mm *pm[3] = { NULL, NULL, NULL };   // q, k, v
+    const vm_buf *want[3] = { rq->x, k, vb };
+    for (int i = 0; i < v->n_pend; i++)
+        for (int kind = 0; kind < 3; kind++)
+            if (v->pend[i].y == want[kind]) pm[kind] = &v->pend[i];
+    for (int kind = 0; kind < 3; kind++) {
+        struct pend_mm *p = pm[kind];
+        if (!p || p->sh < SH_matvec1_f32 || p->sh > SH_matvec1_a2 || p->pc.n != 1 ||
+            (p->pc.flags & (MM_RES | MM_DUAL | MM_CORR)) || p->pc.rows % (uint32_t)head_dim ||
+            p->pc.rows / (uint32_t)head_dim != (uint32_t)(kind == 0 ? rq->n_heads : n_kv_heads))
+            return 0;
+    }
+    for (int kind = 0; kind < 3; kind++) {
+        struct rope_desc d = { rk->pos->addr, rk->freq, m->slot_mapping->addr, k_cache->addr, v_cache->addr,
+                               (uint32_t)head_dim, (uint32_t)rk->half, (uint32_t)rk->interleaved, (uint32_t)m->block_size,
+                               (uint32_t)n_kv_heads, (uint32_t)kind, m->kv_dtype == VM_DTYPE_F16, rk->theta_scale };
+        VkDeviceAddress a = rope_desc_addr(v, &d);
+        if (!a) return 0;
+        pm[kind]->pc.part = a;
+        pm[kind]->pc.flags |= MM_ROPE;
+        pm[kind]->gx = pm[kind]->pc.rows / 2;   // one rope pair a workgroup
+    }
+    // the k and v matvecs now also write the caches (and read the step's metadata)
+    pm[1]->out2 = k_cache;
+    pm[2]->out2 = v_cache;
+    for (int kind = 0; kind < 3; kind++) { pm[kind]->rd2[0] = rk->pos; pm[kind]->rd2[1] = m->slot_mapping; }
+    v->n_rope = 0;
+    v->rope_after_mm = 0;
+    return 1;
 }
 
 static void vk_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *vb, const vm_attn_meta *m,
                            vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
     vk_impl *v = impl_of(be);
     const struct pend_rope *rq = &v->rope[0], *rk = &v->rope[1];
+    if (v->rope_after_mm && fold_rope_kv(v, k, vb, m, k_cache, v_cache, n_kv_heads, head_dim)) return;
+    if (v->rope_after_mm) { v->rope_after_mm = 0; mm_flush(v); }   // the matvecs, then the ropes as usual
     if (v->n_rope == 2 && v->n_pend == 0 && rk->x == k && rk->n == m->n_tokens && rk->n_heads == n_kv_heads &&
         rk->head_dim == head_dim && 2 * rk->half == head_dim && vb != rq->x && vb != k &&
         (m->kv_dtype != VM_DTYPE_F16 || rk->interleaved)) {
@@ -1412,6 +1513,8 @@ static void vk_destroy(vm_backend *be) {
             for (size_t i = 0; i < v->n_vecs; i++) { buf_destroy(v, v->vecs[i].buf); free(v->vecs[i].bytes); }
             buf_destroy(v, v->staging);
             buf_destroy(v, v->attn_part);
+            for (size_t i = 0; i < v->n_rdesc; i++) buf_destroy(v, v->rdesc[i].buf);
+            free(v->rdesc);
             buf_destroy(v, v->attn_count);
             buf_destroy(v, v->mm_part);
             buf_destroy(v, v->xq);
@@ -1570,6 +1673,8 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     }
     const char *fenv = getenv("VLLM_METAL_VULKAN_FUSE");
     v->vk_fuse = !(fenv && !strcmp(fenv, "0"));
+    const char *fold_env = getenv("VLLM_METAL_VULKAN_FOLD_ROPE");
+    v->fold_rope = v->vk_fuse && !(fold_env && !strcmp(fold_env, "0"));
     const char *genv = getenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES");
     v->gemm_min_tiles = 512;   // set again below once coopmat is known
     if (props.limits.maxPushConstantsSize < PUSH_BYTES) return vm_errf(e, "vulkan: %s has too few push constants", v->name);

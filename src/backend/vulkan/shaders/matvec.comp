@@ -23,18 +23,29 @@
 //             block's first chunk, in every token tile alike;
 //   8 (dual): two weights of equal shape (w: gate, w2: up) on the same x, NR/2
 //             rows of each a workgroup: y = gate, res = up, bias = silu(gate) * up
-//             (a folded swiglu).
+//             (a folded swiglu);
+//   32 (rope, one token, RS 2): corr is a RopeDesc; workgroup j owns rope pair
+//             j (head j / half, pair j % half) and writes it rotated (q, k) as
+//             rope_kv.comp would, k's and v's pair also to the caches at the
+//             token's slot.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #include "common.glsl"
 #include "weight.glsl"
+#include "rope.glsl"
 
 #ifndef TN
 #define TN 1
 #endif
 #if TN == 1
 #extension GL_EXT_control_flow_attributes : require
+#extension GL_EXT_buffer_reference_uvec2 : require
+// flag 32: rope and the cache write of q, k or v (kind 0, 1, 2) in the epilogue
+layout(buffer_reference, std430, buffer_reference_align = 8) buffer RopeDesc {
+    I32 pos; F32 inv_freq; I32 slots; U32 kc; U32 vc;
+    uint head_dim, half_rot, interleaved, block_size, n_kv_heads, kind, kv16; float theta_scale;
+};
 #define NR 2          // (corr_term's dual split: j 0 = gate, 1 = up)
 layout(constant_id = 1) const uint RS = 2;     // weight rows a workgroup (even, at most 16: gate/up pairs when dual)
 layout(constant_id = 2) const uint U = 2;      // chunks of each row an invocation loads before it sums them
@@ -69,6 +80,47 @@ float corr_term(uint j, uint rr, uint t, uint c) {
 
 #if TN == 1
 shared float red1[17][64];   // per subgroup partial sums: RS rows and the norm's sum of squares
+
+// flag 32: rows ra, rb of the pair from the partial sums, rotated (q, k) and
+// stored; k and v also to the caches
+void rope_epilogue(uint ra, uint rb, bool norm, uint nsg) {
+    RopeDesc d = RopeDesc(uvec2(pc.corr));
+    float s0 = 0.0, s1 = 0.0;
+    for (uint k = 0; k < nsg; k++) s0 += red1[0][k];
+    for (uint k = 0; k < nsg; k++) s1 += red1[1][k];
+    if (norm) {
+        float q = 0.0;
+        for (uint k = 0; k < nsg; k++) q += red1[16][k];
+        const float inv = 1.0 / sqrt(q / float(pc.cols) + pc.eps);
+        s0 *= inv;
+        s1 *= inv;
+    }
+    if ((pc.flags & 1u) != 0u) {
+        s0 += pc.bias.v[ra];
+        s1 += pc.bias.v[rb];
+    }
+    const uint h = gl_WorkGroupID.x / d.half_rot, i = gl_WorkGroupID.x % d.half_rot;
+    float o0 = s0, o1 = s1;
+    if (d.kind != 2u) {
+        float cs, sn;
+        sincos_accurate(rope_angle(float(d.pos.v[0]), i, d.theta_scale, d.inv_freq), sn, cs);
+        o0 = s0 * cs - s1 * sn;
+        o1 = s1 * cs + s0 * sn;
+    }
+    pc.y.v[ra] = o0;
+    pc.y.v[rb] = o1;
+    const int slot = d.slots.v[0];
+    if (d.kind == 0u || slot < 0) return;
+    const uint blk = uint(slot) / d.block_size, off = uint(slot) % d.block_size;
+    const uint dst = ((blk * d.n_kv_heads + h) * d.block_size + off) * d.head_dim, a = ra - h * d.head_dim, b = rb - h * d.head_dim;
+    U32 c = d.kind == 1u ? d.kc : d.vc;
+    if (d.kv16 != 0u) {
+        c.v[(dst + a) / 2u] = packHalf2x16(vec2(o0, o1));   // interleaved pairs: one word
+    } else {
+        c.v[dst + a] = floatBitsToUint(o0);
+        c.v[dst + b] = floatBitsToUint(o1);
+    }
+}
 void main() {
     const uint tid = gl_LocalInvocationIndex, chunks = pc.cols / 8u;
     const bool norm = (pc.flags & 4u) != 0u, dual = (pc.flags & 8u) != 0u, corr = (pc.flags & 16u) != 0u;
@@ -80,6 +132,13 @@ void main() {
     [[unroll]] for (uint i = 0; i < RS; i++) {
         rr[i] = min(r0 + (dual ? i / 2u : i), pc.rows - 1u);   // rows past the end: computed, not stored
         acc[i] = 0.0;
+    }
+    const bool rope = (pc.flags & 32u) != 0u;
+    if (rope) {   // rows a and b of the pair (RS is 2)
+        RopeDesc d = RopeDesc(uvec2(pc.corr));
+        const uint h = gl_WorkGroupID.x / d.half_rot, i = gl_WorkGroupID.x % d.half_rot;
+        rr[0] = h * d.head_dim + (d.interleaved != 0u ? 2u * i : i);
+        rr[1] = h * d.head_dim + (d.interleaved != 0u ? 2u * i + 1u : i + d.half_rot);
     }
     for (uint c0 = tid; c0 < chunks; c0 += U * WGS) {
         wchunk wk[U][RS];
@@ -118,6 +177,10 @@ void main() {
         if (subgroupElect()) red1[16][sg] = t;
     }
     barrier();
+    if (rope) {
+        if (tid == 0u) rope_epilogue(rr[0], rr[1], norm, nsg);
+        return;
+    }
     if (tid < P) {
         const uint r = r0 + tid;
         float s = 0.0, s2 = 0.0;
