@@ -313,6 +313,7 @@ typedef struct vk_impl {
     uint32_t mv1_rows, mv1_unroll, mv1_wg;   // matvec.comp one token: RS, U, WGS (VLLM_METAL_VULKAN_MV1=RS,U,WGS)
     uint32_t gemm_min_tiles;  // fewer 64x64 tiles than this: matvec, for gemm_cm.comp (VLLM_METAL_VULKAN_GEMM_MIN_TILES)
     uint32_t gemm_min_tiles_plain;  // the same for gemm.comp (other weights, or no cooperative matrices)
+    uint32_t matvec_tokens_plain;   // ... up to this many tokens (VLLM_METAL_VULKAN_MATVEC_TOKENS; 64 for gemm_cm.comp's)
     uint32_t attn_items;      // attention splits the context until about this many workgroups (VLLM_METAL_VULKAN_ATTN_WGS)
     uint32_t splitk_wgs;      // gemm_cm grids of fewer workgroups split K up to this many (VLLM_METAL_VULKAN_SPLITK; 0: never)
     int vk_fuse;          // rmsnorm and swiglu folded into matvecs (VLLM_METAL_VULKAN_FUSE=0: not)
@@ -1147,7 +1148,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     // of 8 instead (the weights then come from L2 after the first tile).
     uint32_t tiles = (rows + 63) / 64 * (uint32_t)((n + 63) / 64);
     const int cm = v->coopmat && (kw->wt == WT_F16 || kw->wt == WT_BF16);
-    if (n <= MATVEC_MAX || (n <= 64 && tiles < (cm ? v->gemm_min_tiles : v->gemm_min_tiles_plain))) {
+    if (n <= MATVEC_MAX || (n <= (cm ? 64 : (int)v->matvec_tokens_plain) && tiles < (cm ? v->gemm_min_tiles : v->gemm_min_tiles_plain))) {
         int tn = n == 1 ? 1 : n <= 4 ? 4 : 8;
         if (v->norm.valid && x == v->norm.out && n == v->norm.rows && w->cols == v->norm.dim && v->vk_fuse) {
             p->pc.x = v->norm.x->addr;
@@ -1718,6 +1719,10 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     free(dex);
     v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : 16;
     v->gemm_min_tiles_plain = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 128 : 512;
+    const char *gpenv = getenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES_PLAIN");
+    if (gpenv && *gpenv) v->gemm_min_tiles_plain = (uint32_t)atoi(gpenv);
+    const char *mtenv = getenv("VLLM_METAL_VULKAN_MATVEC_TOKENS");
+    v->matvec_tokens_plain = mtenv && atoi(mtenv) > 0 ? (uint32_t)atoi(mtenv) : 64;
     const char *senv = getenv("VLLM_METAL_VULKAN_SPLITK");
     v->splitk_wgs = senv && *senv ? (uint32_t)atoi(senv) : 512;
     const char *q8env = getenv("VLLM_METAL_Q8_ACTIVATIONS");
