@@ -222,6 +222,12 @@ static void setup_splitk(void) { setup_gemm(); check_cols = 1064; }
 static void teardown_splitk(void) { check_cols = 0; teardown(); }
 Test(vulkan, gemm_bf16_splitk, .init = setup_splitk, .fini = teardown_splitk) { check_matmul("gemm bf16 split-K", VM_DTYPE_BF16, 0, 0, 0); }
 Test(vulkan, gemm_f16_splitk, .init = setup_splitk, .fini = teardown_splitk) { check_matmul("gemm f16 split-K", VM_DTYPE_F16, 0, 0, 0); }
+// quantized weights take the tiled GEMM (gemm.comp), which splits K the same way
+static void setup_splitk_q(void) { setup_gemm(); check_cols = 1088; }
+Test(vulkan, gemm_mlx4_splitk, .init = setup_splitk_q, .fini = teardown_splitk) {
+    check_matmul("gemm mlx4 g64 split-K", VM_DTYPE_MLX_AFFINE, 4, 64, VM_DTYPE_BF16);
+}
+Test(vulkan, gemm_q8_0_splitk, .init = setup_splitk_q, .fini = teardown_splitk) { check_matmul("gemm q8_0 split-K", VM_DTYPE_Q8_0, 0, 0, 0); }
 Test(vulkan, gemm_f32, .init = setup_gemm) { check_matmul("gemm f32", VM_DTYPE_F32, 0, 0, 0); }
 Test(vulkan, gemm_f16, .init = setup_gemm) { check_matmul("gemm f16", VM_DTYPE_F16, 0, 0, 0); }
 Test(vulkan, gemm_bf16, .init = setup_gemm) { check_matmul("gemm bf16", VM_DTYPE_BF16, 0, 0, 0); }

@@ -1175,14 +1175,29 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
         ks = (ks + 63) / 64 * 64;   // a multiple of gemm_cm.comp's BK
         p->pc.ksplit = ks;
         p->gz = (cols + ks - 1) / ks;
-    } else if (n <= 32) {
-        p->sh = SH_gemm32_f32 + kw->wt;
-        p->gx = (rows + 127) / 128;
-        p->gy = (uint32_t)((n + 31) / 32);
     } else {
-        p->sh = SH_gemm64_f32 + kw->wt;
-        p->gx = (rows + 63) / 64;
-        p->gy = (uint32_t)((n + 63) / 64);
+        if (n <= 32) {
+            p->sh = SH_gemm32_f32 + kw->wt;
+            p->gx = (rows + 127) / 128;
+            p->gy = (uint32_t)((n + 31) / 32);
+        } else {
+            p->sh = SH_gemm64_f32 + kw->wt;
+            p->gx = (rows + 63) / 64;
+            p->gy = (uint32_t)((n + 63) / 64);
+        }
+        // split K on small grids as for gemm_cm.comp (not with the Q4_1
+        // correction, whose pointer takes the partial sums' slot)
+        uint32_t t = p->gx * p->gy, cols = (uint32_t)w->cols, splits = 1;
+        if (t < v->splitk_wgs && cols >= 512 && !(p->pc.flags & MM_CORR)) {
+            splits = (v->splitk_wgs + t - 1) / t;
+            if (splits > cols / 256) splits = cols / 256;
+        }
+        if (splits > 1) {
+            uint32_t ks = (cols + splits - 1) / splits;
+            ks = (ks + 31) / 32 * 32;   // a multiple of gemm.comp's BK
+            p->pc.ksplit = ks;
+            p->gz = (cols + ks - 1) / ks;
+        }
     }
     p->x = x;
     p->y = out;

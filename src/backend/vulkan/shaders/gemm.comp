@@ -9,6 +9,9 @@
 // columns of the weight rows (dequantized to f32) and of the token rows in
 // shared memory, transposed (k-major), padded against bank conflicts.
 // Epilogue flags as matvec.comp: 1 adds bias[row], 2 also adds into res.
+// Split K (grid z > 1, never with flag 16): workgroup z sums columns
+// [z ksplit, (z+1) ksplit) into its own slice of part (the corr slot), and
+// splitk.comp adds the slices in order and does the epilogue.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "weight.glsl"
@@ -27,7 +30,8 @@ layout(push_constant, std430) uniform Params {
     U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias; F32 res;
     U32 w2; F32 sc2; F32 bi2; F32x4 nw;
     uint rows, cols, n, group, flags; float eps;
-    F32 corr;   // flags 16: Q4_1 min-term correction per (token, block), as matvec.comp
+    F32 corr;   // flags 16: Q4_1 min-term correction per (token, block), as matvec.comp; split K: the partial sums
+    uint ksplit;
 } pc;
 
 shared float Ws[BK][BM + 1];
@@ -40,12 +44,14 @@ void main() {
     float acc[TR][TT];
     for (uint i = 0; i < TR; i++)
         for (uint j = 0; j < TT; j++) acc[i][j] = 0.0;
-    for (uint k0 = 0; k0 < pc.cols; k0 += BK) {
+    const bool split = gl_NumWorkGroups.z > 1u;
+    const uint kb = split ? gl_WorkGroupID.z * pc.ksplit : 0u, ke = split ? min(pc.cols, kb + pc.ksplit) : pc.cols;
+    for (uint k0 = kb; k0 < ke; k0 += BK) {
         // weights: BM rows x 4 chunks of 8
         for (uint i = tid; i < BM * 4u; i += 256u) {
             uint row = i / 4u, ch = i % 4u, r = r0 + row, c = k0 / 8u + ch;
             vec4 w0 = vec4(0.0), w1 = vec4(0.0);
-            if (r < pc.rows && c < chunks) weight_chunk8(pc.w, pc.sc, pc.bi, pc.cols, pc.group, r, c, w0, w1);
+            if (r < pc.rows && c < chunks && c * 8u < ke) weight_chunk8(pc.w, pc.sc, pc.bi, pc.cols, pc.group, r, c, w0, w1);
             uint k = ch * 8u;
             Ws[k][row] = w0.x; Ws[k + 1u][row] = w0.y; Ws[k + 2u][row] = w0.z; Ws[k + 3u][row] = w0.w;
             Ws[k + 4u][row] = w1.x; Ws[k + 5u][row] = w1.y; Ws[k + 6u][row] = w1.z; Ws[k + 7u][row] = w1.w;
@@ -53,7 +59,7 @@ void main() {
         // tokens: BN rows x 8 vec4
         for (uint i = tid; i < BN * 8u; i += 256u) {
             uint tok = i / 8u, q = i % 8u, t = t0 + tok, c = k0 + q * 4u;
-            vec4 xv = t < pc.n && c < pc.cols ? pc.x.v[(t * pc.cols + c) / 4u] : vec4(0.0);
+            vec4 xv = t < pc.n && c < ke ? pc.x.v[(t * pc.cols + c) / 4u] : vec4(0.0);
             Xs[q * 4u][tok] = xv.x; Xs[q * 4u + 1u][tok] = xv.y; Xs[q * 4u + 2u][tok] = xv.z; Xs[q * 4u + 3u][tok] = xv.w;
         }
         barrier();
@@ -75,6 +81,10 @@ void main() {
             if (t >= pc.n) continue;
             uint o = t * pc.rows + r;
             float s = acc[i][j];
+            if (split) {   // a partial sum: splitk.comp adds them up and does the epilogue
+                pc.corr.v[gl_WorkGroupID.z * pc.n * pc.rows + o] = s;
+                continue;
+            }
             if ((pc.flags & 16u) != 0u)
                 for (uint g = 0; g < pc.cols / 32u; g++) s += pc.bi.v[r * (pc.cols / 32u) + g] * pc.corr.v[t * (pc.cols / 32u) + g];
             s += b;

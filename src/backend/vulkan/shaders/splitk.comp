@@ -1,5 +1,5 @@
 #version 450
-// The end of a split-K GEMM (gemm_cm.comp with grid z > 1): y[i] = the sum of
+// The end of a split-K GEMM (gemm_cm.comp or gemm.comp with grid z > 1): y[i] = the sum of
 // the splits' partial results part[z][i] in order z = 0, 1, ... (i over n x
 // rows), plus the bias (flags 1), also added to res (flags 2).
 #extension GL_GOOGLE_include_directive : require
