@@ -15,7 +15,7 @@ VK_SHADERS := \
   matvec8_f32:matvec:WT=0,TN=8 matvec8_f16:matvec:WT=1,TN=8 matvec8_bf16:matvec:WT=2,TN=8 matvec8_a4:matvec:WT=3,TN=8 matvec8_a8:matvec:WT=4,TN=8 matvec8_a2:matvec:WT=5,TN=8 \
   gemm64_f32:gemm:WT=0,TR=4,TT=4 gemm64_f16:gemm:WT=1,TR=4,TT=4 gemm64_bf16:gemm:WT=2,TR=4,TT=4 gemm64_a4:gemm:WT=3,TR=4,TT=4 gemm64_a8:gemm:WT=4,TR=4,TT=4 gemm64_a2:gemm:WT=5,TR=4,TT=4 \
   gemm32_f32:gemm:WT=0,TR=8,TT=2 gemm32_f16:gemm:WT=1,TR=8,TT=2 gemm32_bf16:gemm:WT=2,TR=8,TT=2 gemm32_a4:gemm:WT=3,TR=8,TT=2 gemm32_a8:gemm:WT=4,TR=8,TT=2 gemm32_a2:gemm:WT=5,TR=8,TT=2 \
-  gemmcm_f16:gemm_cm:WT=1,NOOPT gemmcm_bf16:gemm_cm:WT=2,NOOPT \
+  gemmcm_f16:gemm_cm:WT=1,NOOPT gemmcm_bf16:gemm_cm:WT=2,NOOPT gemmcm_a4:gemm_cm:WT=3,NOOPT gemmcm_a8:gemm_cm:WT=4,NOOPT \
   embed_f32:embed:WT=0 embed_f16:embed:WT=1 embed_bf16:embed:WT=2 \
   embed_a4:embed:WT=3 embed_a8:embed:WT=4 embed_a2:embed:WT=5 \
   rmsnorm:rmsnorm: rope:rope: rope_kv_f32:rope_kv:KV16=0 rope_kv_f16:rope_kv:KV16=1 \

@@ -65,7 +65,7 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
     X(matvec8_f32) X(matvec8_f16) X(matvec8_bf16) X(matvec8_a4) X(matvec8_a8) X(matvec8_a2) \
     X(gemm64_f32) X(gemm64_f16) X(gemm64_bf16) X(gemm64_a4) X(gemm64_a8) X(gemm64_a2) \
     X(gemm32_f32) X(gemm32_f16) X(gemm32_bf16) X(gemm32_a4) X(gemm32_a8) X(gemm32_a2) \
-    X(gemmcm_f16) X(gemmcm_bf16) \
+    X(gemmcm_f16) X(gemmcm_bf16) X(gemmcm_a4) X(gemmcm_a8) \
     X(embed_f32) X(embed_f16) X(embed_bf16) X(embed_a4) X(embed_a8) X(embed_a2)            \
     X(rmsnorm) X(rope) X(cache_write_f32) X(cache_write_f16) X(attention_f32)              \
     X(attention_f16) X(add) X(swiglu) X(add_bias) X(get_rows) X(sample) X(splitk) X(rope_kv_f32) X(rope_kv_f16) X(q8act)
@@ -166,6 +166,12 @@ static const uint32_t spv_gemmcm_f16[] = {
 };
 static const uint32_t spv_gemmcm_bf16[] = {
 #include "gemmcm_bf16.inc"
+};
+static const uint32_t spv_gemmcm_a4[] = {
+#include "gemmcm_a4.inc"
+};
+static const uint32_t spv_gemmcm_a8[] = {
+#include "gemmcm_a8.inc"
 };
 static const uint32_t spv_embed_f32[] = {
 #include "embed_f32.inc"
@@ -321,6 +327,7 @@ typedef struct vk_impl {
     // the last q8act.comp output: src's n rows of cols, while neither has been written since
     struct { const vm_buf *src; int n, cols, valid; } q8;
     vm_buf *xq;           // q8act.comp output
+    int coopmat_quant;    // ... for affine 4/8-bit weights too (VLLM_METAL_VULKAN_COOPMAT_QUANT=0: the tiled GEMM)
     int coopmat;          // gemm_cm.comp usable (VK_NV_cooperative_matrix, 16x16x16 f16 -> f32, subgroups of 32)
     char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
 
@@ -724,7 +731,7 @@ static void dispatch_raw(vk_impl *v, int sh, const void *pc, size_t pc_size, uin
     c->g[0] = gx; c->g[1] = gy; c->g[2] = gz;
     v->n_dispatches++;
     if (v->qpool && v->n_q < PROF_MAX && (!v->prof_steps || !v->n_pk)) {
-        const uint32_t cols = sh <= SH_gemmcm_bf16 && pc_size == sizeof(mm_pc) ? ((const mm_pc *)pc)->cols : 0;   // matmuls: K too
+        const uint32_t cols = sh <= SH_gemmcm_a8 && pc_size == sizeof(mm_pc) ? ((const mm_pc *)pc)->cols : 0;   // matmuls: K too
         int k = 0;
         while (k < v->n_pk && (v->pk[k].sh != (uint32_t)sh || v->pk[k].g[0] != gx || v->pk[k].g[1] != gy || v->pk[k].g[2] != gz ||
                                v->pk[k].cols != cols)) k++;
@@ -1147,7 +1154,9 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     // 24 tiles); up to 64 tokens such matrices take the matvec in token tiles
     // of 8 instead (the weights then come from L2 after the first tile).
     uint32_t tiles = (rows + 63) / 64 * (uint32_t)((n + 63) / 64);
-    const int cm = v->coopmat && (kw->wt == WT_F16 || kw->wt == WT_BF16);
+    // cooperative matrices: f16/bf16, and affine 4/8-bit (not on 8-bit activations: no Q4_1 correction there)
+    const int cm = v->coopmat && (kw->wt == WT_F16 || kw->wt == WT_BF16 ||
+                                  (v->coopmat_quant && !kw->q8act && (kw->wt == WT_A4 || kw->wt == WT_A8)));
     if (n <= MATVEC_MAX || (n <= (cm ? 64 : (int)v->matvec_tokens_plain) && tiles < (cm ? v->gemm_min_tiles : v->gemm_min_tiles_plain))) {
         int tn = n == 1 ? 1 : n <= 4 ? 4 : 8;
         if (v->norm.valid && x == v->norm.out && n == v->norm.rows && w->cols == v->norm.dim && v->vk_fuse) {
@@ -1161,7 +1170,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
         p->gx = (rows + mv_rows(v, p->sh, 0) - 1) / mv_rows(v, p->sh, 0);
         p->gy = (uint32_t)((n + tn - 1) / tn);
     } else if (cm) {
-        p->sh = kw->wt == WT_F16 ? SH_gemmcm_f16 : SH_gemmcm_bf16;
+        p->sh = kw->wt == WT_F16 ? SH_gemmcm_f16 : kw->wt == WT_BF16 ? SH_gemmcm_bf16 : kw->wt == WT_A4 ? SH_gemmcm_a4 : SH_gemmcm_a8;
         p->gx = (rows + 63) / 64;
         p->gy = (uint32_t)((n + 63) / 64);
         // Split K where the grid has too few tiles to keep every SM busy (a
@@ -1172,7 +1181,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
             if (splits > cols / 256) splits = cols / 256;
         }
         uint32_t ks = (cols + splits - 1) / splits;
-        ks = (ks + 63) / 64 * 64;   // a multiple of gemm_cm.comp's BK
+        ks = (ks + 63) / 64 * 64;   // a multiple of gemm_cm.comp's BK (64; 32 for affine weights)
         p->pc.ksplit = ks;
         p->gz = (cols + ks - 1) / ks;
     } else {
@@ -1732,6 +1741,8 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
         if (v->coopmat) dext[n_use++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
     }
     free(dex);
+    const char *cqenv = getenv("VLLM_METAL_VULKAN_COOPMAT_QUANT");
+    v->coopmat_quant = v->coopmat && !(cqenv && !strcmp(cqenv, "0"));
     v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : 16;
     v->gemm_min_tiles_plain = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 128 : 512;
     const char *gpenv = getenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES_PLAIN");
