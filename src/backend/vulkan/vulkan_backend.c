@@ -316,10 +316,8 @@ typedef struct vk_impl {
     int unified;          // device buffers are host-visible and mapped
     int software;         // a CPU device (lavapipe)
     uint32_t subgroup_size;
-    uint32_t mv1_rows, mv1_unroll, mv1_wg;   // matvec.comp one token: RS, U, WGS (VLLM_METAL_VULKAN_MV1=RS,U,WGS)
     uint32_t gemm_min_tiles;  // fewer 64x64 tiles than this: matvec, for gemm_cm.comp (VLLM_METAL_VULKAN_GEMM_MIN_TILES)
     uint32_t gemm_min_tiles_plain;  // the same for gemm.comp (other weights, or no cooperative matrices)
-    uint32_t matvec_tokens_plain;   // ... up to this many tokens (VLLM_METAL_VULKAN_MATVEC_TOKENS; 64 for gemm_cm.comp's)
     uint32_t attn_items;      // attention splits the context until about this many workgroups (VLLM_METAL_VULKAN_ATTN_WGS)
     uint32_t splitk_wgs;      // gemm_cm grids of fewer workgroups split K up to this many (VLLM_METAL_VULKAN_SPLITK; 0: never)
     int vk_fuse;          // rmsnorm and swiglu folded into matvecs (VLLM_METAL_VULKAN_FUSE=0: not)
@@ -685,10 +683,8 @@ static VkPipeline pipeline(vk_impl *v, int sh) {
     VkResult r = vkCreateShaderModule(v->dev, &mi, NULL, &v->modules[sh]);
     if (r != VK_SUCCESS) { fail(v, shaders[sh].name, r); return VK_NULL_HANDLE; }
     // constant_id 0: the subgroup size (shaders that size per-lane arrays by it)
-    // 1, 2, 3: matvec.comp's one-token rows, chunks in flight and invocations a workgroup (other shaders have none)
-    const uint32_t sd[4] = { v->subgroup_size, v->mv1_rows, v->mv1_unroll, v->mv1_wg };
-    VkSpecializationMapEntry me[4] = { { 0, 0, 4 }, { 1, 4, 4 }, { 2, 8, 4 }, { 3, 12, 4 } };
-    VkSpecializationInfo spec = { 4, me, sizeof sd, sd };
+    VkSpecializationMapEntry me = { 0, 0, sizeof(uint32_t) };
+    VkSpecializationInfo spec = { 1, &me, sizeof(uint32_t), &v->subgroup_size };
     VkComputePipelineCreateInfo ci = { .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = { .sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
                    .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = v->modules[sh], .pName = "main",
@@ -1098,12 +1094,11 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
 // 64 x 64 tiles (32-token tiles of 128 rows up to 32 tokens), on cooperative
 // matrices for f16/bf16 weights where the device has them.
 #define MATVEC_MAX 8
-// output rows of a matvec workgroup (matvec.comp: one token, a subgroup a row
-// (a gate/up pair when dual) of 128 invocations; token tiles, NR = 8, 4 pairs when dual)
-static uint32_t mv_rows(const vk_impl *v, int sh, int dual) {
-    if (sh >= SH_matvec1_f32 && sh <= SH_matvec1_a2)
-        return dual ? v->mv1_rows / 2 : v->mv1_rows;
-    return dual ? 4 : 8;
+// output rows of a matvec workgroup (matvec.comp's RS for one token, NR for
+// token tiles; half as many gate/up pairs when dual)
+static uint32_t mv_rows(int sh, int dual) {
+    uint32_t rows = sh >= SH_matvec1_f32 && sh <= SH_matvec1_a2 ? 2 : 8;
+    return dual ? rows / 2 : rows;
 }
 
 // A pending matmul will write b: the last rmsnorm's input or output no longer holds what it did.
@@ -1135,6 +1130,21 @@ static const vm_buf *q8_input(vk_impl *v, const vm_buf *x, int n, int cols) {
     return v->xq;
 }
 
+// A GEMM's K split where its grid has too few tiles to keep every SM busy (a
+// few workgroups per SM): at least 256 columns a split, each a multiple of 64
+// (both GEMMs' K step); grid z = the number of splits. Not with the Q4_1
+// correction, whose pointer takes the partial sums' slot.
+static void split_k(const vk_impl *v, struct pend_mm *p) {
+    uint32_t t = p->gx * p->gy, cols = p->pc.cols, splits = 1;
+    if (t < v->splitk_wgs && cols >= 512 && !(p->pc.flags & MM_CORR)) {
+        splits = (v->splitk_wgs + t - 1) / t;
+        if (splits > cols / 256) splits = cols / 256;
+    }
+    uint32_t ks = ((cols + splits - 1) / splits + 63) / 64 * 64;
+    p->pc.ksplit = ks;   // gemm_cm.comp reads it also unsplit
+    p->gz = (cols + ks - 1) / ks;
+}
+
 static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     vk_impl *v = impl_of(be);
     vk_weight *kw = dev_weight(v, w);
@@ -1144,7 +1154,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     struct pend_mm *p = &v->pend[v->n_pend++];
     p->pc = (mm_pc){ .w = kw->w, .sc = kw->sc, .bi = kw->bi, .x = x->addr, .y = out->addr, .rows = (uint32_t)w->rows,
                      .cols = (uint32_t)w->cols, .n = (uint32_t)n, .group = (uint32_t)kw->group };
-    p->gz = 1;   // split K (gemm_cm.comp) sets more
+    p->gz = 1;   // split_k sets more
     if (kw->q41) {   // x is v->xq: its corrections follow the values
         p->pc.flags |= MM_CORR;
         p->pc.part = x->addr + (size_t)n * (size_t)w->cols * 4;
@@ -1157,7 +1167,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
     // cooperative matrices: f16/bf16, and affine 4/8-bit (not on 8-bit activations: no Q4_1 correction there)
     const int cm = v->coopmat && (kw->wt == WT_F16 || kw->wt == WT_BF16 ||
                                   (v->coopmat_quant && !kw->q8act && (kw->wt == WT_A4 || kw->wt == WT_A8)));
-    if (n <= MATVEC_MAX || (n <= (cm ? 64 : (int)v->matvec_tokens_plain) && tiles < (cm ? v->gemm_min_tiles : v->gemm_min_tiles_plain))) {
+    if (n <= MATVEC_MAX || (n <= 64 && tiles < (cm ? v->gemm_min_tiles : v->gemm_min_tiles_plain))) {
         int tn = n == 1 ? 1 : n <= 4 ? 4 : 8;
         if (v->norm.valid && x == v->norm.out && n == v->norm.rows && w->cols == v->norm.dim && v->vk_fuse) {
             p->pc.x = v->norm.x->addr;
@@ -1167,23 +1177,13 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
             x = v->norm.x;
         }
         p->sh = (tn == 1 ? SH_matvec1_f32 : tn == 4 ? SH_matvec4_f32 : SH_matvec8_f32) + kw->wt;
-        p->gx = (rows + mv_rows(v, p->sh, 0) - 1) / mv_rows(v, p->sh, 0);
+        p->gx = (rows + mv_rows(p->sh, 0) - 1) / mv_rows(p->sh, 0);
         p->gy = (uint32_t)((n + tn - 1) / tn);
     } else if (cm) {
         p->sh = kw->wt == WT_F16 ? SH_gemmcm_f16 : kw->wt == WT_BF16 ? SH_gemmcm_bf16 : kw->wt == WT_A4 ? SH_gemmcm_a4 : SH_gemmcm_a8;
         p->gx = (rows + 63) / 64;
         p->gy = (uint32_t)((n + 63) / 64);
-        // Split K where the grid has too few tiles to keep every SM busy (a
-        // few workgroups of 4 subgroups per SM): at least 256 columns a split.
-        uint32_t t = p->gx * p->gy, cols = (uint32_t)w->cols, splits = 1;
-        if (t < v->splitk_wgs && cols >= 512) {
-            splits = (v->splitk_wgs + t - 1) / t;
-            if (splits > cols / 256) splits = cols / 256;
-        }
-        uint32_t ks = (cols + splits - 1) / splits;
-        ks = (ks + 63) / 64 * 64;   // a multiple of gemm_cm.comp's BK (64; 32 for affine weights)
-        p->pc.ksplit = ks;
-        p->gz = (cols + ks - 1) / ks;
+        split_k(v, p);
     } else {
         if (n <= 32) {
             p->sh = SH_gemm32_f32 + kw->wt;
@@ -1194,19 +1194,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
             p->gx = (rows + 63) / 64;
             p->gy = (uint32_t)((n + 63) / 64);
         }
-        // split K on small grids as for gemm_cm.comp (not with the Q4_1
-        // correction, whose pointer takes the partial sums' slot)
-        uint32_t t = p->gx * p->gy, cols = (uint32_t)w->cols, splits = 1;
-        if (t < v->splitk_wgs && cols >= 512 && !(p->pc.flags & MM_CORR)) {
-            splits = (v->splitk_wgs + t - 1) / t;
-            if (splits > cols / 256) splits = cols / 256;
-        }
-        if (splits > 1) {
-            uint32_t ks = (cols + splits - 1) / splits;
-            ks = (ks + 31) / 32 * 32;   // a multiple of gemm.comp's BK
-            p->pc.ksplit = ks;
-            p->gz = (cols + ks - 1) / ks;
-        }
+        split_k(v, p);
     }
     p->x = x;
     p->y = out;
@@ -1255,7 +1243,7 @@ static void vk_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size
             g->pc.res = up->addr;
             g->pc.bias = out->addr;
             g->pc.flags |= MM_DUAL;
-            g->gx = (g->pc.rows + mv_rows(v, g->sh, 1) - 1) / mv_rows(v, g->sh, 1);
+            g->gx = (g->pc.rows + mv_rows(g->sh, 1) - 1) / mv_rows(g->sh, 1);
             g->res = up;
             g->out2 = out;
             v->n_pend--;
@@ -1367,7 +1355,7 @@ static int fold_rope_kv(vk_impl *v, const vm_buf *k, const vm_buf *vb, const vm_
                         vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
     const struct pend_rope *rq = &v->rope[0], *rk = &v->rope[1];
     if (v->n_rope != 2 || m->n_tokens != 1 || rk->x != k || rk->n != 1 || rk->n_heads != n_kv_heads ||
-        rk->head_dim != head_dim || 2 * rk->half != head_dim || v->mv1_rows != 2 ||
+        rk->head_dim != head_dim || 2 * rk->half != head_dim ||
         (m->kv_dtype == VM_DTYPE_F16 && !rk->interleaved))
         return 0;
     struct pend_mm *pm[3] = { NULL, NULL, NULL };   // q, k, v
@@ -1484,12 +1472,9 @@ static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache,
           (uint32_t)m->max_blocks_per_seq, (uint32_t)m->n_seqs, n_splits, split_len, scale,
           n_splits > 1 ? v->attn_count->addr : 0, out->addr };
     _Static_assert(sizeof pc <= PUSH_BYTES, "push constants");
-    if (n_splits > 1)
-        dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1,
-                 RDS(q, k_cache, v_cache, m->positions, m->seq_start, m->block_table), WRS(v->attn_part, v->attn_count, out));
-    else
-        dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1,
-                 RDS(q, k_cache, v_cache, m->positions, m->seq_start, m->block_table), WRS(out));
+    const vm_buf *split_part = n_splits > 1 ? v->attn_part : NULL, *split_count = n_splits > 1 ? v->attn_count : NULL;
+    dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1,
+             RDS(q, k_cache, v_cache, m->positions, m->seq_start, m->block_table), WRS(out, split_part, split_count));
 }
 
 // Submits nothing (see the top): the next buf_read does, with its copy in the
@@ -1518,7 +1503,7 @@ static void vk_destroy(vm_backend *be) {
                         "%llu dispatches, %llu barriers, GPU %.1f ms\n", v->name, v->coopmat ? ", coopmat" : "",
                         (unsigned long long)v->n_submits, (unsigned long long)v->n_cache_hits, (unsigned long long)v->n_dispatches,
                         (unsigned long long)v->n_barriers, v->prof_gpu_ms);
-                for (int i = 0; i < SH_COUNT; i++)
+                for (int i = 0; i < SH_COUNT && !v->prof_steps; i++)   // (=3 has no per-shader times)
                     if (v->prof_n[i])
                         fprintf(stderr, "  %-18s %8llu x %8.2f us = %9.1f ms\n", shaders[i].name, (unsigned long long)v->prof_n[i],
                                 v->prof_ms[i] * 1e3 / (double)v->prof_n[i], v->prof_ms[i]);
@@ -1683,19 +1668,6 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     VkPhysicalDeviceProperties2 p2 = { .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sp };
     vkGetPhysicalDeviceProperties2(v->phys, &p2);
     v->subgroup_size = sp.subgroupSize ? sp.subgroupSize : 32;
-    v->mv1_rows = 2;
-    v->mv1_unroll = 2;
-    v->mv1_wg = 64;
-    const char *mv1 = getenv("VLLM_METAL_VULKAN_MV1");
-    if (mv1 && *mv1) {
-        unsigned rs = 0, u = 0, wg = 0;
-        if (sscanf(mv1, "%u,%u,%u", &rs, &u, &wg) != 3 || rs < 2 || rs > 16 || rs % 2 || u < 1 || u > 16 ||
-            wg < 32 || wg > 1024 || wg % 32 || wg / v->subgroup_size > 64)
-            return vm_errf(e, "VLLM_METAL_VULKAN_MV1=%s: expected RS,U,WG (RS even in 2..16, U in 1..16, WG a multiple of 32 up to 1024)", mv1);
-        v->mv1_rows = rs;
-        v->mv1_unroll = u;
-        v->mv1_wg = wg;
-    }
     const char *fenv = getenv("VLLM_METAL_VULKAN_FUSE");
     v->vk_fuse = !(fenv && !strcmp(fenv, "0"));
     const char *fold_env = getenv("VLLM_METAL_VULKAN_FOLD_ROPE");
@@ -1745,10 +1717,6 @@ static int setup(vk_impl *v, const char *hint, vm_err *e) {
     v->coopmat_quant = v->coopmat && !(cqenv && !strcmp(cqenv, "0"));
     v->gemm_min_tiles = genv && *genv ? (uint32_t)atoi(genv) : 16;
     v->gemm_min_tiles_plain = genv && *genv ? (uint32_t)atoi(genv) : v->coopmat ? 128 : 512;
-    const char *gpenv = getenv("VLLM_METAL_VULKAN_GEMM_MIN_TILES_PLAIN");
-    if (gpenv && *gpenv) v->gemm_min_tiles_plain = (uint32_t)atoi(gpenv);
-    const char *mtenv = getenv("VLLM_METAL_VULKAN_MATVEC_TOKENS");
-    v->matvec_tokens_plain = mtenv && atoi(mtenv) > 0 ? (uint32_t)atoi(mtenv) : 64;
     const char *senv = getenv("VLLM_METAL_VULKAN_SPLITK");
     v->splitk_wgs = senv && *senv ? (uint32_t)atoi(senv) : 512;
     const char *q8env = getenv("VLLM_METAL_Q8_ACTIVATIONS");

@@ -4,15 +4,14 @@
 // A workgroup's invocations walk the columns 8 at a time (one 16-byte load
 // of f16/bf16 weights per row, the x chunk loaded once for the workgroup's
 // rows), then subgroupAdd and shared memory sum the lanes.
-//   TN 1 (one token): WGS invocations own RS weight rows (RS / 2 gate/up
-//     pairs when dual); each invocation loads U chunks of every row before it
-//     sums them (specialization constants; defaults 64, 2, 2 and
-//     VLLM_METAL_VULKAN_MV1=RS,U,WGS sets others).
+//   TN 1 (one token): 64 invocations own RS = 2 weight rows (a gate/up pair
+//     when dual); each invocation loads U = 2 chunks of both rows before it
+//     sums them. (A subgroup a row, more rows or chunks in flight, larger
+//     workgroups: all measured slower on the H100.)
 //   TN 4 / 8 (token tiles): 64 invocations own NR = 8 output rows and TN
 //     tokens (workgroup y = token tile), each weight used for the TN tokens.
 // Invocation i sums chunks i, i + 64, i + 128, ... in that order in both
-// forms (with the defaults), so a token's result does not depend on the
-// batch it is in.
+// forms, so a token's result does not depend on the batch it is in.
 // flags:
 //   1 (bias): adds bias[row] (a folded add_bias);
 //   2 (res):  also adds the result into res (a folded residual add: res += out);
@@ -24,7 +23,7 @@
 //   8 (dual): two weights of equal shape (w: gate, w2: up) on the same x, NR/2
 //             rows of each a workgroup: y = gate, res = up, bias = silu(gate) * up
 //             (a folded swiglu);
-//   32 (rope, one token, RS 2): corr is a RopeDesc; workgroup j owns rope pair
+//   32 (rope, one token): corr is a RopeDesc; workgroup j owns rope pair
 //             j (head j / half, pair j % half) and writes it rotated (q, k) as
 //             rope_kv.comp would, k's and v's pair also to the caches at the
 //             token's slot.
@@ -47,18 +46,14 @@ layout(buffer_reference, std430, buffer_reference_align = 8) buffer RopeDesc {
     uint head_dim, half_rot, interleaved, block_size, n_kv_heads, kind, kv16; float theta_scale;
 };
 #define NR 2          // (corr_term's dual split: j 0 = gate, 1 = up)
-layout(constant_id = 1) const uint RS = 2;     // weight rows a workgroup (even, at most 16: gate/up pairs when dual)
-layout(constant_id = 2) const uint U = 2;      // chunks of each row an invocation loads before it sums them
-layout(constant_id = 3) const uint WGS = 64;   // invocations a workgroup (at most 64 subgroups)
-layout(local_size_x_id = 3) in;
+#define RS 2          // weight rows a workgroup (a gate/up pair when dual)
+#define U 2           // chunks of each row an invocation loads before it sums them
 #else
-#define WG 64
 #define NR 8
 #endif
 #define NH (NR / 2)
-#if TN != 1
+#define WG 64
 layout(local_size_x = WG) in;
-#endif
 layout(push_constant, std430) uniform Params {
     U32 w; F32 sc; F32 bi; F32x4 x; F32 y; F32 bias; F32 res;
     U32 w2; F32 sc2; F32 bi2; F32x4 nw;
@@ -79,7 +74,7 @@ float corr_term(uint j, uint rr, uint t, uint c) {
 }
 
 #if TN == 1
-shared float red1[17][64];   // per subgroup partial sums: RS rows and the norm's sum of squares
+shared float red1[RS + 1][WG / 4];   // per subgroup partial sums: RS rows and the norm's sum of squares
 
 // flag 32: rows ra, rb of the pair from the partial sums, rotated (q, k) and
 // stored; k and v also to the caches
@@ -90,7 +85,7 @@ void rope_epilogue(uint ra, uint rb, bool norm, uint nsg) {
     for (uint k = 0; k < nsg; k++) s1 += red1[1][k];
     if (norm) {
         float q = 0.0;
-        for (uint k = 0; k < nsg; k++) q += red1[16][k];
+        for (uint k = 0; k < nsg; k++) q += red1[RS][k];
         const float inv = 1.0 / sqrt(q / float(pc.cols) + pc.eps);
         s0 *= inv;
         s1 *= inv;
@@ -134,17 +129,17 @@ void main() {
         acc[i] = 0.0;
     }
     const bool rope = (pc.flags & 32u) != 0u;
-    if (rope) {   // rows a and b of the pair (RS is 2)
+    if (rope) {   // rows a and b of the pair
         RopeDesc d = RopeDesc(uvec2(pc.corr));
         const uint h = gl_WorkGroupID.x / d.half_rot, i = gl_WorkGroupID.x % d.half_rot;
         rr[0] = h * d.head_dim + (d.interleaved != 0u ? 2u * i : i);
         rr[1] = h * d.head_dim + (d.interleaved != 0u ? 2u * i + 1u : i + d.half_rot);
     }
-    for (uint c0 = tid; c0 < chunks; c0 += U * WGS) {
+    for (uint c0 = tid; c0 < chunks; c0 += U * WG) {
         wchunk wk[U][RS];
         vec4 xa[U], xb[U];
         [[unroll]] for (uint u = 0; u < U; u++) {
-            const uint c = min(c0 + u * WGS, chunks - 1u);   // past the end: loaded, not summed
+            const uint c = min(c0 + u * WG, chunks - 1u);   // past the end: loaded, not summed
             [[unroll]] for (uint i = 0; i < RS; i++)
                 wk[u][i] = dual && (i & 1u) != 0u ? weight_load(pc.w2, pc.sc2, pc.bi2, pc.cols, pc.group, rr[i], c)
                                                   : weight_load(pc.w, pc.sc, pc.bi, pc.cols, pc.group, rr[i], c);
@@ -152,7 +147,7 @@ void main() {
             xb[u] = pc.x.v[2u * c + 1u];
         }
         [[unroll]] for (uint u = 0; u < U; u++) {
-            const uint c = c0 + u * WGS;
+            const uint c = c0 + u * WG;
             if (c >= chunks) break;
             if (norm) {
                 ss += dot(xa[u], xa[u]) + dot(xb[u], xb[u]);
@@ -174,7 +169,7 @@ void main() {
     }
     if (norm) {
         const float t = subgroupAdd(ss);
-        if (subgroupElect()) red1[16][sg] = t;
+        if (subgroupElect()) red1[RS][sg] = t;
     }
     barrier();
     if (rope) {
@@ -188,7 +183,7 @@ void main() {
         if (dual) for (uint k = 0; k < nsg; k++) s2 += red1[2u * tid + 1u][k];
         if (norm) {
             float q = 0.0;
-            for (uint k = 0; k < nsg; k++) q += red1[16][k];
+            for (uint k = 0; k < nsg; k++) q += red1[RS][k];
             const float inv = 1.0 / sqrt(q / float(pc.cols) + pc.eps);
             s *= inv;
             s2 *= inv;
