@@ -1,8 +1,7 @@
-// common.c - error formatting, dtype tables, small file helpers, argmax.
+// common.c - error formatting, dtype tables, small file helpers.
 #include "common.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,24 +91,5 @@ int vm_text_append(char **text, size_t *len, size_t *cap, const char *s, size_t 
     memcpy(*text + *len, s, n);
     *len += n;
     (*text)[*len] = 0;
-    return 0;
-}
-
-int vm_argmax(const float *x, int n) {
-    // the maximum on four lanes (GCC vectors: one SSE/NEON register), then its first index
-    typedef float v4f __attribute__((vector_size(16)));
-    typedef int32_t v4i __attribute__((vector_size(16)));
-    v4f m = { -INFINITY, -INFINITY, -INFINITY, -INFINITY };
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        v4f v;
-        memcpy(&v, x + i, sizeof v);
-        v4i gt = v > m;
-        m = (v4f)((gt & (v4i)v) | (~gt & (v4i)m));
-    }
-    float mx = -INFINITY;
-    for (int k = 0; k < 4; k++) if (m[k] > mx) mx = m[k];
-    for (; i < n; i++) if (x[i] > mx) mx = x[i];
-    for (int t = 0; t < n; t++) if (x[t] == mx) return t;
     return 0;
 }

@@ -1,6 +1,7 @@
-// draw.c - one draw from softmax(x / temperature) by the inverse CDF at a
-// given uniform: the engine's sampler (with the request's generator) and the
-// backends' sample op (vm_backend.sample) share it, so both pick the same token.
+// draw.c - the argmax, and one draw from softmax(x / temperature) by the
+// inverse CDF at a given uniform: the engine's sampler (with the request's
+// generator) and the backends' sample op (vm_backend.sample) share them, so
+// both pick the same token.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,12 @@ static float row_max(const float *x, int n) {
     float mx = -INFINITY;
     for (int k = 0; k < 4; k++) if (m[k] > mx) mx = m[k];
     return mx;
+}
+
+int vm_argmax(const float *x, int n) {
+    const float mx = row_max(x, n);
+    for (int t = 0; t < n; t++) if (x[t] == mx) return t;
+    return 0;
 }
 
 #define DRAW_BLOCK 512

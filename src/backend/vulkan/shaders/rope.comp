@@ -1,6 +1,6 @@
 #version 450
 // Rotary embedding in place on x (n, n_heads, head_dim); one invocation per
-// (token, pair i), looping over heads (rope.glsl: the angle, sin and cos).
+// (token, pair i, head) (rope.glsl: the angle, sin and cos).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
