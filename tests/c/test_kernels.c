@@ -170,6 +170,53 @@ Test(kernels, dot8_bit_identical) {
     }
 }
 
+// The 8-row repacked kernels (vm_q_repack8) against the row-major
+// single-token kernel of the same table: every output bit-identical.
+static void check_gemv8(const vm_cpu_kernels *k, vm_dtype t) {
+    float (*one)(const void *, const vm_q8_block *, int) = t == VM_DTYPE_Q4_0 ? k->dot_q4_0_q8
+        : t == VM_DTYPE_Q4_1 ? k->dot_q4_1_q8 : k->dot_q8_0_q8;
+    void (*g8)(const void *, const vm_q8_block *, int, float *) = t == VM_DTYPE_Q4_0 ? k->gemv8_q4_0_q8
+        : t == VM_DTYPE_Q4_1 ? k->gemv8_q4_1_q8 : k->gemv8_q8_0_q8;
+    if (!g8) return;   // this kernel set keeps row-major weights
+    cr_expect(vm_q_repack8_bytes(t, 12, 64) == 0, "rows not a multiple of 8 cannot be repacked");
+    for (int round = 0; round < 30; round++) {
+        const int nb = 1 + (int)(brand() % 48), cols = 32 * nb, rows = 8 * (1 + (int)(brand() % 3));
+        vm_weight w;
+        void *mem = random_rows(t, rows, cols, &w, 0, 0);
+        size_t bytes = vm_q_repack8_bytes(t, rows, cols);
+        cr_assert(bytes == (size_t)rows * vm_weight_row_bytes(&w), "a repacked weight keeps its size");
+        uint8_t *rp = malloc(bytes);
+        // in two parts, as threads split it
+        vm_q_repack8(t, w.data, cols, 0, 8, rp);
+        vm_q_repack8(t, w.data, cols, 8, rows, rp);
+        vm_q8_block *xq = malloc(sizeof *xq * nb);
+        float *x = malloc(sizeof(float) * cols);
+        float scale = round % 3 == 0 ? 1e-3f : round % 3 == 1 ? 1.0f : 300.0f;
+        for (int i = 0; i < cols; i++) x[i] = frand() * scale;
+        if (round % 4 == 1) memset(x, 0, sizeof(float) * 32);
+        k->quantize_q8(x, xq, cols);
+        for (int g = 0; g < rows / 8; g++) {
+            float o8[8];
+            g8(rp + (size_t)g * bytes / (rows / 8), xq, cols, o8);
+            for (int r = 0; r < 8; r++) {
+                const uint8_t *row = (const uint8_t *)w.data + (size_t)(8 * g + r) * vm_weight_row_bytes(&w);
+                float o1 = one(row, xq, cols);
+                cr_expect(memcmp(&o1, &o8[r], sizeof o1) == 0, "%s %s gemv8 cols %d row %d: %.9g vs row-major %.9g",
+                          k->name, vm_dtype_name(t), cols, 8 * g + r, o8[r], o1);
+            }
+        }
+        free(x); free(xq); free(rp); free(mem);
+    }
+}
+
+Test(kernels, gemv8_bit_identical) {
+    const vm_dtype types[] = { VM_DTYPE_Q4_0, VM_DTYPE_Q4_1, VM_DTYPE_Q8_0 };
+    for (int i = 0; i < 3; i++) {
+        check_gemv8(vm_cpu_kernels_select(), types[i]);
+        check_gemv8(&vm_kernels_generic, types[i]);
+    }
+}
+
 static void sum_range(void *ctx, int begin, int end, int thread_index) {
     long *hits = ctx;
     for (int i = begin; i < end; i++) __atomic_fetch_add(&hits[i], 1, __ATOMIC_RELAXED);

@@ -24,6 +24,10 @@ typedef struct cpu_impl {
     vm_q8_x8 *x8;          // the same, 8 tokens interleaved (batched kernels)
     size_t x8_blocks;
     int q8_activations;    // 1: GGUF matmuls on 8-bit activations (as llama.cpp); 0: f32
+    int repack;            // GGUF weights repacked 8 rows at a time (VLLM_METAL_CPU_REPACK=0: off)
+    // weight data -> its repacked copy (open addressing, made at a weight's first matmul)
+    struct repack_slot { const void *src; void *dst; } *rp;
+    size_t rp_cap, rp_n;
 } cpu_impl;
 
 static cpu_impl *impl_of(vm_backend *be) { return be->impl; }
@@ -141,6 +145,8 @@ typedef struct matmul_job {
     const vm_q8_x8 *x8;    // [n/8][cols/32]: tokens 0 .. 8*(n/8)-1 interleaved by 8
     int n, groups;
     float *out;
+    const uint8_t *r8;     // the weight repacked 8 rows at a time (vm_q_repack8), or NULL
+    void (*gemv8)(const void *, const vm_q8_block *, int, float *);
 } matmul_job;
 
 static float row_dot(const matmul_job *j, int64_t r, const vm_xrow *xr) {
@@ -205,6 +211,81 @@ static void matmul_rows_q8(const matmul_job *j, int begin, int end) {
     }
 }
 
+// ---- repacked GGUF weights: items are groups of 8 rows ----
+
+static size_t repack8_group_bytes(const vm_weight *w) { return vm_q_repack8_bytes(w->dtype, 8, w->cols); }
+
+typedef struct repack_job { const vm_weight *w; void *dst; } repack_job;
+
+static void repack_groups(void *ctx, int begin, int end, int thread_index) {
+    const repack_job *j = ctx;
+    vm_q_repack8(j->w->dtype, j->w->data, j->w->cols, 8 * (int64_t)begin, 8 * (int64_t)end, j->dst);
+}
+
+static size_t rp_hash(const void *p, size_t cap) {
+    return (size_t)(((uint64_t)(uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull >> 20) & (cap - 1);
+}
+
+// The repacked copy of w (made on first use), or NULL to use the row-major
+// data: no kernel for its type, rows not a multiple of 8, or no memory.
+static const uint8_t *repacked(cpu_impl *c, const vm_weight *w) {
+    void (*g)(const void *, const vm_q8_block *, int, float *) =
+        w->dtype == VM_DTYPE_Q4_0 ? c->k->gemv8_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? c->k->gemv8_q4_1_q8
+                                                      : c->k->gemv8_q8_0_q8;
+    size_t bytes = vm_q_repack8_bytes(w->dtype, w->rows, w->cols);
+    if (!c->repack || !g || !bytes) return NULL;
+    for (size_t i = c->rp_cap ? rp_hash(w->data, c->rp_cap) : 0; c->rp_cap; i = (i + 1) & (c->rp_cap - 1)) {
+        if (c->rp[i].src == w->data) return c->rp[i].dst;
+        if (!c->rp[i].src) break;
+    }
+    if (2 * (c->rp_n + 1) > c->rp_cap) {   // grow to keep the table at most half full
+        size_t cap = c->rp_cap ? 2 * c->rp_cap : 256;
+        struct repack_slot *t = calloc(cap, sizeof *t);
+        if (!t) return NULL;
+        for (size_t i = 0; i < c->rp_cap; i++) {
+            if (!c->rp[i].src) continue;
+            size_t h = rp_hash(c->rp[i].src, cap);
+            while (t[h].src) h = (h + 1) & (cap - 1);
+            t[h] = c->rp[i];
+        }
+        free(c->rp);
+        c->rp = t;
+        c->rp_cap = cap;
+    }
+    void *dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!dst) return NULL;
+    repack_job rj = { w, dst };
+    vm_parallel_for(c->pool, (int)(w->rows / 8), 64, repack_groups, &rj);
+    size_t h = rp_hash(w->data, c->rp_cap);
+    while (c->rp[h].src) h = (h + 1) & (c->rp_cap - 1);
+    c->rp[h].src = w->data;
+    c->rp[h].dst = dst;
+    c->rp_n++;
+    return dst;
+}
+
+// Tiles of 8-row groups (about 24 KiB of weights) x every token, so a tile's
+// weights stay in cache across the tokens of a prefill step.
+static void matmul_groups_r8(void *ctx, int begin, int end, int thread_index) {
+    const matmul_job *j = ctx;
+    const int64_t cols = j->w->cols, rows = j->w->rows, nb = cols / 32;
+    const size_t gb = repack8_group_bytes(j->w);
+    const int gt = VM_MAX(1, (int)(24576 / gb));
+    for (int g0 = begin; g0 < end; g0 += gt) {
+        const int g1 = VM_MIN(g0 + gt, end);
+        for (int t = 0; t < j->n; t++)
+            for (int g = g0; g < g1; g++)
+                j->gemv8(j->r8 + (size_t)g * gb, j->xq + (size_t)t * nb, (int)cols, j->out + (size_t)t * rows + 8 * g);
+    }
+}
+
+static void quantize_tokens(void *ctx, int begin, int end, int thread_index) {
+    const matmul_job *j = ctx;
+    const int64_t cols = j->w->cols, nb = cols / 32;
+    for (int t = begin; t < end; t++)
+        j->k->quantize_q8(j->x + (size_t)t * cols, (vm_q8_block *)j->xq + (size_t)t * nb, (int)cols);
+}
+
 // Quantizes the activations for the integer dots: item i < n/8 is token
 // group i (also interleaved into x8), the item after them the tail tokens.
 static void quantize_rows(void *ctx, int begin, int end, int thread_index) {
@@ -233,7 +314,7 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
 
 static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     cpu_impl *c = impl_of(be);
-    matmul_job j = { c->k, w, x->data, NULL, NULL, NULL, n, 0, out->data };
+    matmul_job j = { c->k, w, x->data, NULL, NULL, NULL, n, 0, out->data, NULL, NULL };
     if (c->q8_activations && (w->dtype == VM_DTYPE_Q4_0 || w->dtype == VM_DTYPE_Q4_1 || w->dtype == VM_DTYPE_Q8_0)) {
         size_t nb = (size_t)(w->cols / 32), need = nb * n;
         if (need > c->xq_blocks) {
@@ -243,6 +324,13 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
             c->xq_blocks = need;
         }
         j.xq = c->xq;
+        if ((j.r8 = repacked(c, w))) {
+            j.gemv8 = w->dtype == VM_DTYPE_Q4_0 ? c->k->gemv8_q4_0_q8
+                      : w->dtype == VM_DTYPE_Q4_1 ? c->k->gemv8_q4_1_q8 : c->k->gemv8_q8_0_q8;
+            vm_parallel_for(c->pool, n, VM_MAX(1, (int)(1024 / nb)), quantize_tokens, &j);
+            vm_parallel_for(c->pool, (int)(w->rows / 8), 2, matmul_groups_r8, &j);
+            return;
+        }
         if (n >= 8) {
             size_t need8 = nb * (size_t)(n / 8);
             if (need8 > c->x8_blocks) {
@@ -578,6 +666,8 @@ static void cpu_destroy(vm_backend *be) {
         free(c->scratch);
         free(c->xq);
         free(c->x8);
+        for (size_t i = 0; i < c->rp_cap; i++) free(c->rp[i].dst);
+        free(c->rp);
         free(c);
     }
     free(be);
@@ -596,6 +686,8 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     c->k = vm_cpu_kernels_select();
     const char *q8 = getenv("VLLM_METAL_Q8_ACTIVATIONS");
     c->q8_activations = !(q8 && strcmp(q8, "0") == 0);
+    const char *rp = getenv("VLLM_METAL_CPU_REPACK");
+    c->repack = !(rp && strcmp(rp, "0") == 0);
     be->name = "cpu";
     be->impl = c;
     be->buf_alloc = cpu_buf_alloc;

@@ -187,6 +187,86 @@ static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
     }
 }
 
+// ---- 8-row repacked GGUF weights (kernels.h) ----
+
+size_t vm_q_repack8_bytes(vm_dtype t, int64_t rows, int64_t cols) {
+    if (rows % 8 || cols % VM_QK) return 0;
+    size_t groups = (size_t)(rows / 8) * (size_t)(cols / VM_QK);
+    switch (t) {
+    case VM_DTYPE_Q4_0: return groups * sizeof(vm_block_q4_0x8);
+    case VM_DTYPE_Q4_1: return groups * sizeof(vm_block_q4_1x8);
+    case VM_DTYPE_Q8_0: return groups * sizeof(vm_block_q8_0x8);
+    default: return 0;
+    }
+}
+
+void vm_q_repack8(vm_dtype t, const void *src, int64_t cols, int64_t r0, int64_t r1, void *dst) {
+    const int64_t nb = cols / VM_QK;
+    for (int64_t g = r0 / 8; g < r1 / 8; g++)
+        for (int64_t ib = 0; ib < nb; ib++)
+            for (int r = 0; r < 8; r++) {
+                const int64_t row = 8 * g + r, o = g * nb + ib;
+                if (t == VM_DTYPE_Q4_0) {
+                    const vm_block_q4_0 *b = (const vm_block_q4_0 *)src + row * nb + ib;
+                    vm_block_q4_0x8 *d = (vm_block_q4_0x8 *)dst + o;
+                    d->d[r] = b->d;
+                    for (int k = 0; k < 4; k++) memcpy(d->q + 32 * k + 4 * r, b->qs + 4 * k, 4);
+                } else if (t == VM_DTYPE_Q4_1) {
+                    const vm_block_q4_1 *b = (const vm_block_q4_1 *)src + row * nb + ib;
+                    vm_block_q4_1x8 *d = (vm_block_q4_1x8 *)dst + o;
+                    d->d[r] = b->d;
+                    d->m[r] = b->m;
+                    for (int k = 0; k < 4; k++) memcpy(d->q + 32 * k + 4 * r, b->qs + 4 * k, 4);
+                } else {
+                    const vm_block_q8_0 *b = (const vm_block_q8_0 *)src + row * nb + ib;
+                    vm_block_q8_0x8 *d = (vm_block_q8_0x8 *)dst + o;
+                    d->d[r] = b->d;
+                    for (int k = 0; k < 8; k++) memcpy(d->q + 32 * k + 4 * r, b->qs + 4 * k, 4);
+                }
+            }
+}
+
+// Row r of a repacked block, back in its GGUF form (the generic kernels then
+// sum it exactly as their row-major dots do).
+static void gemv8_q4_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q4_0x8 *b = g;
+    for (int r = 0; r < 8; r++) {
+        float s = 0;
+        for (int ib = 0; ib < n / 32; ib++) {
+            vm_block_q4_0 w = { b[ib].d[r], {0} };
+            for (int k = 0; k < 4; k++) memcpy(w.qs + 4 * k, b[ib].q + 32 * k + 4 * r, 4);
+            s += blk_q4_0_q8(&w, x[ib].d, x[ib].isum, x[ib].q);
+        }
+        out[r] = s;
+    }
+}
+
+static void gemv8_q4_1_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q4_1x8 *b = g;
+    for (int r = 0; r < 8; r++) {
+        float s = 0;
+        for (int ib = 0; ib < n / 32; ib++) {
+            vm_block_q4_1 w = { b[ib].d[r], b[ib].m[r], {0} };
+            for (int k = 0; k < 4; k++) memcpy(w.qs + 4 * k, b[ib].q + 32 * k + 4 * r, 4);
+            s += blk_q4_1_q8(&w, x[ib].d, x[ib].s, x[ib].q);
+        }
+        out[r] = s;
+    }
+}
+
+static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q8_0x8 *b = g;
+    for (int r = 0; r < 8; r++) {
+        float s = 0;
+        for (int ib = 0; ib < n / 32; ib++) {
+            vm_block_q8_0 w = { b[ib].d[r], {0} };
+            for (int k = 0; k < 8; k++) memcpy(w.qs + 4 * k, b[ib].q + 32 * k + 4 * r, 4);
+            s += blk_q8_0_q8(&w, x[ib].d, x[ib].q);
+        }
+        out[r] = s;
+    }
+}
+
 void vm_q8_pack8(const vm_q8_block *x, size_t xs, int nb, vm_q8_x8 *x8) {
     for (int ib = 0; ib < nb; ib++)
         for (int t = 0; t < 8; t++) {
@@ -294,6 +374,7 @@ const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
+    gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8,
     vdot, axpy, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };

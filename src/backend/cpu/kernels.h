@@ -38,6 +38,22 @@ typedef struct vm_q8_x8 {
 // x8[nb] <- tokens x, x + xstride, ..., x + 7 * xstride (nb blocks each)
 void vm_q8_pack8(const vm_q8_block *x, size_t xstride, int nb, vm_q8_x8 *x8);
 
+// GGUF block weights repacked 8 rows at a time, for the one-token decode
+// (vm_q_repack8): for each block column, the 8 rows' f16 scales (and Q4_1
+// mins), then their quants so that 32-bit lane r of a 32-byte load holds row
+// r's bytes 4k..4k+3 of the block (Q4: nibbles of elements 4k.. and 16+4k..;
+// Q8_0: elements 4k..4k+3). One vector instruction then works on 8 rows, and
+// each lane keeps the very sums of the row-at-a-time kernels.
+typedef struct vm_block_q4_0x8 { uint16_t d[8]; uint8_t q[128]; } vm_block_q4_0x8;
+typedef struct vm_block_q4_1x8 { uint16_t d[8], m[8]; uint8_t q[128]; } vm_block_q4_1x8;
+typedef struct vm_block_q8_0x8 { uint16_t d[8]; int8_t q[256]; } vm_block_q8_0x8;
+
+// Bytes of a repacked weight (0 when t is not Q4_0/Q4_1/Q8_0 or rows % 8 != 0).
+size_t vm_q_repack8_bytes(vm_dtype t, int64_t rows, int64_t cols);
+// dst <- src (rows x cols of dtype t, row-major GGUF blocks), repacked; rows
+// [r0, r1) only (multiples of 8), so callers can split the work.
+void vm_q_repack8(vm_dtype t, const void *src, int64_t cols, int64_t r0, int64_t r1, void *dst);
+
 typedef struct vm_cpu_kernels {
     const char *name;
     // dot of one weight row (n logical elements) with x
@@ -64,6 +80,12 @@ typedef struct vm_cpu_kernels {
     void (*dot8_q4_0_q8)(const void *w, const vm_q8_x8 *x, int n, float out[8]);
     void (*dot8_q4_1_q8)(const void *w, const vm_q8_x8 *x, int n, float out[8]);
     void (*dot8_q8_0_q8)(const void *w, const vm_q8_x8 *x, int n, float out[8]);
+    // The same for 8 repacked rows (a group of vm_block_*x8[n / 32]) against one
+    // token: out[r] is bit-identical to dot_*_q8 of row r in this table. NULL
+    // where a kernel set keeps row-major weights.
+    void (*gemv8_q4_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]);
+    void (*gemv8_q4_1_q8)(const void *g, const vm_q8_block *x, int n, float out[8]);
+    void (*gemv8_q8_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]);
     // attention helpers on f32 vectors
     float (*vdot)(const float *a, const float *b, int n);      // a . b
     void (*axpy)(float *y, float a, const float *x, int n);    // y += a * x

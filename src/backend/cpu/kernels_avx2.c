@@ -390,6 +390,92 @@ static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
 #undef DOT8_STEP
 #undef DOT8_HSUM
 
+// ---- 8 repacked rows against one token (kernels.h, vm_block_*x8) ----
+// Vector j (acc[j]) holds, for the 8 rows in its lanes, what lane j of the
+// row-at-a-time kernel's accumulator holds: the fused sum over blocks of
+// dd * (elements 4j..4j+3 of the block's integer dot). The row-at-a-time
+// kernel's hsum8 over its lanes is then the same adds across these vectors.
+
+static inline __m256i bcast4(const int8_t *p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
+
+// per lane, ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)): hsum8's order
+static inline __m256 hsum8_lanes(const __m256 a[8]) {
+    __m256 t0 = _mm256_add_ps(a[0], a[4]), t1 = _mm256_add_ps(a[1], a[5]);
+    __m256 t2 = _mm256_add_ps(a[2], a[6]), t3 = _mm256_add_ps(a[3], a[7]);
+    return _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3));
+}
+
+// acc[k] and acc[k + 4] from one 32-byte load of nibbles: low nibbles are
+// elements 4k.., high nibbles 16+4k.. of each row's block
+#define Q4X8_STEP(acc, q, xq, dd, k)                                                              \
+    do {                                                                                          \
+        const __m256i c_ = _mm256_loadu_si256((const __m256i *)((q) + 32 * (k)));                 \
+        const __m256i lo_ = _mm256_and_si256(c_, m4), hi_ = _mm256_and_si256(_mm256_srli_epi16(c_, 4), m4); \
+        acc[k] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(_mm256_madd_epi16(                         \
+                     _mm256_maddubs_epi16(lo_, bcast4((xq) + 4 * (k))), ones)), acc[k]);            \
+        acc[(k) + 4] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(_mm256_madd_epi16(                   \
+                     _mm256_maddubs_epi16(hi_, bcast4((xq) + 16 + 4 * (k))), ones)), acc[(k) + 4]); \
+    } while (0)
+
+#define PF8(p) do { _mm_prefetch((const char *)(p) + VM_PF_DIST, _MM_HINT_T0); \
+                    _mm_prefetch((const char *)(p) + VM_PF_DIST + 64, _MM_HINT_T0); \
+                    _mm_prefetch((const char *)(p) + VM_PF_DIST + 128, _MM_HINT_T0); } while (0)
+
+static void gemv8_q4_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q4_0x8 *b = g;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[8], corr = _mm256_setzero_ps();
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / 32; ib++) {
+        PF8(b + ib);
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
+        corr = _mm256_add_ps(corr, _mm256_mul_ps(dd, _mm256_set1_ps((float)(8 * x[ib].isum))));
+        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 0);
+        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 1);
+        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 2);
+        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 3);
+    }
+    _mm256_storeu_ps(out, _mm256_sub_ps(hsum8_lanes(acc), corr));
+}
+
+static void gemv8_q4_1_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q4_1x8 *b = g;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[8], msum = _mm256_setzero_ps();
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / 32; ib++) {
+        PF8(b + ib);
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
+        msum = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].m)), _mm256_set1_ps(x[ib].s), msum);
+        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 0);
+        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 1);
+        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 2);
+        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 3);
+    }
+    _mm256_storeu_ps(out, _mm256_add_ps(hsum8_lanes(acc), msum));
+}
+
+static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q8_0x8 *b = g;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[8];
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / 32; ib++) {
+        PF8(b + ib);
+        _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 192, _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 256, _MM_HINT_T0);
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
+        for (int j = 0; j < 8; j++) {
+            const __m256i wq = _mm256_loadu_si256((const __m256i *)(b[ib].q + 32 * j));
+            const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(bcast4(x[ib].q + 4 * j), wq));
+            acc[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), acc[j]);
+        }
+    }
+    _mm256_storeu_ps(out, hsum8_lanes(acc));
+}
+#undef Q4X8_STEP
+#undef PF8
+
 static float vdot(const float *a, const float *b, int n) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int i = 0;
@@ -572,6 +658,7 @@ const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
+    gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8,
     vdot, axpy, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16,
 };
 #endif
