@@ -34,6 +34,8 @@ typedef struct vm_weight {
     vm_dtype scale_dtype;      // F16, BF16 or F32
     const void *scales, *biases; // (rows, cols/group_size)
     void *device;              // backend-private (e.g. GPU copy); NULL on the CPU
+    int gather_only;           // set before weight_prepare: only rows are looked up (an
+                               // untied embedding table), never a matmul operand
 } vm_weight;
 
 size_t vm_weight_row_bytes(const vm_weight *w);

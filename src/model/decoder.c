@@ -35,9 +35,15 @@ struct vm_model {
     size_t logits_cap;
 };
 
-static int get_linear(vm_model *m, const char *prefix, int64_t rows, int64_t cols, vm_weight *w, vm_err *e) {
+static int get_matrix(vm_model *m, const char *prefix, int64_t rows, int64_t cols, int gather_only, vm_weight *w,
+                      vm_err *e) {
     if (vm_weights_linear(m->ws, prefix, rows, cols, w, e) != 0) return -1;
+    w->gather_only = gather_only;
     return m->be->weight_prepare(m->be, w, e);
+}
+
+static int get_linear(vm_model *m, const char *prefix, int64_t rows, int64_t cols, vm_weight *w, vm_err *e) {
+    return get_matrix(m, prefix, rows, cols, 0, w, e);
 }
 
 static int load_layer(vm_model *m, int i, vm_err *e) {
@@ -155,7 +161,8 @@ vm_model *vm_model_create(const char *path, vm_backend *be, int max_batch_tokens
     if (!(m->ws = vm_weights_open(path, e))) goto fail;
     if (vm_model_config_load(&m->cfg, path, m->ws, e) != 0) goto fail;
     const vm_model_config *c = &m->cfg;
-    if (get_linear(m, "model.embed_tokens", c->vocab_size, c->hidden_size, &m->embed, e) != 0) goto fail;
+    if (get_matrix(m, "model.embed_tokens", c->vocab_size, c->hidden_size, !c->tie_word_embeddings, &m->embed, e) != 0)
+        goto fail;
     if (c->tie_word_embeddings) m->lm_head = m->embed;
     else if (get_linear(m, "lm_head", c->vocab_size, c->hidden_size, &m->lm_head, e) != 0) goto fail;
     if (!(m->final_norm = vm_weights_vector(m->ws, "model.norm.weight", c->hidden_size, 1, e))) goto fail;

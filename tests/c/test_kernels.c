@@ -171,7 +171,8 @@ Test(kernels, dot8_bit_identical) {
 }
 
 // The 8-row repacked kernels (vm_q_repack8) against the row-major
-// single-token kernel of the same table: every output bit-identical.
+// single-token kernel of the same table: every output bit-identical; and
+// unpack8 gives back the rows.
 static void check_gemv8(const vm_cpu_kernels *k, vm_dtype t) {
     float (*one)(const void *, const vm_q8_block *, int) = t == VM_DTYPE_Q4_0 ? k->dot_q4_0_q8
         : t == VM_DTYPE_Q4_1 ? k->dot_q4_1_q8 : k->dot_q8_0_q8;
@@ -189,6 +190,18 @@ static void check_gemv8(const vm_cpu_kernels *k, vm_dtype t) {
         // in two parts, as threads split it
         vm_q_repack8(t, w.data, cols, 0, 8, rp);
         vm_q_repack8(t, w.data, cols, 8, rows, rp);
+        // unpacking a group gives back its 8 rows (generic and this table's)
+        uint8_t *back = malloc(bytes / (rows / 8));
+        for (int g = 0; g < rows / 8; g++) {
+            const uint8_t *orig = (const uint8_t *)w.data + (size_t)g * bytes / (rows / 8);
+            memset(back, 0xa5, bytes / (rows / 8));
+            vm_q_unpack8(t, rp + (size_t)g * bytes / (rows / 8), cols, back);
+            cr_expect(memcmp(back, orig, bytes / (rows / 8)) == 0, "%s vm_q_unpack8 group %d", vm_dtype_name(t), g);
+            memset(back, 0x5a, bytes / (rows / 8));
+            k->unpack8(t, rp + (size_t)g * bytes / (rows / 8), cols, back);
+            cr_expect(memcmp(back, orig, bytes / (rows / 8)) == 0, "%s %s unpack8 group %d", k->name, vm_dtype_name(t), g);
+        }
+        free(back);
         vm_q8_block *xq = malloc(sizeof *xq * nb);
         float *x = malloc(sizeof(float) * cols);
         float scale = round % 3 == 0 ? 1e-3f : round % 3 == 1 ? 1.0f : 300.0f;

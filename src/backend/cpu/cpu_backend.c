@@ -74,10 +74,15 @@ static void cpu_buf_read(vm_backend *be, const vm_buf *b, size_t off, void *dst,
     memcpy(dst, (const char *)b->data + off, n);
 }
 
+static const uint8_t *repacked(cpu_impl *c, const vm_weight *w);
+
 static int cpu_weight_prepare(vm_backend *be, vm_weight *w, vm_err *e) {
     switch (w->dtype) {
     case VM_DTYPE_F32: case VM_DTYPE_F16: case VM_DTYPE_BF16:
+        return 0;
     case VM_DTYPE_Q4_0: case VM_DTYPE_Q4_1: case VM_DTYPE_Q8_0:
+        // repacked now, at load, rather than in the first step
+        if (!w->gather_only && impl_of(be)->q8_activations) (void)repacked(impl_of(be), w);
         return 0;
     case VM_DTYPE_MLX_AFFINE:
         if (w->bits != 2 && w->bits != 4 && w->bits != 8)
@@ -147,6 +152,7 @@ typedef struct matmul_job {
     float *out;
     const uint8_t *r8;     // the weight repacked 8 rows at a time (vm_q_repack8), or NULL
     void (*gemv8)(const void *, const vm_q8_block *, int, float *);
+    void (*dot8)(const void *, const vm_q8_x8 *, int, float *);
 } matmul_job;
 
 static float row_dot(const matmul_job *j, int64_t r, const vm_xrow *xr) {
@@ -226,14 +232,15 @@ static size_t rp_hash(const void *p, size_t cap) {
     return (size_t)(((uint64_t)(uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull >> 20) & (cap - 1);
 }
 
-// The repacked copy of w (made on first use), or NULL to use the row-major
-// data: no kernel for its type, rows not a multiple of 8, or no memory.
+// The repacked copy of w (made when it is prepared, or on first use), or NULL
+// to use the row-major data: no kernel for its type, rows not a multiple of 8,
+// or no memory.
 static const uint8_t *repacked(cpu_impl *c, const vm_weight *w) {
     void (*g)(const void *, const vm_q8_block *, int, float *) =
         w->dtype == VM_DTYPE_Q4_0 ? c->k->gemv8_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? c->k->gemv8_q4_1_q8
                                                       : c->k->gemv8_q8_0_q8;
     size_t bytes = vm_q_repack8_bytes(w->dtype, w->rows, w->cols);
-    if (!c->repack || !g || !bytes) return NULL;
+    if (!c->repack || !g || !c->k->unpack8 || !bytes) return NULL;
     for (size_t i = c->rp_cap ? rp_hash(w->data, c->rp_cap) : 0; c->rp_cap; i = (i + 1) & (c->rp_cap - 1)) {
         if (c->rp[i].src == w->data) return c->rp[i].dst;
         if (!c->rp[i].src) break;
@@ -265,25 +272,33 @@ static const uint8_t *repacked(cpu_impl *c, const vm_weight *w) {
 }
 
 // Tiles of 8-row groups (about 24 KiB of weights) x every token, so a tile's
-// weights stay in cache across the tokens of a prefill step.
+// weights stay in cache across the tokens of a step. Groups of 8 tokens take
+// the row-major dot8 on the tile unpacked once (unpack8), the rest gemv8.
 static void matmul_groups_r8(void *ctx, int begin, int end, int thread_index) {
     const matmul_job *j = ctx;
     const int64_t cols = j->w->cols, rows = j->w->rows, nb = cols / 32;
-    const size_t gb = repack8_group_bytes(j->w);
-    const int gt = VM_MAX(1, (int)(24576 / gb));
+    const size_t gb = repack8_group_bytes(j->w), rb = gb / 8;
+    const int gt = VM_MAX(1, (int)(24576 / gb)), tgroups = j->x8 ? j->n / 8 : 0;
+    enum { GT = 16 };   // token groups per tile
+    uint8_t *rowbuf = tgroups ? malloc((size_t)gt * gb) : NULL;
     for (int g0 = begin; g0 < end; g0 += gt) {
         const int g1 = VM_MIN(g0 + gt, end);
-        for (int t = 0; t < j->n; t++)
+        if (rowbuf) {
+            for (int g = g0; g < g1; g++)
+                j->k->unpack8(j->w->dtype, j->r8 + (size_t)g * gb, cols, rowbuf + (size_t)(g - g0) * gb);
+            for (int tg0 = 0; tg0 < tgroups; tg0 += GT)
+                for (int r = 0; r < 8 * (g1 - g0); r++)
+                    for (int tg = tg0; tg < VM_MIN(tg0 + GT, tgroups); tg++) {
+                        float o8[8];
+                        j->dot8(rowbuf + (size_t)r * rb, j->x8 + (size_t)tg * nb, (int)cols, o8);
+                        for (int t = 0; t < 8; t++) j->out[(size_t)(8 * tg + t) * rows + 8 * g0 + r] = o8[t];
+                    }
+        }
+        for (int t = 8 * tgroups; t < j->n; t++)
             for (int g = g0; g < g1; g++)
                 j->gemv8(j->r8 + (size_t)g * gb, j->xq + (size_t)t * nb, (int)cols, j->out + (size_t)t * rows + 8 * g);
     }
-}
-
-static void quantize_tokens(void *ctx, int begin, int end, int thread_index) {
-    const matmul_job *j = ctx;
-    const int64_t cols = j->w->cols, nb = cols / 32;
-    for (int t = begin; t < end; t++)
-        j->k->quantize_q8(j->x + (size_t)t * cols, (vm_q8_block *)j->xq + (size_t)t * nb, (int)cols);
+    free(rowbuf);
 }
 
 // Quantizes the activations for the integer dots: item i < n/8 is token
@@ -314,7 +329,7 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
 
 static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     cpu_impl *c = impl_of(be);
-    matmul_job j = { c->k, w, x->data, NULL, NULL, NULL, n, 0, out->data, NULL, NULL };
+    matmul_job j = { c->k, w, x->data, NULL, NULL, NULL, n, 0, out->data, NULL, NULL, NULL };
     if (c->q8_activations && (w->dtype == VM_DTYPE_Q4_0 || w->dtype == VM_DTYPE_Q4_1 || w->dtype == VM_DTYPE_Q8_0)) {
         size_t nb = (size_t)(w->cols / 32), need = nb * n;
         if (need > c->xq_blocks) {
@@ -324,13 +339,6 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
             c->xq_blocks = need;
         }
         j.xq = c->xq;
-        if ((j.r8 = repacked(c, w))) {
-            j.gemv8 = w->dtype == VM_DTYPE_Q4_0 ? c->k->gemv8_q4_0_q8
-                      : w->dtype == VM_DTYPE_Q4_1 ? c->k->gemv8_q4_1_q8 : c->k->gemv8_q8_0_q8;
-            vm_parallel_for(c->pool, n, VM_MAX(1, (int)(1024 / nb)), quantize_tokens, &j);
-            vm_parallel_for(c->pool, (int)(w->rows / 8), 2, matmul_groups_r8, &j);
-            return;
-        }
         if (n >= 8) {
             size_t need8 = nb * (size_t)(n / 8);
             if (need8 > c->x8_blocks) {
@@ -344,6 +352,13 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
         int items = j.x8 ? n / 8 + (n % 8 != 0) : 1;
         if (items > 1 && (size_t)n * nb >= 1024) vm_parallel_for(c->pool, items, 1, quantize_rows, &j);
         else quantize_rows(&j, 0, items, 0);
+        if ((j.r8 = repacked(c, w))) {
+            const int t = w->dtype == VM_DTYPE_Q4_0 ? 0 : w->dtype == VM_DTYPE_Q4_1 ? 1 : 2;
+            j.gemv8 = t == 0 ? c->k->gemv8_q4_0_q8 : t == 1 ? c->k->gemv8_q4_1_q8 : c->k->gemv8_q8_0_q8;
+            j.dot8 = t == 0 ? c->k->dot8_q4_0_q8 : t == 1 ? c->k->dot8_q4_1_q8 : c->k->dot8_q8_0_q8;
+            vm_parallel_for(c->pool, (int)(w->rows / 8), 2, matmul_groups_r8, &j);
+            return;
+        }
         vm_parallel_for(c->pool, (int)w->rows, 16, matmul_rows, &j);
         return;
     }

@@ -226,6 +226,30 @@ void vm_q_repack8(vm_dtype t, const void *src, int64_t cols, int64_t r0, int64_t
             }
 }
 
+void vm_q_unpack8(vm_dtype t, const void *group, int64_t cols, void *rows) {
+    const int64_t nb = cols / VM_QK;
+    for (int r = 0; r < 8; r++)
+        for (int64_t ib = 0; ib < nb; ib++) {
+            if (t == VM_DTYPE_Q4_0) {
+                const vm_block_q4_0x8 *g = (const vm_block_q4_0x8 *)group + ib;
+                vm_block_q4_0 *b = (vm_block_q4_0 *)rows + r * nb + ib;
+                b->d = g->d[r];
+                for (int k = 0; k < 4; k++) memcpy(b->qs + 4 * k, g->q + 32 * k + 4 * r, 4);
+            } else if (t == VM_DTYPE_Q4_1) {
+                const vm_block_q4_1x8 *g = (const vm_block_q4_1x8 *)group + ib;
+                vm_block_q4_1 *b = (vm_block_q4_1 *)rows + r * nb + ib;
+                b->d = g->d[r];
+                b->m = g->m[r];
+                for (int k = 0; k < 4; k++) memcpy(b->qs + 4 * k, g->q + 32 * k + 4 * r, 4);
+            } else {
+                const vm_block_q8_0x8 *g = (const vm_block_q8_0x8 *)group + ib;
+                vm_block_q8_0 *b = (vm_block_q8_0 *)rows + r * nb + ib;
+                b->d = g->d[r];
+                for (int k = 0; k < 8; k++) memcpy(b->qs + 4 * k, g->q + 32 * k + 4 * r, 4);
+            }
+        }
+}
+
 // Row r of a repacked block, back in its GGUF form (the generic kernels then
 // sum it exactly as their row-major dots do).
 static void gemv8_q4_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
@@ -374,7 +398,7 @@ const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
-    gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8,
+    gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, vm_q_unpack8,
     vdot, axpy, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };

@@ -53,6 +53,9 @@ size_t vm_q_repack8_bytes(vm_dtype t, int64_t rows, int64_t cols);
 // dst <- src (rows x cols of dtype t, row-major GGUF blocks), repacked; rows
 // [r0, r1) only (multiples of 8), so callers can split the work.
 void vm_q_repack8(vm_dtype t, const void *src, int64_t cols, int64_t r0, int64_t r1, void *dst);
+// The inverse for one group: its 8 rows back in row-major GGUF blocks (the
+// batched kernels unpack a group once, then reuse it for many tokens).
+void vm_q_unpack8(vm_dtype t, const void *group, int64_t cols, void *rows);
 
 typedef struct vm_cpu_kernels {
     const char *name;
@@ -86,6 +89,8 @@ typedef struct vm_cpu_kernels {
     void (*gemv8_q4_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]);
     void (*gemv8_q4_1_q8)(const void *g, const vm_q8_block *x, int n, float out[8]);
     void (*gemv8_q8_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]);
+    // vm_q_unpack8 (the same bytes out)
+    void (*unpack8)(vm_dtype t, const void *group, int64_t cols, void *rows);
     // attention helpers on f32 vectors
     float (*vdot)(const float *a, const float *b, int n);      // a . b
     void (*axpy)(float *y, float a, const float *x, int n);    // y += a * x

@@ -476,6 +476,44 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
 #undef Q4X8_STEP
 #undef PF8
 
+// 4 loads of 8 lanes (32-bit words) -> 8 rows of 4 words: a 4x8 transpose;
+// row r's 16 bytes are stored at dst + r * stride
+static inline void transpose4x8_store(const uint8_t *q, uint8_t *dst, size_t stride) {
+    const __m256i c0 = _mm256_loadu_si256((const __m256i *)q), c1 = _mm256_loadu_si256((const __m256i *)(q + 32));
+    const __m256i c2 = _mm256_loadu_si256((const __m256i *)(q + 64)), c3 = _mm256_loadu_si256((const __m256i *)(q + 96));
+    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+    const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+    const __m256i u[4] = { _mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
+                           _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3) };   // rows r | r+4
+    for (int r = 0; r < 4; r++) {
+        _mm_storeu_si128((__m128i *)(dst + r * stride), _mm256_castsi256_si128(u[r]));
+        _mm_storeu_si128((__m128i *)(dst + (r + 4) * stride), _mm256_extracti128_si256(u[r], 1));
+    }
+}
+
+static void unpack8(vm_dtype t, const void *group, int64_t cols, void *rows) {
+    const int64_t nb = cols / 32;
+    for (int64_t ib = 0; ib < nb; ib++) {
+        if (t == VM_DTYPE_Q4_0) {
+            const vm_block_q4_0x8 *g = (const vm_block_q4_0x8 *)group + ib;
+            vm_block_q4_0 *b = (vm_block_q4_0 *)rows + ib;
+            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
+            transpose4x8_store(g->q, b->qs, (size_t)nb * sizeof *b);
+        } else if (t == VM_DTYPE_Q4_1) {
+            const vm_block_q4_1x8 *g = (const vm_block_q4_1x8 *)group + ib;
+            vm_block_q4_1 *b = (vm_block_q4_1 *)rows + ib;
+            for (int r = 0; r < 8; r++) { b[r * nb].d = g->d[r]; b[r * nb].m = g->m[r]; }
+            transpose4x8_store(g->q, b->qs, (size_t)nb * sizeof *b);
+        } else {
+            const vm_block_q8_0x8 *g = (const vm_block_q8_0x8 *)group + ib;
+            vm_block_q8_0 *b = (vm_block_q8_0 *)rows + ib;
+            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
+            transpose4x8_store((const uint8_t *)g->q, (uint8_t *)b->qs, (size_t)nb * sizeof *b);
+            transpose4x8_store((const uint8_t *)g->q + 128, (uint8_t *)b->qs + 16, (size_t)nb * sizeof *b);
+        }
+    }
+}
+
 static float vdot(const float *a, const float *b, int n) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int i = 0;
@@ -658,7 +696,7 @@ const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
-    gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8,
+    gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, unpack8,
     vdot, axpy, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16,
 };
 #endif

@@ -389,7 +389,7 @@ const vm_cpu_kernels vm_kernels_neon_dotprod = {
     "neon_dotprod", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp,
     dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp,
-    dot8_q4_0_q8_dp, dot8_q4_1_q8_dp, dot8_q8_0_q8_dp, NULL, NULL, NULL, vdot, axpy,
+    dot8_q4_0_q8_dp, dot8_q4_1_q8_dp, dot8_q8_0_q8_dp, NULL, NULL, NULL, NULL, vdot, axpy,
     vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };
@@ -398,7 +398,7 @@ const vm_cpu_kernels vm_kernels_neon = {
     "neon", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_mull, dot_q4_1_q8_mull, dot_q8_0_q8_mull,
     dot4_q4_0_q8_mull, dot4_q4_1_q8_mull, dot4_q8_0_q8_mull,
-    dot8_q4_0_q8_mull, dot8_q4_1_q8_mull, dot8_q8_0_q8_mull, NULL, NULL, NULL, vdot, axpy,
+    dot8_q4_0_q8_mull, dot8_q4_1_q8_mull, dot8_q8_0_q8_mull, NULL, NULL, NULL, NULL, vdot, axpy,
     vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };
