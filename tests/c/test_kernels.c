@@ -254,27 +254,39 @@ Test(kernels, ggml_arithmetic_bit_identical) {
         for (int i = 0; i < n; i++) { a[i] = vm_f32_to_f16(frand() * 4); b[i] = vm_f32_to_f16(frand() * 4); }
         for (int acc32 = 0; acc32 < 2; acc32++) {  // one row of any length (the odd ones take fallbacks)
             float x, y = acc32 ? vm_generic_dot_f16_acc32(a, b, n) : vm_generic_dot_f16_chain8(a, b, n);
-            simd->dots_f16(a, (size_t)n, 1, b, n, acc32, &x);
+            const uint16_t *rows1[1] = { a };
+            simd->dots_f16(rows1, 1, b, n, acc32, &x);
             cr_expect(memcmp(&x, &y, 4) == 0, "dots_f16 n=%d acc32=%d: %a vs %a", n, acc32, x, y);
         }
     }
-    // block-wise attention helpers: the same bits as the one-row kernels
+    // attention helpers over row pointers (scattered rows, as cache blocks
+    // are): the same bits as the one-row kernels; every lane count and start
     for (int hd = 8; hd <= 136; hd += 8) {
-        uint16_t kb[16 * 136], q[136];
-        for (int i = 0; i < 16 * hd; i++) kb[i] = vm_f32_to_f16(frand());
+        enum { NP = 45 };
+        uint16_t kb[NP * 136], q[136];
+        const uint16_t *rows[NP];
+        for (int i = 0; i < NP * hd; i++) kb[i] = vm_f32_to_f16(frand());
         for (int i = 0; i < hd; i++) q[i] = vm_f32_to_f16(frand());
+        for (int p = 0; p < NP; p++) rows[p] = kb + (size_t)((p * 7) % NP) * hd;
         for (int acc32 = 0; acc32 < 2; acc32++) {
-            float o1[16], o2[16];
-            simd->dots_f16(kb, (size_t)hd, 13, q, hd, acc32, o1);
-            for (int p = 0; p < 13; p++)
-                o2[p] = acc32 ? vm_generic_dot_f16_acc32(kb + p * hd, q, hd) : vm_generic_dot_f16_chain8(kb + p * hd, q, hd);
-            cr_expect(memcmp(o1, o2, sizeof(float) * 13) == 0, "dots_f16 hd=%d acc32=%d", hd, acc32);
+            for (int n = 1; n <= NP; n += 11) {
+                float o1[NP], o2[NP];
+                simd->dots_f16(rows, n, q, hd, acc32, o1);
+                for (int p = 0; p < n; p++)
+                    o2[p] = acc32 ? vm_generic_dot_f16_acc32(rows[p], q, hd) : vm_generic_dot_f16_chain8(rows[p], q, hd);
+                cr_expect(memcmp(o1, o2, sizeof(float) * n) == 0, "dots_f16 hd=%d acc32=%d n=%d", hd, acc32, n);
+            }
         }
-        float w[16], a1[32 * 136] = { 0 }, a2[32 * 136] = { 0 };
-        for (int p = 0; p < 16; p++) w[p] = frand();
-        simd->axpy_lanes_f16(a1, 32, 29, w, kb, (size_t)hd, 16, hd);
-        ref->axpy_lanes_f16(a2, 32, 29, w, kb, (size_t)hd, 16, hd);
-        cr_expect(memcmp(a1, a2, sizeof(float) * 32 * (size_t)hd) == 0, "axpy_lanes_f16 hd=%d", hd);
+        float w[NP];
+        for (int p = 0; p < NP; p++) w[p] = frand();
+        for (int lanes = 8; lanes <= 32; lanes *= 4)
+            for (int n = 1; n <= NP; n += 11) {
+                static float a1[32 * 136], a2[32 * 136];
+                for (int i = 0; i < 32 * hd; i++) a1[i] = a2[i] = frand();
+                simd->axpy_lanes_f16(a1, lanes, 29, w, rows, n, hd);
+                ref->axpy_lanes_f16(a2, lanes, 29, w, rows, n, hd);
+                cr_expect(memcmp(a1, a2, sizeof(float) * 32 * (size_t)hd) == 0, "axpy_lanes_f16 hd=%d lanes=%d n=%d", hd, lanes, n);
+            }
     }
     for (int n = 1; n <= 300; n += 13) {
         float x[300], y1[300], y2[300], u[300];

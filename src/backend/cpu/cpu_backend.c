@@ -477,9 +477,12 @@ typedef struct attn_job {
     float *out;
 } attn_job;
 
-// Per-thread scratch: scores (padded to 8), q as f16, 32 partial-sum rows of head_dim.
+// Per-thread scratch: scores (padded to 8), q as f16, 32 partial-sum rows of
+// head_dim, the K and V row pointers of each position (f16 cache).
 static size_t attn_scratch_floats(int max_ctx_len, int head_dim) {
-    return (size_t)max_ctx_len + 8 + (size_t)head_dim + 32 * (size_t)head_dim;
+    size_t f = (size_t)max_ctx_len + 8 + (size_t)head_dim + 32 * (size_t)head_dim;
+    f = (f + 15) & ~(size_t)15;
+    return f + 2 * (size_t)max_ctx_len * (sizeof(void *) / sizeof(float));
 }
 
 // f32 cache: scores over the sequence's cached positions [0, pos], softmax,
@@ -520,27 +523,27 @@ static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *
     uint16_t *qh = (uint16_t *)(scratch + m->max_ctx_len + 8);
     float *acc = scratch + m->max_ctx_len + 8 + hd;
     const uint16_t *kc = j->kc, *vc = j->vc;
+    const uint16_t **krows = (const uint16_t **)(scratch + ((m->max_ctx_len + 8 + hd + 32 * (size_t)hd + 15) & ~(size_t)15));
+    const uint16_t **vrows = krows + m->max_ctx_len;
+    for (int p = 0; p < n_ctx; p++) {
+        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+        krows[p] = kc + off;
+        vrows[p] = vc + off;
+    }
     k->to_f16(qh, q, hd);
     const int acc32 = single || hd % 8;
+    k->dots_f16(krows, n_ctx, qh, hd, acc32, sc);
     float mx = -INFINITY;
-    for (int p0 = 0; p0 < n_ctx; p0 += bs) {
-        const uint16_t *kb = kc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
-        int n = VM_MIN(bs, n_ctx - p0);
-        k->dots_f16(kb, (size_t)hd, n, qh, hd, acc32, sc + p0);
-        for (int p = p0; p < p0 + n; p++) {
-            sc[p] *= j->scale;
-            if (sc[p] > mx) mx = sc[p];
-        }
+    for (int p = 0; p < n_ctx; p++) {
+        sc[p] *= j->scale;
+        if (sc[p] > mx) mx = sc[p];
     }
     double sum = k->exp_sum(sc, sc, mx, n_ctx);
     k->round_f16(sc, sc, (float)(1.0 / sum), n_ctx);
     // weights.V: lane p % lanes of the reference's partial sums gets position p
     const int lanes = single ? 32 : 8, used = VM_MIN(lanes, n_ctx);
     memset(acc, 0, (size_t)used * hd * 4);
-    for (int p0 = 0; p0 < n_ctx; p0 += bs) {
-        const uint16_t *vb = vc + (((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs) * hd;
-        k->axpy_lanes_f16(acc, lanes, p0, sc + p0, vb, (size_t)hd, VM_MIN(bs, n_ctx - p0), hd);
-    }
+    k->axpy_lanes_f16(acc, lanes, 0, sc, vrows, n_ctx, hd);
     if (used < lanes) memset(acc + (size_t)used * hd, 0, (size_t)(lanes - used) * hd * 4);
     float *a = acc;
 #define LANE(l) (a + (size_t)(l) * hd)

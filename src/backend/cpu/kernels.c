@@ -383,15 +383,13 @@ void vm_generic_round_f16(float *dst, const float *src, float scale, int n) {
     for (int i = 0; i < n; i++) dst[i] = vm_f16_to_f32(vm_f32_to_f16(src[i] * scale));
 }
 
-void vm_generic_dots_f16(const uint16_t *k, size_t stride, int n, const uint16_t *q, int hd, int acc32, float *out) {
+void vm_generic_dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int hd, int acc32, float *out) {
     for (int p = 0; p < n; p++)
-        out[p] = acc32 ? vm_generic_dot_f16_acc32(k + (size_t)p * stride, q, hd)
-                       : vm_generic_dot_f16_chain8(k + (size_t)p * stride, q, hd);
+        out[p] = acc32 ? vm_generic_dot_f16_acc32(rows[p], q, hd) : vm_generic_dot_f16_chain8(rows[p], q, hd);
 }
 
-static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *v, size_t stride,
-                           int n, int hd) {
-    for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], v + (size_t)p * stride, hd);
+void vm_generic_axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd) {
+    for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], rows[p], hd);
 }
 
 const vm_cpu_kernels vm_kernels_generic = {
@@ -400,7 +398,7 @@ const vm_cpu_kernels vm_kernels_generic = {
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
     gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, vm_q_unpack8,
     vdot, axpy, vm_generic_exp_sum, vm_generic_silu_mul,
-    vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
+    vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, vm_generic_axpy_lanes_f16,
 };
 
 void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {

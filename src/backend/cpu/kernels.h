@@ -106,13 +106,13 @@ typedef struct vm_cpu_kernels {
     // f16 conversions, round to nearest even: dst = f16(src); dst = f32(f16(src * scale))
     void (*to_f16)(uint16_t *dst, const float *src, int n);
     void (*round_f16)(float *dst, const float *src, float scale, int n);
-    // Attention over one cache block: out[p] = dot(k + p*stride, q) for p < n in
-    // the order of vm_generic_dot_f16_acc32 (acc32 != 0) or _chain8; and
-    // acc[(p0 + p) % lanes] += w[p] * v[p] (rows of hd floats, fused; lanes a
-    // power of two) for p < n.
-    void (*dots_f16)(const uint16_t *k, size_t stride, int n, const uint16_t *q, int hd, int acc32, float *out);
-    void (*axpy_lanes_f16)(float *acc, int lanes, int p0, const float *w, const uint16_t *v, size_t stride,
-                           int n, int hd);
+    // Attention over a sequence's cached positions, row p at rows[p] (head_dim
+    // f16 each): out[p] = dot(rows[p], q) for p < n in the order of
+    // vm_generic_dot_f16_acc32 (acc32 != 0) or _chain8; and acc[(p0 + p) % lanes]
+    // += w[p] * rows[p] (rows of hd floats, fused, in increasing p; lanes a power
+    // of two) for p < n.
+    void (*dots_f16)(const uint16_t *const *rows, int n, const uint16_t *q, int hd, int acc32, float *out);
+    void (*axpy_lanes_f16)(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd);
 } vm_cpu_kernels;
 
 // The exponential llama.cpp's x86/ARM vector code uses (a degree-5 polynomial
@@ -133,7 +133,8 @@ double vm_generic_exp_sum(float *y, const float *x, float max, int n);
 void vm_generic_silu_mul(float *out, const float *g, const float *u, size_t n);
 void vm_generic_to_f16(uint16_t *dst, const float *src, int n);
 void vm_generic_round_f16(float *dst, const float *src, float scale, int n);
-void vm_generic_dots_f16(const uint16_t *k, size_t stride, int n, const uint16_t *q, int hd, int acc32, float *out);
+void vm_generic_dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int hd, int acc32, float *out);
+void vm_generic_axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd);
 
 extern const vm_cpu_kernels vm_kernels_generic;
 #if defined(__x86_64__)

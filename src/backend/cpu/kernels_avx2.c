@@ -646,49 +646,93 @@ static void round_f16(float *dst, const float *src, float scale, int n) {
     for (; i < n; i++) dst[i] = _cvtsh_ss(_cvtss_sh(src[i] * scale, _MM_FROUND_TO_NEAREST_INT));
 }
 
-static void dots_f16(const uint16_t *k, size_t stride, int n, const uint16_t *q, int hd, int acc32, float *out) {
+// 8 vectors' horizontal sums at once, vector i's in lane i, in the order of
+// dot_f16_acc32's reduction: t = low half + high half, then (t0+t1) + (t2+t3)
+static inline __m256 hsum_pairs8x8(const __m256 v[8]) {
+#define HALVES(x, y) _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31))
+    __m256 s01 = HALVES(v[0], v[1]), s23 = HALVES(v[2], v[3]), s45 = HALVES(v[4], v[5]), s67 = HALVES(v[6], v[7]);
+#undef HALVES
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s01, s23), _mm256_hadd_ps(s45, s67));   // 0 2 4 6 | 1 3 5 7
+    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static void dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int hd, int acc32, float *out) {
     if (hd > 256 || hd % (acc32 ? 32 : 8)) {
-        for (int p = 0; p < n; p++)
-            out[p] = acc32 ? dot_f16_acc32(k + (size_t)p * stride, q, hd) : dot_f16_chain8(k + (size_t)p * stride, q, hd);
+        for (int p = 0; p < n; p++) out[p] = acc32 ? dot_f16_acc32(rows[p], q, hd) : dot_f16_chain8(rows[p], q, hd);
         return;
     }
-    __m256 qv[32];
+    __m256 qv[32], sv[8];
     const int nv = hd / 8;
     for (int i = 0; i < nv; i++) qv[i] = f16x8(q + 8 * i);
-    for (int p = 0; p < n; p++) {
-        const uint16_t *r = k + (size_t)p * stride;
-        if (acc32) {
-            __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-            for (int i = 0; i < nv; i += 4) {
-                s0 = _mm256_fmadd_ps(f16x8(r + 8 * i), qv[i], s0);
-                s1 = _mm256_fmadd_ps(f16x8(r + 8 * i + 8), qv[i + 1], s1);
-                s2 = _mm256_fmadd_ps(f16x8(r + 8 * i + 16), qv[i + 2], s2);
-                s3 = _mm256_fmadd_ps(f16x8(r + 8 * i + 24), qv[i + 3], s3);
+    int p = 0;
+    for (; p < n; p += 8) {
+        const int m = VM_MIN(8, n - p);
+        for (int u = 0; u < m; u++) {
+            const uint16_t *r = rows[p + u];
+            if (acc32) {
+                __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+                for (int i = 0; i < nv; i += 4) {
+                    s0 = _mm256_fmadd_ps(f16x8(r + 8 * i), qv[i], s0);
+                    s1 = _mm256_fmadd_ps(f16x8(r + 8 * i + 8), qv[i + 1], s1);
+                    s2 = _mm256_fmadd_ps(f16x8(r + 8 * i + 16), qv[i + 2], s2);
+                    s3 = _mm256_fmadd_ps(f16x8(r + 8 * i + 24), qv[i + 3], s3);
+                }
+                sv[u] = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
+            } else {
+                __m256 acc = _mm256_setzero_ps();
+                for (int i = 0; i < nv; i++) acc = _mm256_fmadd_ps(f16x8(r + 8 * i), qv[i], acc);
+                sv[u] = acc;
             }
-            __m256 sv = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
-            __m128 t = _mm_add_ps(_mm256_castps256_ps128(sv), _mm256_extractf128_ps(sv, 1));
-            t = _mm_hadd_ps(t, t);
-            out[p] = _mm_cvtss_f32(_mm_hadd_ps(t, t));
+        }
+        if (m == 8) {
+            _mm256_storeu_ps(out + p, acc32 ? hsum_pairs8x8(sv)
+                                            : hsum8x8(sv[0], sv[1], sv[2], sv[3], sv[4], sv[5], sv[6], sv[7]));
         } else {
-            __m256 acc = _mm256_setzero_ps();
-            for (int i = 0; i < nv; i++) acc = _mm256_fmadd_ps(f16x8(r + 8 * i), qv[i], acc);
-            out[p] = hsum8(acc);
+            for (int u = 0; u < m; u++) {
+                if (acc32) {
+                    __m128 t = _mm_add_ps(_mm256_castps256_ps128(sv[u]), _mm256_extractf128_ps(sv[u], 1));
+                    t = _mm_hadd_ps(t, t);
+                    out[p + u] = _mm_cvtss_f32(_mm_hadd_ps(t, t));
+                } else {
+                    out[p + u] = hsum8(sv[u]);
+                }
+            }
         }
     }
 }
 
-static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *v, size_t stride,
-                           int n, int hd) {
-    if (hd % 8) {
-        for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], v + (size_t)p * stride, hd);
+// Lane by lane: lane l's partial sums (64 columns at a time) stay in
+// registers over its positions p (p0 + p = l mod lanes), each a fused chain
+// in increasing p, as the position-by-position loop would make them.
+static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd) {
+    if (hd % 64) {
+        for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], rows[p], hd);
         return;
     }
-    for (int p = 0; p < n; p++) {
-        float *a = acc + (size_t)((p0 + p) & (lanes - 1)) * hd;
-        const uint16_t *r = v + (size_t)p * stride;
-        const __m256 wv = _mm256_set1_ps(w[p]);
-        for (int i = 0; i < hd; i += 8)
-            _mm256_storeu_ps(a + i, _mm256_fmadd_ps(wv, f16x8(r + i), _mm256_loadu_ps(a + i)));
+    for (int l = 0; l < lanes; l++) {
+        const int first = (l - p0 % lanes + lanes) & (lanes - 1);   // first p with (p0 + p) % lanes == l
+        if (first >= n) continue;
+        float *a = acc + (size_t)((p0 + first) & (lanes - 1)) * hd;
+        for (int d = 0; d < hd; d += 64) {
+            __m256 a0 = _mm256_loadu_ps(a + d), a1 = _mm256_loadu_ps(a + d + 8), a2 = _mm256_loadu_ps(a + d + 16),
+                   a3 = _mm256_loadu_ps(a + d + 24), a4 = _mm256_loadu_ps(a + d + 32), a5 = _mm256_loadu_ps(a + d + 40),
+                   a6 = _mm256_loadu_ps(a + d + 48), a7 = _mm256_loadu_ps(a + d + 56);
+            for (int p = first; p < n; p += lanes) {
+                const uint16_t *r = rows[p] + d;
+                const __m256 wv = _mm256_set1_ps(w[p]);
+                a0 = _mm256_fmadd_ps(wv, f16x8(r), a0);
+                a1 = _mm256_fmadd_ps(wv, f16x8(r + 8), a1);
+                a2 = _mm256_fmadd_ps(wv, f16x8(r + 16), a2);
+                a3 = _mm256_fmadd_ps(wv, f16x8(r + 24), a3);
+                a4 = _mm256_fmadd_ps(wv, f16x8(r + 32), a4);
+                a5 = _mm256_fmadd_ps(wv, f16x8(r + 40), a5);
+                a6 = _mm256_fmadd_ps(wv, f16x8(r + 48), a6);
+                a7 = _mm256_fmadd_ps(wv, f16x8(r + 56), a7);
+            }
+            _mm256_storeu_ps(a + d, a0); _mm256_storeu_ps(a + d + 8, a1); _mm256_storeu_ps(a + d + 16, a2);
+            _mm256_storeu_ps(a + d + 24, a3); _mm256_storeu_ps(a + d + 32, a4); _mm256_storeu_ps(a + d + 40, a5);
+            _mm256_storeu_ps(a + d + 48, a6); _mm256_storeu_ps(a + d + 56, a7);
+        }
     }
 }
 

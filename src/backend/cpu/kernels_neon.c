@@ -380,9 +380,8 @@ static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] = fmaf(a, h2f(x[i]), y[i]);
 }
 
-static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *v, size_t stride,
-                           int n, int hd) {
-    for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], v + (size_t)p * stride, hd);
+static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd) {
+    for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], rows[p], hd);
 }
 
 const vm_cpu_kernels vm_kernels_neon_dotprod = {
