@@ -525,10 +525,13 @@ static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *
     const uint16_t *kc = j->kc, *vc = j->vc;
     const uint16_t **krows = (const uint16_t **)(scratch + ((m->max_ctx_len + 8 + hd + 32 * (size_t)hd + 15) & ~(size_t)15));
     const uint16_t **vrows = krows + m->max_ctx_len;
-    for (int p = 0; p < n_ctx; p++) {
-        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
-        krows[p] = kc + off;
-        vrows[p] = vc + off;
+    for (int p0 = 0; p0 < n_ctx; p0 += bs) {
+        const size_t off = ((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs * hd;
+        const uint16_t *kb = kc + off, *vb = vc + off;
+        for (int p = p0, e = VM_MIN(p0 + bs, n_ctx); p < e; p++, kb += hd, vb += hd) {
+            krows[p] = kb;
+            vrows[p] = vb;
+        }
     }
     k->to_f16(qh, q, hd);
     const int acc32 = single || hd % 8;
