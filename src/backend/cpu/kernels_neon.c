@@ -331,7 +331,9 @@ VM_TARGET_DOTPROD static inline int32x4_t sdot_dp(int32x4_t acc, int8x16_t a, in
 #define Q8_ATTR VM_TARGET_DOTPROD
 #define Q8_SDOT(acc, a, b) sdot_dp(acc, a, b)
 #define Q8_NAME(f) f##_dp
+#define Q8_GEMV8 1
 #include "kernels_neon.c"
+#undef Q8_GEMV8
 #undef Q8_ATTR
 #undef Q8_SDOT
 #undef Q8_NAME
@@ -384,11 +386,56 @@ static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const 
     for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], rows[p], hd);
 }
 
+// Repacked 8-row groups back to rows (kernels.h, vm_q_unpack8): 16 bytes of
+// 4 chunks hold 4 rows' words; a 4x4 transpose of 32-bit words gives the rows.
+static inline void transpose4x4_store(const uint8_t *q, size_t cstride, uint8_t *dst, size_t stride) {
+    uint32x4_t a = vld1q_u32((const uint32_t *)q), b = vld1q_u32((const uint32_t *)(q + cstride));
+    uint32x4_t c = vld1q_u32((const uint32_t *)(q + 2 * cstride)), d = vld1q_u32((const uint32_t *)(q + 3 * cstride));
+    uint64x2_t t0 = vreinterpretq_u64_u32(vtrn1q_u32(a, b)), t1 = vreinterpretq_u64_u32(vtrn2q_u32(a, b));
+    uint64x2_t t2 = vreinterpretq_u64_u32(vtrn1q_u32(c, d)), t3 = vreinterpretq_u64_u32(vtrn2q_u32(c, d));
+    vst1q_u8(dst, vreinterpretq_u8_u64(vtrn1q_u64(t0, t2)));
+    vst1q_u8(dst + stride, vreinterpretq_u8_u64(vtrn1q_u64(t1, t3)));
+    vst1q_u8(dst + 2 * stride, vreinterpretq_u8_u64(vtrn2q_u64(t0, t2)));
+    vst1q_u8(dst + 3 * stride, vreinterpretq_u8_u64(vtrn2q_u64(t1, t3)));
+}
+
+static void unpack8(vm_dtype t, const void *group, int64_t cols, void *rows) {
+    const int64_t nb = cols / 32;
+    for (int64_t ib = 0; ib < nb; ib++) {
+        if (t == VM_DTYPE_Q4_0) {
+            const vm_block_q4_0x8 *g = (const vm_block_q4_0x8 *)group + ib;
+            vm_block_q4_0 *b = (vm_block_q4_0 *)rows + ib;
+            const size_t rs = (size_t)nb * sizeof *b;
+            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
+            transpose4x4_store(g->q, 32, b->qs, rs);
+            transpose4x4_store(g->q + 16, 32, b[4 * nb].qs, rs);
+        } else if (t == VM_DTYPE_Q4_1) {
+            const vm_block_q4_1x8 *g = (const vm_block_q4_1x8 *)group + ib;
+            vm_block_q4_1 *b = (vm_block_q4_1 *)rows + ib;
+            const size_t rs = (size_t)nb * sizeof *b;
+            for (int r = 0; r < 8; r++) { b[r * nb].d = g->d[r]; b[r * nb].m = g->m[r]; }
+            transpose4x4_store(g->q, 32, b->qs, rs);
+            transpose4x4_store(g->q + 16, 32, b[4 * nb].qs, rs);
+        } else {
+            const vm_block_q8_0x8 *g = (const vm_block_q8_0x8 *)group + ib;
+            vm_block_q8_0 *b = (vm_block_q8_0 *)rows + ib;
+            const size_t rs = (size_t)nb * sizeof *b;
+            const uint8_t *q = (const uint8_t *)g->q;
+            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
+            transpose4x4_store(q, 32, (uint8_t *)b->qs, rs);
+            transpose4x4_store(q + 16, 32, (uint8_t *)b[4 * nb].qs, rs);
+            transpose4x4_store(q + 128, 32, (uint8_t *)b->qs + 16, rs);
+            transpose4x4_store(q + 144, 32, (uint8_t *)b[4 * nb].qs + 16, rs);
+        }
+    }
+}
+
 const vm_cpu_kernels vm_kernels_neon_dotprod = {
     "neon_dotprod", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp,
     dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp,
-    dot8_q4_0_q8_dp, dot8_q4_1_q8_dp, dot8_q8_0_q8_dp, NULL, NULL, NULL, NULL, vdot, axpy,
+    dot8_q4_0_q8_dp, dot8_q4_1_q8_dp, dot8_q8_0_q8_dp, gemv8_q4_0_q8_dp, gemv8_q4_1_q8_dp, gemv8_q8_0_q8_dp,
+    unpack8, vdot, axpy,
     vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
 };
@@ -558,6 +605,82 @@ Q8_ATTR static void Q8_NAME(dot8_q8_0_q8)(const void *w, const vm_q8_x8 *x, int 
     }
     for (int t = 0; t < 8; t++) out[t] = vaddvq_f32(acc[t]);
 }
+
+#ifdef Q8_GEMV8
+// 8 repacked rows (vm_block_*x8, kernels.h) against one token, with SDOT only:
+// 32-bit lane r of a 16-byte half of a quant chunk is row r's 4 bytes (rows
+// 0-3, then 4-7), so SDOT against the token's matching 4 bytes, repeated,
+// gives each row's lane sum. acc[h][k] holds lane k of the row-at-a-time
+// accumulators (block elements 4k..4k+3 and 16+4k..16+4k+3) of 4 rows, fed
+// in the same order, and the closing adds are vaddvq's, so every output is
+// bit-identical to dot_*_q8 above.
+static inline int8x16_t rep4(const int8_t *p) { int32_t v; memcpy(&v, p, 4); return vreinterpretq_s8_s32(vdupq_n_s32(v)); }
+static inline float32x4_t h2f4(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+static inline void rows8_out(float32x4_t acc[2][4], const float32x4_t add[2], float out[8]) {
+    for (int h = 0; h < 2; h++) {
+        float32x4_t v = vaddq_f32(vaddq_f32(acc[h][0], acc[h][1]), vaddq_f32(acc[h][2], acc[h][3]));
+        vst1q_f32(out + 4 * h, add ? vaddq_f32(v, add[h]) : v);
+    }
+}
+
+Q8_ATTR static void Q8_NAME(gemv8_q4_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q4_0x8 *b = g;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const int8x16_t eight = vdupq_n_s8(8);
+    float32x4_t acc[2][4];
+    for (int h = 0; h < 2; h++) for (int k = 0; k < 4; k++) acc[h][k] = vdupq_n_f32(0);
+    for (int ib = 0; ib < n / 32; ib++) {
+        for (int h = 0; h < 2; h++) {
+            const float32x4_t dd = vmulq_n_f32(h2f4(b[ib].d + 4 * h), x[ib].d);
+            for (int k = 0; k < 4; k++) {
+                uint8x16_t c = vld1q_u8(b[ib].q + 32 * k + 16 * h);
+                int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(c, m4)), eight);
+                int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(c, 4)), eight);
+                int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, rep4(x[ib].q + 4 * k)), hi, rep4(x[ib].q + 16 + 4 * k));
+                acc[h][k] = vfmaq_f32(acc[h][k], vcvtq_f32_s32(s), dd);
+            }
+        }
+    }
+    rows8_out(acc, NULL, out);
+}
+
+Q8_ATTR static void Q8_NAME(gemv8_q4_1_q8)(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q4_1x8 *b = g;
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    float32x4_t acc[2][4], ms[2] = { vdupq_n_f32(0), vdupq_n_f32(0) };
+    for (int h = 0; h < 2; h++) for (int k = 0; k < 4; k++) acc[h][k] = vdupq_n_f32(0);
+    for (int ib = 0; ib < n / 32; ib++) {
+        for (int h = 0; h < 2; h++) {
+            const float32x4_t dd = vmulq_n_f32(h2f4(b[ib].d + 4 * h), x[ib].d);
+            ms[h] = vfmaq_n_f32(ms[h], h2f4(b[ib].m + 4 * h), x[ib].s);
+            for (int k = 0; k < 4; k++) {
+                uint8x16_t c = vld1q_u8(b[ib].q + 32 * k + 16 * h);
+                int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(c, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(c, 4));
+                int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, rep4(x[ib].q + 4 * k)), hi, rep4(x[ib].q + 16 + 4 * k));
+                acc[h][k] = vfmaq_f32(acc[h][k], vcvtq_f32_s32(s), dd);
+            }
+        }
+    }
+    rows8_out(acc, ms, out);
+}
+
+Q8_ATTR static void Q8_NAME(gemv8_q8_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q8_0x8 *b = g;
+    float32x4_t acc[2][4];
+    for (int h = 0; h < 2; h++) for (int k = 0; k < 4; k++) acc[h][k] = vdupq_n_f32(0);
+    for (int ib = 0; ib < n / 32; ib++) {
+        for (int h = 0; h < 2; h++) {
+            const float32x4_t dd = vmulq_n_f32(h2f4(b[ib].d + 4 * h), x[ib].d);
+            for (int k = 0; k < 4; k++) {
+                int8x16_t w0 = vld1q_s8(b[ib].q + 32 * k + 16 * h), w1 = vld1q_s8(b[ib].q + 32 * (k + 4) + 16 * h);
+                int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), w0, rep4(x[ib].q + 4 * k)), w1, rep4(x[ib].q + 16 + 4 * k));
+                acc[h][k] = vfmaq_f32(acc[h][k], vcvtq_f32_s32(s), dd);
+            }
+        }
+    }
+    rows8_out(acc, NULL, out);
+}
+#endif // Q8_GEMV8
 
 #endif // VM_NEON_Q8
 #endif // __aarch64__
