@@ -6,8 +6,8 @@
 //    greedy tokens, against our f32-activation run (VLLM_METAL_Q8_ACTIVATIONS=0).
 // Skipped when the model file is absent (scripts/setup.sh model fetches it).
 // VLLM_METAL_TEST_BACKEND=vulkan runs both on the Vulkan backend (a GPU sums
-// in its own orders, with f32 activations: the same acceptance lines, no
-// bit-exact checks).
+// in its own orders: no bit-exact checks, and against llama.cpp the lines for
+// other arithmetic below).
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
@@ -181,16 +181,29 @@ Test(smollm2, agrees_with_llama_cpp, .timeout = 600) {
     cr_expect(a.greedy_diverged_confidently == 0, "%d greedy runs diverged away from a near tie",
               a.greedy_diverged_confidently);
     cr_log_info("llama.cpp: logits bit-exact in %d/%d checks (last prompt position, greedy decode steps, "
-                "teacher-forced rows; kernels %s)", a.bit_exact, a.bit_checks, vm_cpu_kernels_select()->name);
-    // The acceptance line: >= 18/20 greedy runs equal and >= 99% teacher-forced top-1.
-    cr_expect(a.prompts_equal >= 18, "greedy tokens equal on %d/%d prompts", a.prompts_equal, a.prompts);
-    cr_expect(a.positions_equal >= 0.99 * a.positions, "teacher-forced top-1 agreement %d/%d",
-              a.positions_equal, a.positions);
-    // llama.cpp's x86 build runs AVX2 code; our AVX2 kernels reproduce its
-    // arithmetic exactly (other kernel sets sum in other orders).
-    if (!on_gpu() && strcmp(vm_cpu_kernels_select()->name, "avx2") == 0)
+                "teacher-forced rows; %s)", a.bit_exact, a.bit_checks,
+                on_gpu() ? "Vulkan backend" : vm_cpu_kernels_select()->name);
+    if (!on_gpu() && strcmp(vm_cpu_kernels_select()->name, "avx2") == 0) {
+        // llama.cpp's x86 build runs AVX2 code and our AVX2 kernels reproduce
+        // its arithmetic exactly, so: every checked logit bit-exact, >= 18/20
+        // greedy runs equal and >= 99% teacher-forced top-1.
         cr_expect(a.bit_exact == a.bit_checks && a.bit_checks >= 40, "logits bit-exact in %d/%d checks",
                   a.bit_exact, a.bit_checks);
+        cr_expect(a.prompts_equal >= 18, "greedy tokens equal on %d/%d prompts", a.prompts_equal, a.prompts);
+        cr_expect(a.positions_equal >= 0.99 * a.positions, "teacher-forced top-1 agreement %d/%d",
+                  a.positions_equal, a.positions);
+    } else {
+        // Other summation orders (the generic and NEON kernels, a GPU): what
+        // llama.cpp itself meets against this golden run with another
+        // attention arithmetic (scripts/oracles/llamacpp_self_agreement.py:
+        // flash attention on, 9/20 greedy runs equal, 97.45% top-1; the
+        // generic kernels here: 9/20, 97.88%). Near ties then decide whole
+        // greedy strings, so their count is logged, not required; top-1 away
+        // from near ties and greedy runs not leaving the reference there are
+        // required above; and >= 97% top-1 at every position.
+        cr_expect(a.positions_equal >= 0.97 * a.positions, "teacher-forced top-1 agreement %d/%d",
+                  a.positions_equal, a.positions);
+    }
 }
 
 // Dequantized f32 run against transformers' GGUF loader (dequantizes to f32).
