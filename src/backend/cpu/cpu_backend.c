@@ -514,25 +514,14 @@ static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *
 // output), a single decoded token through its f16 vec_dot (32 partial sums).
 // `single` picks the second. Positions past the context count as masked
 // zeros, which leave every partial sum unchanged.
-static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *q, int n_ctx, int kvh,
-                         int single, float *scratch, float *o) {
+static void attn_one_f16(const attn_job *j, const uint16_t *const *krows, const uint16_t *const *vrows,
+                         const float *q, int n_ctx, int single, float *scratch, float *o) {
     const vm_cpu_kernels *k = j->k;
     const vm_attn_meta *m = j->m;
-    const int hd = j->head_dim, bs = m->block_size;
+    const int hd = j->head_dim;
     float *sc = scratch;
     uint16_t *qh = (uint16_t *)(scratch + m->max_ctx_len + 8);
     float *acc = scratch + m->max_ctx_len + 8 + hd;
-    const uint16_t *kc = j->kc, *vc = j->vc;
-    const uint16_t **krows = (const uint16_t **)(scratch + ((m->max_ctx_len + 8 + hd + 32 * (size_t)hd + 15) & ~(size_t)15));
-    const uint16_t **vrows = krows + m->max_ctx_len;
-    for (int p0 = 0; p0 < n_ctx; p0 += bs) {
-        const size_t off = ((size_t)blocks[p0 / bs] * j->n_kv_heads + kvh) * bs * hd;
-        const uint16_t *kb = kc + off, *vb = vc + off;
-        for (int p = p0, e = VM_MIN(p0 + bs, n_ctx); p < e; p++, kb += hd, vb += hd) {
-            krows[p] = kb;
-            vrows[p] = vb;
-        }
-    }
     k->to_f16(qh, q, hd);
     const int acc32 = single || hd % 8;
     k->dots_f16(krows, n_ctx, qh, hd, acc32, sc);
@@ -573,21 +562,33 @@ static void attn_one_f16(const attn_job *j, const int32_t *blocks, const float *
 #undef LANE
 }
 
+// Items run head by head (item = h * n_tokens + t), so the tokens a thread
+// takes in a row mostly share a sequence and KV head: the cache row pointers
+// (f16 cache) are then built once and only extended as the context grows.
 static void attn_items(void *ctx, int begin, int end, int thread_index) {
     const attn_job *j = ctx;
     const vm_attn_meta *m = j->m;
-    const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads;
+    const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads, bs = m->block_size;
     float *scratch = j->scores + (size_t)thread_index * j->per_thread;
+    const uint16_t **krows = (const uint16_t **)(scratch + ((m->max_ctx_len + 8 + hd + 32 * (size_t)hd + 15) & ~(size_t)15));
+    const uint16_t **vrows = krows + m->max_ctx_len;
+    int built_seq = -1, built_kvh = -1, built = 0;   // krows/vrows hold positions [0, built) of these
     for (int item = begin; item < end; item++) {
-        int t = item / j->n_heads, h = item % j->n_heads, kvh = h / group;
+        int h = item / m->n_tokens, t = item % m->n_tokens, kvh = h / group;
         int s = j->seq_of_token[t];
         const int32_t *blocks = j->table + (size_t)s * m->max_blocks_per_seq;
         const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
         float *o = j->out + ((size_t)t * j->n_heads + h) * hd;
         int n_ctx = j->pos[t] + 1;
         if (m->kv_dtype == VM_DTYPE_F16) {
+            if (s != built_seq || kvh != built_kvh) { built_seq = s; built_kvh = kvh; built = 0; }
+            for (; built < n_ctx; built++) {
+                const size_t off = (((size_t)blocks[built / bs] * j->n_kv_heads + kvh) * bs + built % bs) * hd;
+                krows[built] = (const uint16_t *)j->kc + off;
+                vrows[built] = (const uint16_t *)j->vc + off;
+            }
             int single = j->decode_from && j->pos[t] >= j->decode_from[s];
-            attn_one_f16(j, blocks, q, n_ctx, kvh, single, scratch, o);
+            attn_one_f16(j, krows, vrows, q, n_ctx, single, scratch, o);
         } else {
             attn_one_f32(j, blocks, q, n_ctx, kvh, scratch, o);
         }
