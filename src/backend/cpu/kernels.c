@@ -226,28 +226,13 @@ void vm_q_repack8(vm_dtype t, const void *src, int64_t cols, int64_t r0, int64_t
             }
 }
 
-void vm_q_unpack8(vm_dtype t, const void *group, int64_t cols, void *rows) {
-    const int64_t nb = cols / VM_QK;
+static void words4x8(const uint8_t *q, uint8_t *dst, size_t stride) {
     for (int r = 0; r < 8; r++)
-        for (int64_t ib = 0; ib < nb; ib++) {
-            if (t == VM_DTYPE_Q4_0) {
-                const vm_block_q4_0x8 *g = (const vm_block_q4_0x8 *)group + ib;
-                vm_block_q4_0 *b = (vm_block_q4_0 *)rows + r * nb + ib;
-                b->d = g->d[r];
-                for (int k = 0; k < 4; k++) memcpy(b->qs + 4 * k, g->q + 32 * k + 4 * r, 4);
-            } else if (t == VM_DTYPE_Q4_1) {
-                const vm_block_q4_1x8 *g = (const vm_block_q4_1x8 *)group + ib;
-                vm_block_q4_1 *b = (vm_block_q4_1 *)rows + r * nb + ib;
-                b->d = g->d[r];
-                b->m = g->m[r];
-                for (int k = 0; k < 4; k++) memcpy(b->qs + 4 * k, g->q + 32 * k + 4 * r, 4);
-            } else {
-                const vm_block_q8_0x8 *g = (const vm_block_q8_0x8 *)group + ib;
-                vm_block_q8_0 *b = (vm_block_q8_0 *)rows + r * nb + ib;
-                b->d = g->d[r];
-                for (int k = 0; k < 8; k++) memcpy(b->qs + 4 * k, g->q + 32 * k + 4 * r, 4);
-            }
-        }
+        for (int k = 0; k < 4; k++) memcpy(dst + r * stride + 4 * k, q + 32 * k + 4 * r, 4);
+}
+
+void vm_q_unpack8(vm_dtype t, const void *group, int64_t cols, void *rows) {
+    vm_q_unpack8_by(t, group, cols, rows, words4x8);
 }
 
 // Row r of a repacked block, back in its GGUF form (the generic kernels then

@@ -56,6 +56,32 @@ void vm_q_repack8(vm_dtype t, const void *src, int64_t cols, int64_t r0, int64_t
 // The inverse for one group: its 8 rows back in row-major GGUF blocks (the
 // batched kernels unpack a group once, then reuse it for many tokens).
 void vm_q_unpack8(vm_dtype t, const void *group, int64_t cols, void *rows);
+// vm_q_unpack8 with the word transpose given: words(q, dst, stride) takes 4
+// chunks of 8 32-bit words, 32 bytes apart from q, to 8 rows of 16 bytes at
+// dst + r * stride (each kernel set inlines its own vector version).
+static inline void vm_q_unpack8_by(vm_dtype t, const void *group, int64_t cols, void *rows,
+                                   void (*words)(const uint8_t *q, uint8_t *dst, size_t stride)) {
+    const int64_t nb = cols / VM_QK;
+    for (int64_t ib = 0; ib < nb; ib++) {
+        if (t == VM_DTYPE_Q4_0) {
+            const vm_block_q4_0x8 *g = (const vm_block_q4_0x8 *)group + ib;
+            vm_block_q4_0 *b = (vm_block_q4_0 *)rows + ib;
+            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
+            words(g->q, b->qs, (size_t)nb * sizeof *b);
+        } else if (t == VM_DTYPE_Q4_1) {
+            const vm_block_q4_1x8 *g = (const vm_block_q4_1x8 *)group + ib;
+            vm_block_q4_1 *b = (vm_block_q4_1 *)rows + ib;
+            for (int r = 0; r < 8; r++) { b[r * nb].d = g->d[r]; b[r * nb].m = g->m[r]; }
+            words(g->q, b->qs, (size_t)nb * sizeof *b);
+        } else {
+            const vm_block_q8_0x8 *g = (const vm_block_q8_0x8 *)group + ib;
+            vm_block_q8_0 *b = (vm_block_q8_0 *)rows + ib;
+            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
+            words((const uint8_t *)g->q, (uint8_t *)b->qs, (size_t)nb * sizeof *b);
+            words((const uint8_t *)g->q + 128, (uint8_t *)b->qs + 16, (size_t)nb * sizeof *b);
+        }
+    }
+}
 
 typedef struct vm_cpu_kernels {
     const char *name;

@@ -492,26 +492,7 @@ static inline void transpose4x8_store(const uint8_t *q, uint8_t *dst, size_t str
 }
 
 static void unpack8(vm_dtype t, const void *group, int64_t cols, void *rows) {
-    const int64_t nb = cols / 32;
-    for (int64_t ib = 0; ib < nb; ib++) {
-        if (t == VM_DTYPE_Q4_0) {
-            const vm_block_q4_0x8 *g = (const vm_block_q4_0x8 *)group + ib;
-            vm_block_q4_0 *b = (vm_block_q4_0 *)rows + ib;
-            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
-            transpose4x8_store(g->q, b->qs, (size_t)nb * sizeof *b);
-        } else if (t == VM_DTYPE_Q4_1) {
-            const vm_block_q4_1x8 *g = (const vm_block_q4_1x8 *)group + ib;
-            vm_block_q4_1 *b = (vm_block_q4_1 *)rows + ib;
-            for (int r = 0; r < 8; r++) { b[r * nb].d = g->d[r]; b[r * nb].m = g->m[r]; }
-            transpose4x8_store(g->q, b->qs, (size_t)nb * sizeof *b);
-        } else {
-            const vm_block_q8_0x8 *g = (const vm_block_q8_0x8 *)group + ib;
-            vm_block_q8_0 *b = (vm_block_q8_0 *)rows + ib;
-            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
-            transpose4x8_store((const uint8_t *)g->q, (uint8_t *)b->qs, (size_t)nb * sizeof *b);
-            transpose4x8_store((const uint8_t *)g->q + 128, (uint8_t *)b->qs + 16, (size_t)nb * sizeof *b);
-        }
-    }
+    vm_q_unpack8_by(t, group, cols, rows, transpose4x8_store);
 }
 
 static float vdot(const float *a, const float *b, int n) {

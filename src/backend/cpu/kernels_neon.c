@@ -399,35 +399,13 @@ static inline void transpose4x4_store(const uint8_t *q, size_t cstride, uint8_t 
     vst1q_u8(dst + 3 * stride, vreinterpretq_u8_u64(vtrn2q_u64(t1, t3)));
 }
 
+static void words4x8(const uint8_t *q, uint8_t *dst, size_t stride) {
+    transpose4x4_store(q, 32, dst, stride);             // rows 0-3: the chunks' first 16 bytes
+    transpose4x4_store(q + 16, 32, dst + 4 * stride, stride);
+}
+
 static void unpack8(vm_dtype t, const void *group, int64_t cols, void *rows) {
-    const int64_t nb = cols / 32;
-    for (int64_t ib = 0; ib < nb; ib++) {
-        if (t == VM_DTYPE_Q4_0) {
-            const vm_block_q4_0x8 *g = (const vm_block_q4_0x8 *)group + ib;
-            vm_block_q4_0 *b = (vm_block_q4_0 *)rows + ib;
-            const size_t rs = (size_t)nb * sizeof *b;
-            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
-            transpose4x4_store(g->q, 32, b->qs, rs);
-            transpose4x4_store(g->q + 16, 32, b[4 * nb].qs, rs);
-        } else if (t == VM_DTYPE_Q4_1) {
-            const vm_block_q4_1x8 *g = (const vm_block_q4_1x8 *)group + ib;
-            vm_block_q4_1 *b = (vm_block_q4_1 *)rows + ib;
-            const size_t rs = (size_t)nb * sizeof *b;
-            for (int r = 0; r < 8; r++) { b[r * nb].d = g->d[r]; b[r * nb].m = g->m[r]; }
-            transpose4x4_store(g->q, 32, b->qs, rs);
-            transpose4x4_store(g->q + 16, 32, b[4 * nb].qs, rs);
-        } else {
-            const vm_block_q8_0x8 *g = (const vm_block_q8_0x8 *)group + ib;
-            vm_block_q8_0 *b = (vm_block_q8_0 *)rows + ib;
-            const size_t rs = (size_t)nb * sizeof *b;
-            const uint8_t *q = (const uint8_t *)g->q;
-            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
-            transpose4x4_store(q, 32, (uint8_t *)b->qs, rs);
-            transpose4x4_store(q + 16, 32, (uint8_t *)b[4 * nb].qs, rs);
-            transpose4x4_store(q + 128, 32, (uint8_t *)b->qs + 16, rs);
-            transpose4x4_store(q + 144, 32, (uint8_t *)b[4 * nb].qs + 16, rs);
-        }
-    }
+    vm_q_unpack8_by(t, group, cols, rows, words4x8);
 }
 
 const vm_cpu_kernels vm_kernels_neon_dotprod = {
