@@ -601,62 +601,47 @@ static inline void rows8_out(float32x4_t acc[2][4], const float32x4_t add[2], fl
     }
 }
 
-Q8_ATTR static void Q8_NAME(gemv8_q4_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]) {
-    const vm_block_q4_0x8 *b = g;
+// t is a constant in each caller, so the branches fold away.
+Q8_ATTR static inline void Q8_NAME(gemv8_at)(vm_dtype t, const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const size_t bsz = t == VM_DTYPE_Q4_0 ? sizeof(vm_block_q4_0x8)
+                     : t == VM_DTYPE_Q4_1 ? sizeof(vm_block_q4_1x8) : sizeof(vm_block_q8_0x8);
     const uint8x16_t m4 = vdupq_n_u8(0x0f);
-    const int8x16_t eight = vdupq_n_s8(8);
-    float32x4_t acc[2][4];
-    for (int h = 0; h < 2; h++) for (int k = 0; k < 4; k++) acc[h][k] = vdupq_n_f32(0);
-    for (int ib = 0; ib < n / 32; ib++) {
-        for (int h = 0; h < 2; h++) {
-            const float32x4_t dd = vmulq_n_f32(h2f4(b[ib].d + 4 * h), x[ib].d);
-            for (int k = 0; k < 4; k++) {
-                uint8x16_t c = vld1q_u8(b[ib].q + 32 * k + 16 * h);
-                int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(c, m4)), eight);
-                int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(c, 4)), eight);
-                int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, rep4(x[ib].q + 4 * k)), hi, rep4(x[ib].q + 16 + 4 * k));
-                acc[h][k] = vfmaq_f32(acc[h][k], vcvtq_f32_s32(s), dd);
-            }
-        }
-    }
-    rows8_out(acc, NULL, out);
-}
-
-Q8_ATTR static void Q8_NAME(gemv8_q4_1_q8)(const void *g, const vm_q8_block *x, int n, float out[8]) {
-    const vm_block_q4_1x8 *b = g;
-    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const int8x16_t eight = vdupq_n_s8(t == VM_DTYPE_Q4_0 ? 8 : 0);
     float32x4_t acc[2][4], ms[2] = { vdupq_n_f32(0), vdupq_n_f32(0) };
     for (int h = 0; h < 2; h++) for (int k = 0; k < 4; k++) acc[h][k] = vdupq_n_f32(0);
     for (int ib = 0; ib < n / 32; ib++) {
+        const uint8_t *blk = (const uint8_t *)g + (size_t)ib * bsz;
+        const uint16_t *d = (const uint16_t *)blk;                        // d[8] leads every layout
+        const uint8_t *q = blk + (t == VM_DTYPE_Q4_1 ? 32 : 16);          // after d[8] (and m[8])
         for (int h = 0; h < 2; h++) {
-            const float32x4_t dd = vmulq_n_f32(h2f4(b[ib].d + 4 * h), x[ib].d);
-            ms[h] = vfmaq_n_f32(ms[h], h2f4(b[ib].m + 4 * h), x[ib].s);
+            const float32x4_t dd = vmulq_n_f32(h2f4(d + 4 * h), x[ib].d);
+            if (t == VM_DTYPE_Q4_1) ms[h] = vfmaq_n_f32(ms[h], h2f4(d + 8 + 4 * h), x[ib].s);
             for (int k = 0; k < 4; k++) {
-                uint8x16_t c = vld1q_u8(b[ib].q + 32 * k + 16 * h);
-                int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(c, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(c, 4));
-                int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), lo, rep4(x[ib].q + 4 * k)), hi, rep4(x[ib].q + 16 + 4 * k));
-                acc[h][k] = vfmaq_f32(acc[h][k], vcvtq_f32_s32(s), dd);
-            }
-        }
-    }
-    rows8_out(acc, ms, out);
-}
-
-Q8_ATTR static void Q8_NAME(gemv8_q8_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]) {
-    const vm_block_q8_0x8 *b = g;
-    float32x4_t acc[2][4];
-    for (int h = 0; h < 2; h++) for (int k = 0; k < 4; k++) acc[h][k] = vdupq_n_f32(0);
-    for (int ib = 0; ib < n / 32; ib++) {
-        for (int h = 0; h < 2; h++) {
-            const float32x4_t dd = vmulq_n_f32(h2f4(b[ib].d + 4 * h), x[ib].d);
-            for (int k = 0; k < 4; k++) {
-                int8x16_t w0 = vld1q_s8(b[ib].q + 32 * k + 16 * h), w1 = vld1q_s8(b[ib].q + 32 * (k + 4) + 16 * h);
+                int8x16_t w0, w1;   // the elements 4k.. and 16+4k.. of each row
+                if (t == VM_DTYPE_Q8_0) {
+                    w0 = vld1q_s8((const int8_t *)q + 32 * k + 16 * h);
+                    w1 = vld1q_s8((const int8_t *)q + 32 * (k + 4) + 16 * h);
+                } else {
+                    uint8x16_t c = vld1q_u8(q + 32 * k + 16 * h);
+                    w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(c, m4)), eight);
+                    w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(c, 4)), eight);
+                }
                 int32x4_t s = Q8_SDOT(Q8_SDOT(vdupq_n_s32(0), w0, rep4(x[ib].q + 4 * k)), w1, rep4(x[ib].q + 16 + 4 * k));
                 acc[h][k] = vfmaq_f32(acc[h][k], vcvtq_f32_s32(s), dd);
             }
         }
     }
-    rows8_out(acc, NULL, out);
+    rows8_out(acc, t == VM_DTYPE_Q4_1 ? ms : NULL, out);
+}
+
+Q8_ATTR static void Q8_NAME(gemv8_q4_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    Q8_NAME(gemv8_at)(VM_DTYPE_Q4_0, g, x, n, out);
+}
+Q8_ATTR static void Q8_NAME(gemv8_q4_1_q8)(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    Q8_NAME(gemv8_at)(VM_DTYPE_Q4_1, g, x, n, out);
+}
+Q8_ATTR static void Q8_NAME(gemv8_q8_0_q8)(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    Q8_NAME(gemv8_at)(VM_DTYPE_Q8_0, g, x, n, out);
 }
 #endif // Q8_GEMV8
 
