@@ -33,7 +33,7 @@ typedef struct vm_weight {
     int bits, group_size;
     vm_dtype scale_dtype;      // F16, BF16 or F32
     const void *scales, *biases; // (rows, cols/group_size)
-    void *device;              // backend-private (e.g. GPU copy); NULL on the CPU
+    void *device;              // backend-private: the GPU's copy, the CPU's repacked copy (or NULL)
     int gather_only;           // set before weight_prepare: only rows are looked up (an
                                // untied embedding table), never a matmul operand
 } vm_weight;

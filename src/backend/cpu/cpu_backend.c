@@ -25,9 +25,8 @@ typedef struct cpu_impl {
     size_t x8_blocks;
     int q8_activations;    // 1: GGUF matmuls on 8-bit activations (as llama.cpp); 0: f32
     int repack;            // GGUF weights repacked 8 rows at a time (VLLM_METAL_CPU_REPACK=0: off)
-    // weight data -> its repacked copy (open addressing, made at a weight's first matmul)
-    struct repack_slot { const void *src; void *dst; } *rp;
-    size_t rp_cap, rp_n;
+    void **rp;             // the repacked copies made (vm_weight.device points at one), freed with the backend
+    size_t rp_n, rp_cap;
 } cpu_impl;
 
 static cpu_impl *impl_of(vm_backend *be) { return be->impl; }
@@ -74,15 +73,16 @@ static void cpu_buf_read(vm_backend *be, const vm_buf *b, size_t off, void *dst,
     memcpy(dst, (const char *)b->data + off, n);
 }
 
-static const uint8_t *repacked(cpu_impl *c, const vm_weight *w);
+static void *repack_weight(cpu_impl *c, const vm_weight *w);
 
 static int cpu_weight_prepare(vm_backend *be, vm_weight *w, vm_err *e) {
     switch (w->dtype) {
     case VM_DTYPE_F32: case VM_DTYPE_F16: case VM_DTYPE_BF16:
         return 0;
     case VM_DTYPE_Q4_0: case VM_DTYPE_Q4_1: case VM_DTYPE_Q8_0:
-        // repacked now, at load, rather than in the first step
-        if (!w->gather_only && impl_of(be)->q8_activations) (void)repacked(impl_of(be), w);
+        // matmul operands are repacked at load; w->device is then the copy
+        // (struct copies of w, a tied lm_head, share it)
+        w->device = !w->gather_only && impl_of(be)->q8_activations ? repack_weight(impl_of(be), w) : NULL;
         return 0;
     case VM_DTYPE_MLX_AFFINE:
         if (w->bits != 2 && w->bits != 4 && w->bits != 8)
@@ -228,34 +228,18 @@ static void repack_groups(void *ctx, int begin, int end, int thread_index) {
     vm_q_repack8(j->w->dtype, j->w->data, j->w->cols, 8 * (int64_t)begin, 8 * (int64_t)end, j->dst);
 }
 
-static size_t rp_hash(const void *p, size_t cap) {
-    return (size_t)(((uint64_t)(uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull >> 20) & (cap - 1);
-}
-
-// The repacked copy of w (made when it is prepared, or on first use), or NULL
-// to use the row-major data: no kernel for its type, rows not a multiple of 8,
-// or no memory.
-static const uint8_t *repacked(cpu_impl *c, const vm_weight *w) {
+// A repacked copy of w, or NULL to keep the row-major data: no kernel for
+// its type, rows not a multiple of 8, or no memory.
+static void *repack_weight(cpu_impl *c, const vm_weight *w) {
     void (*g)(const void *, const vm_q8_block *, int, float *) =
         w->dtype == VM_DTYPE_Q4_0 ? c->k->gemv8_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? c->k->gemv8_q4_1_q8
                                                       : c->k->gemv8_q8_0_q8;
     size_t bytes = vm_q_repack8_bytes(w->dtype, w->rows, w->cols);
     if (!c->repack || !g || !c->k->unpack8 || !bytes) return NULL;
-    for (size_t i = c->rp_cap ? rp_hash(w->data, c->rp_cap) : 0; c->rp_cap; i = (i + 1) & (c->rp_cap - 1)) {
-        if (c->rp[i].src == w->data) return c->rp[i].dst;
-        if (!c->rp[i].src) break;
-    }
-    if (2 * (c->rp_n + 1) > c->rp_cap) {   // grow to keep the table at most half full
-        size_t cap = c->rp_cap ? 2 * c->rp_cap : 256;
-        struct repack_slot *t = calloc(cap, sizeof *t);
+    if (c->rp_n == c->rp_cap) {
+        size_t cap = c->rp_cap ? 2 * c->rp_cap : 64;
+        void **t = realloc(c->rp, cap * sizeof *t);
         if (!t) return NULL;
-        for (size_t i = 0; i < c->rp_cap; i++) {
-            if (!c->rp[i].src) continue;
-            size_t h = rp_hash(c->rp[i].src, cap);
-            while (t[h].src) h = (h + 1) & (cap - 1);
-            t[h] = c->rp[i];
-        }
-        free(c->rp);
         c->rp = t;
         c->rp_cap = cap;
     }
@@ -263,11 +247,7 @@ static const uint8_t *repacked(cpu_impl *c, const vm_weight *w) {
     if (!dst) return NULL;
     repack_job rj = { w, dst };
     vm_parallel_for(c->pool, (int)(w->rows / 8), 64, repack_groups, &rj);
-    size_t h = rp_hash(w->data, c->rp_cap);
-    while (c->rp[h].src) h = (h + 1) & (c->rp_cap - 1);
-    c->rp[h].src = w->data;
-    c->rp[h].dst = dst;
-    c->rp_n++;
+    c->rp[c->rp_n++] = dst;
     return dst;
 }
 
@@ -352,7 +332,7 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
         int items = j.x8 ? n / 8 + (n % 8 != 0) : 1;
         if (items > 1 && (size_t)n * nb >= 1024) vm_parallel_for(c->pool, items, 1, quantize_rows, &j);
         else quantize_rows(&j, 0, items, 0);
-        if ((j.r8 = repacked(c, w))) {
+        if ((j.r8 = w->device)) {
             const int t = w->dtype == VM_DTYPE_Q4_0 ? 0 : w->dtype == VM_DTYPE_Q4_1 ? 1 : 2;
             j.gemv8 = t == 0 ? c->k->gemv8_q4_0_q8 : t == 1 ? c->k->gemv8_q4_1_q8 : c->k->gemv8_q8_0_q8;
             j.dot8 = t == 0 ? c->k->dot8_q4_0_q8 : t == 1 ? c->k->dot8_q4_1_q8 : c->k->dot8_q8_0_q8;
@@ -688,7 +668,7 @@ static void cpu_destroy(vm_backend *be) {
         free(c->scratch);
         free(c->xq);
         free(c->x8);
-        for (size_t i = 0; i < c->rp_cap; i++) free(c->rp[i].dst);
+        for (size_t i = 0; i < c->rp_n; i++) free(c->rp[i]);
         free(c->rp);
         free(c);
     }
