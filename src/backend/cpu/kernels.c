@@ -200,81 +200,60 @@ size_t vm_q_repack8_bytes(vm_dtype t, int64_t rows, int64_t cols) {
     }
 }
 
-void vm_q_repack8(vm_dtype t, const void *src, int64_t cols, int64_t r0, int64_t r1, void *dst) {
-    const int64_t nb = cols / VM_QK;
-    for (int64_t g = r0 / 8; g < r1 / 8; g++)
-        for (int64_t ib = 0; ib < nb; ib++)
-            for (int r = 0; r < 8; r++) {
-                const int64_t row = 8 * g + r, o = g * nb + ib;
-                if (t == VM_DTYPE_Q4_0) {
-                    const vm_block_q4_0 *b = (const vm_block_q4_0 *)src + row * nb + ib;
-                    vm_block_q4_0x8 *d = (vm_block_q4_0x8 *)dst + o;
-                    d->d[r] = b->d;
-                    for (int k = 0; k < 4; k++) memcpy(d->q + 32 * k + 4 * r, b->qs + 4 * k, 4);
-                } else if (t == VM_DTYPE_Q4_1) {
-                    const vm_block_q4_1 *b = (const vm_block_q4_1 *)src + row * nb + ib;
-                    vm_block_q4_1x8 *d = (vm_block_q4_1x8 *)dst + o;
-                    d->d[r] = b->d;
-                    d->m[r] = b->m;
-                    for (int k = 0; k < 4; k++) memcpy(d->q + 32 * k + 4 * r, b->qs + 4 * k, 4);
-                } else {
-                    const vm_block_q8_0 *b = (const vm_block_q8_0 *)src + row * nb + ib;
-                    vm_block_q8_0x8 *d = (vm_block_q8_0x8 *)dst + o;
-                    d->d[r] = b->d;
-                    for (int k = 0; k < 8; k++) memcpy(d->q + 32 * k + 4 * r, b->qs + 4 * k, 4);
-                }
-            }
+// Row r's part of one repacked block column (grp, a vm_block_*x8) <-> that
+// row's GGUF block (blk): to_group 1 writes the group, 0 reads the row back.
+// Every layout leads with d (the GGUF Q4_1 block with d, m; the group with
+// d[8], m[8]); the quants follow, 4-byte word k of the row at word r of the
+// group's 32-byte chunk k.
+static void group_row(vm_dtype t, void *grp, int r, void *blk, int to_group) {
+    const int q41 = t == VM_DTYPE_Q4_1, words = t == VM_DTYPE_Q8_0 ? 8 : 4;
+    uint16_t *gd = grp, *bd = blk;
+    uint8_t *gq = (uint8_t *)grp + (q41 ? 32 : 16), *bq = (uint8_t *)blk + (q41 ? 4 : 2);
+    for (int i = 0; i <= q41; i++) {
+        if (to_group) gd[8 * i + r] = bd[i];
+        else bd[i] = gd[8 * i + r];
+    }
+    for (int k = 0; k < words; k++) {
+        if (to_group) memcpy(gq + 32 * k + 4 * r, bq + 4 * k, 4);
+        else memcpy(bq + 4 * k, gq + 32 * k + 4 * r, 4);
+    }
 }
 
-static void words4x8(const uint8_t *q, uint8_t *dst, size_t stride) {
-    for (int r = 0; r < 8; r++)
-        for (int k = 0; k < 4; k++) memcpy(dst + r * stride + 4 * k, q + 32 * k + 4 * r, 4);
+void vm_q_repack8(vm_dtype t, const void *src, int64_t cols, int64_t r0, int64_t r1, void *dst) {
+    const int64_t nb = cols / VM_QK;
+    const size_t bsz = vm_dtype_row_bytes(t, VM_QK), gsz = vm_q_repack8_bytes(t, 8, VM_QK);
+    for (int64_t row = r0; row < r1; row++)
+        for (int64_t ib = 0; ib < nb; ib++)
+            group_row(t, (uint8_t *)dst + (size_t)((row / 8) * nb + ib) * gsz, (int)(row % 8),
+                      (uint8_t *)src + (size_t)(row * nb + ib) * bsz, 1);
 }
 
 void vm_q_unpack8(vm_dtype t, const void *group, int64_t cols, void *rows) {
-    vm_q_unpack8_by(t, group, cols, rows, words4x8);
+    const int64_t nb = cols / VM_QK;
+    const size_t bsz = vm_dtype_row_bytes(t, VM_QK), gsz = vm_q_repack8_bytes(t, 8, VM_QK);
+    for (int r = 0; r < 8; r++)
+        for (int64_t ib = 0; ib < nb; ib++)
+            group_row(t, (uint8_t *)group + (size_t)ib * gsz, r, (uint8_t *)rows + (size_t)(r * nb + ib) * bsz, 0);
 }
 
-// Row r of a repacked block, back in its GGUF form (the generic kernels then
-// sum it exactly as their row-major dots do).
-static void gemv8_q4_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
-    const vm_block_q4_0x8 *b = g;
+// Each row's blocks read back into GGUF form, then summed exactly as the
+// row-major dots of this table sum them.
+static void gemv8_rows(vm_dtype t, const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const size_t gsz = vm_q_repack8_bytes(t, 8, VM_QK);
     for (int r = 0; r < 8; r++) {
         float s = 0;
         for (int ib = 0; ib < n / 32; ib++) {
-            vm_block_q4_0 w = { b[ib].d[r], {0} };
-            for (int k = 0; k < 4; k++) memcpy(w.qs + 4 * k, b[ib].q + 32 * k + 4 * r, 4);
-            s += blk_q4_0_q8(&w, x[ib].d, x[ib].isum, x[ib].q);
+            union { vm_block_q4_0 a; vm_block_q4_1 b; vm_block_q8_0 c; } w;
+            group_row(t, (uint8_t *)g + (size_t)ib * gsz, r, &w, 0);
+            s += t == VM_DTYPE_Q4_0 ? blk_q4_0_q8(&w.a, x[ib].d, x[ib].isum, x[ib].q)
+               : t == VM_DTYPE_Q4_1 ? blk_q4_1_q8(&w.b, x[ib].d, x[ib].s, x[ib].q) : blk_q8_0_q8(&w.c, x[ib].d, x[ib].q);
         }
         out[r] = s;
     }
 }
-
-static void gemv8_q4_1_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
-    const vm_block_q4_1x8 *b = g;
-    for (int r = 0; r < 8; r++) {
-        float s = 0;
-        for (int ib = 0; ib < n / 32; ib++) {
-            vm_block_q4_1 w = { b[ib].d[r], b[ib].m[r], {0} };
-            for (int k = 0; k < 4; k++) memcpy(w.qs + 4 * k, b[ib].q + 32 * k + 4 * r, 4);
-            s += blk_q4_1_q8(&w, x[ib].d, x[ib].s, x[ib].q);
-        }
-        out[r] = s;
-    }
-}
-
-static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
-    const vm_block_q8_0x8 *b = g;
-    for (int r = 0; r < 8; r++) {
-        float s = 0;
-        for (int ib = 0; ib < n / 32; ib++) {
-            vm_block_q8_0 w = { b[ib].d[r], {0} };
-            for (int k = 0; k < 8; k++) memcpy(w.qs + 4 * k, b[ib].q + 32 * k + 4 * r, 4);
-            s += blk_q8_0_q8(&w, x[ib].d, x[ib].q);
-        }
-        out[r] = s;
-    }
-}
+static void gemv8_q4_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) { gemv8_rows(VM_DTYPE_Q4_0, g, x, n, out); }
+static void gemv8_q4_1_q8(const void *g, const vm_q8_block *x, int n, float out[8]) { gemv8_rows(VM_DTYPE_Q4_1, g, x, n, out); }
+static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) { gemv8_rows(VM_DTYPE_Q8_0, g, x, n, out); }
 
 void vm_q8_pack8(const vm_q8_block *x, size_t xs, int nb, vm_q8_x8 *x8) {
     for (int ib = 0; ib < nb; ib++)

@@ -56,9 +56,10 @@ void vm_q_repack8(vm_dtype t, const void *src, int64_t cols, int64_t r0, int64_t
 // The inverse for one group: its 8 rows back in row-major GGUF blocks (the
 // batched kernels unpack a group once, then reuse it for many tokens).
 void vm_q_unpack8(vm_dtype t, const void *group, int64_t cols, void *rows);
-// vm_q_unpack8 with the word transpose given: words(q, dst, stride) takes 4
-// chunks of 8 32-bit words, 32 bytes apart from q, to 8 rows of 16 bytes at
-// dst + r * stride (each kernel set inlines its own vector version).
+// What vm_q_unpack8 does, for the SIMD kernel sets, with the word transpose
+// given: words(q, dst, stride) takes 4 chunks of 8 32-bit words, 32 bytes
+// apart from q, to 8 rows of 16 bytes at dst + r * stride (each set inlines
+// its own vector version; test_kernels holds it to vm_q_unpack8).
 static inline void vm_q_unpack8_by(vm_dtype t, const void *group, int64_t cols, void *rows,
                                    void (*words)(const uint8_t *q, uint8_t *dst, size_t stride)) {
     const int64_t nb = cols / VM_QK;
