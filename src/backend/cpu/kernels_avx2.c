@@ -421,39 +421,33 @@ static inline __m256 hsum8_lanes(const __m256 a[8]) {
                     _mm_prefetch((const char *)(p) + VM_PF_DIST + 64, _MM_HINT_T0); \
                     _mm_prefetch((const char *)(p) + VM_PF_DIST + 128, _MM_HINT_T0); } while (0)
 
-static void gemv8_q4_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
-    const vm_block_q4_0x8 *b = g;
+// Q4_0 and Q4_1 (with_min, a constant in each caller): Q4_0's -8 offset
+// leaves as corr += dd * 8 * isum (unfused, as dot_q4_0_q8), Q4_1's min term
+// as msum = fma(m, s, msum) (as dot_q4_1_q8).
+static inline void gemv8_q4(int with_min, const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const size_t bsz = with_min ? sizeof(vm_block_q4_1x8) : sizeof(vm_block_q4_0x8);
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256 acc[8], corr = _mm256_setzero_ps();
+    __m256 acc[8], extra = _mm256_setzero_ps();
     for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
-        PF8(b + ib);
-        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
-        corr = _mm256_add_ps(corr, _mm256_mul_ps(dd, _mm256_set1_ps((float)(8 * x[ib].isum))));
-        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 0);
-        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 1);
-        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 2);
-        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 3);
+        const uint8_t *blk = (const uint8_t *)g + (size_t)ib * bsz;
+        const uint8_t *q = blk + (with_min ? 32 : 16);   // after d[8] (and m[8])
+        PF8(blk);
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk)), _mm256_set1_ps(x[ib].d));
+        if (with_min)
+            extra = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16))), _mm256_set1_ps(x[ib].s), extra);
+        else
+            extra = _mm256_add_ps(extra, _mm256_mul_ps(dd, _mm256_set1_ps((float)(8 * x[ib].isum))));
+        Q4X8_STEP(acc, q, x[ib].q, dd, 0);
+        Q4X8_STEP(acc, q, x[ib].q, dd, 1);
+        Q4X8_STEP(acc, q, x[ib].q, dd, 2);
+        Q4X8_STEP(acc, q, x[ib].q, dd, 3);
     }
-    _mm256_storeu_ps(out, _mm256_sub_ps(hsum8_lanes(acc), corr));
+    const __m256 h = hsum8_lanes(acc);
+    _mm256_storeu_ps(out, with_min ? _mm256_add_ps(h, extra) : _mm256_sub_ps(h, extra));
 }
-
-static void gemv8_q4_1_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
-    const vm_block_q4_1x8 *b = g;
-    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256 acc[8], msum = _mm256_setzero_ps();
-    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-    for (int ib = 0; ib < n / 32; ib++) {
-        PF8(b + ib);
-        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
-        msum = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].m)), _mm256_set1_ps(x[ib].s), msum);
-        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 0);
-        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 1);
-        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 2);
-        Q4X8_STEP(acc, b[ib].q, x[ib].q, dd, 3);
-    }
-    _mm256_storeu_ps(out, _mm256_add_ps(hsum8_lanes(acc), msum));
-}
+static void gemv8_q4_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) { gemv8_q4(0, g, x, n, out); }
+static void gemv8_q4_1_q8(const void *g, const vm_q8_block *x, int n, float out[8]) { gemv8_q4(1, g, x, n, out); }
 
 static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
     const vm_block_q8_0x8 *b = g;
