@@ -151,9 +151,17 @@ typedef struct matmul_job {
     int n, groups;
     float *out;
     const uint8_t *r8;     // the weight repacked 8 rows at a time (vm_q_repack8), or NULL
-    void (*gemv8)(const void *, const vm_q8_block *, int, float *);
-    void (*dot8)(const void *, const vm_q8_x8 *, int, float *);
 } matmul_job;
+
+// This kernel set's 8-token (row-major) and repacked one-token kernels for a GGUF type.
+typedef void (*dot8_fn)(const void *, const vm_q8_x8 *, int, float *);
+typedef void (*gemv8_fn)(const void *, const vm_q8_block *, int, float *);
+static dot8_fn dot8_of(const vm_cpu_kernels *k, vm_dtype t) {
+    return t == VM_DTYPE_Q4_0 ? k->dot8_q4_0_q8 : t == VM_DTYPE_Q4_1 ? k->dot8_q4_1_q8 : k->dot8_q8_0_q8;
+}
+static gemv8_fn gemv8_of(const vm_cpu_kernels *k, vm_dtype t) {
+    return t == VM_DTYPE_Q4_0 ? k->gemv8_q4_0_q8 : t == VM_DTYPE_Q4_1 ? k->gemv8_q4_1_q8 : k->gemv8_q8_0_q8;
+}
 
 static float row_dot(const matmul_job *j, int64_t r, const vm_xrow *xr) {
     const vm_weight *w = j->w;
@@ -178,8 +186,7 @@ static void matmul_rows_q8(const matmul_job *j, int begin, int end) {
         w->dtype == VM_DTYPE_Q4_0 ? j->k->dot_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot_q4_1_q8 : j->k->dot_q8_0_q8;
     void (*dot4)(const void *, const vm_q8_block *, size_t, int, float *) =
         w->dtype == VM_DTYPE_Q4_0 ? j->k->dot4_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot4_q4_1_q8 : j->k->dot4_q8_0_q8;
-    void (*dot8)(const void *, const vm_q8_x8 *, int, float *) =
-        w->dtype == VM_DTYPE_Q4_0 ? j->k->dot8_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? j->k->dot8_q4_1_q8 : j->k->dot8_q8_0_q8;
+    const dot8_fn dot8 = dot8_of(j->k, w->dtype);
     const uint8_t *base = (const uint8_t *)w->data;
     // Tiles of rows (about 24 KiB of weights) x tiles of 16 token groups, so
     // a tile's weights and activations stay in cache while they meet; each
@@ -231,11 +238,8 @@ static void repack_groups(void *ctx, int begin, int end, int thread_index) {
 // A repacked copy of w, or NULL to keep the row-major data: no kernel for
 // its type, rows not a multiple of 8, or no memory.
 static void *repack_weight(cpu_impl *c, const vm_weight *w) {
-    void (*g)(const void *, const vm_q8_block *, int, float *) =
-        w->dtype == VM_DTYPE_Q4_0 ? c->k->gemv8_q4_0_q8 : w->dtype == VM_DTYPE_Q4_1 ? c->k->gemv8_q4_1_q8
-                                                      : c->k->gemv8_q8_0_q8;
     size_t bytes = vm_q_repack8_bytes(w->dtype, w->rows, w->cols);
-    if (!c->repack || !g || !c->k->unpack8 || !bytes) return NULL;
+    if (!c->repack || !gemv8_of(c->k, w->dtype) || !c->k->unpack8 || !bytes) return NULL;
     if (c->rp_n == c->rp_cap) {
         size_t cap = c->rp_cap ? 2 * c->rp_cap : 64;
         void **t = realloc(c->rp, cap * sizeof *t);
@@ -259,6 +263,8 @@ static void matmul_groups_r8(void *ctx, int begin, int end, int thread_index) {
     const int64_t cols = j->w->cols, rows = j->w->rows, nb = cols / 32;
     const size_t gb = repack8_group_bytes(j->w), rb = gb / 8;
     const int gt = VM_MAX(1, (int)(24576 / gb)), tgroups = j->x8 ? j->n / 8 : 0;
+    const dot8_fn dot8 = dot8_of(j->k, j->w->dtype);
+    const gemv8_fn gemv8 = gemv8_of(j->k, j->w->dtype);
     enum { GT = 16 };   // token groups per tile
     uint8_t *rowbuf = tgroups ? malloc((size_t)gt * gb) : NULL;
     for (int g0 = begin; g0 < end; g0 += gt) {
@@ -270,13 +276,13 @@ static void matmul_groups_r8(void *ctx, int begin, int end, int thread_index) {
                 for (int r = 0; r < 8 * (g1 - g0); r++)
                     for (int tg = tg0; tg < VM_MIN(tg0 + GT, tgroups); tg++) {
                         float o8[8];
-                        j->dot8(rowbuf + (size_t)r * rb, j->x8 + (size_t)tg * nb, (int)cols, o8);
+                        dot8(rowbuf + (size_t)r * rb, j->x8 + (size_t)tg * nb, (int)cols, o8);
                         for (int t = 0; t < 8; t++) j->out[(size_t)(8 * tg + t) * rows + 8 * g0 + r] = o8[t];
                     }
         }
         for (int t = 8 * tgroups; t < j->n; t++)
             for (int g = g0; g < g1; g++)
-                j->gemv8(j->r8 + (size_t)g * gb, j->xq + (size_t)t * nb, (int)cols, j->out + (size_t)t * rows + 8 * g);
+                gemv8(j->r8 + (size_t)g * gb, j->xq + (size_t)t * nb, (int)cols, j->out + (size_t)t * rows + 8 * g);
     }
     free(rowbuf);
 }
@@ -309,7 +315,7 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
 
 static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     cpu_impl *c = impl_of(be);
-    matmul_job j = { c->k, w, x->data, NULL, NULL, NULL, n, 0, out->data, NULL, NULL, NULL };
+    matmul_job j = { c->k, w, x->data, NULL, NULL, NULL, n, 0, out->data, NULL };
     if (c->q8_activations && (w->dtype == VM_DTYPE_Q4_0 || w->dtype == VM_DTYPE_Q4_1 || w->dtype == VM_DTYPE_Q8_0)) {
         size_t nb = (size_t)(w->cols / 32), need = nb * n;
         if (need > c->xq_blocks) {
@@ -333,9 +339,6 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
         if (items > 1 && (size_t)n * nb >= 1024) vm_parallel_for(c->pool, items, 1, quantize_rows, &j);
         else quantize_rows(&j, 0, items, 0);
         if ((j.r8 = w->device)) {
-            const int t = w->dtype == VM_DTYPE_Q4_0 ? 0 : w->dtype == VM_DTYPE_Q4_1 ? 1 : 2;
-            j.gemv8 = t == 0 ? c->k->gemv8_q4_0_q8 : t == 1 ? c->k->gemv8_q4_1_q8 : c->k->gemv8_q8_0_q8;
-            j.dot8 = t == 0 ? c->k->dot8_q4_0_q8 : t == 1 ? c->k->dot8_q4_1_q8 : c->k->dot8_q8_0_q8;
             vm_parallel_for(c->pool, (int)(w->rows / 8), 2, matmul_groups_r8, &j);
             return;
         }
@@ -458,11 +461,13 @@ typedef struct attn_job {
 } attn_job;
 
 // Per-thread scratch: scores (padded to 8), q as f16, 32 partial-sum rows of
-// head_dim, the K and V row pointers of each position (f16 cache).
+// head_dim, then (from attn_rows_at floats on) the K and V row pointers of
+// each position (f16 cache).
+static size_t attn_rows_at(int max_ctx_len, int head_dim) {
+    return ((size_t)max_ctx_len + 8 + (size_t)head_dim + 32 * (size_t)head_dim + 15) & ~(size_t)15;
+}
 static size_t attn_scratch_floats(int max_ctx_len, int head_dim) {
-    size_t f = (size_t)max_ctx_len + 8 + (size_t)head_dim + 32 * (size_t)head_dim;
-    f = (f + 15) & ~(size_t)15;
-    return f + 2 * (size_t)max_ctx_len * (sizeof(void *) / sizeof(float));
+    return attn_rows_at(max_ctx_len, head_dim) + 2 * (size_t)max_ctx_len * (sizeof(void *) / sizeof(float));
 }
 
 // f32 cache: scores over the sequence's cached positions [0, pos], softmax,
@@ -550,7 +555,7 @@ static void attn_items(void *ctx, int begin, int end, int thread_index) {
     const vm_attn_meta *m = j->m;
     const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads, bs = m->block_size;
     float *scratch = j->scores + (size_t)thread_index * j->per_thread;
-    const uint16_t **krows = (const uint16_t **)(scratch + ((m->max_ctx_len + 8 + hd + 32 * (size_t)hd + 15) & ~(size_t)15));
+    const uint16_t **krows = (const uint16_t **)(scratch + attn_rows_at(m->max_ctx_len, hd));
     const uint16_t **vrows = krows + m->max_ctx_len;
     int built_seq = -1, built_kvh = -1, built = 0;   // krows/vrows hold positions [0, built) of these
     for (int item = begin; item < end; item++) {
