@@ -126,11 +126,16 @@ Test(kernels, mlx_4bit_g64) { check_dtype(VM_DTYPE_MLX_AFFINE, 4, 64); }
 Test(kernels, mlx_8bit_g128) { check_dtype(VM_DTYPE_MLX_AFFINE, 8, 128); }
 Test(kernels, mlx_2bit_g64) { check_dtype(VM_DTYPE_MLX_AFFINE, 2, 64); }
 
+typedef float (*row_dot_q8_fn)(const void *, const vm_q8_block *, int);
+// the single-token row kernel of a GGUF type: the reference of the kernels below
+static row_dot_q8_fn row_dot_q8(const vm_cpu_kernels *k, vm_dtype t) {
+    return t == VM_DTYPE_Q4_0 ? k->dot_q4_0_q8 : t == VM_DTYPE_Q4_1 ? k->dot_q4_1_q8 : k->dot_q8_0_q8;
+}
+
 // The 8-token kernels (vm_q8_x8) against the single-token kernel of the same
 // table: every output bit-identical, for random rows, activations and widths.
 static void check_dot8(const vm_cpu_kernels *k, vm_dtype t) {
-    float (*one)(const void *, const vm_q8_block *, int) = t == VM_DTYPE_Q4_0 ? k->dot_q4_0_q8
-        : t == VM_DTYPE_Q4_1 ? k->dot_q4_1_q8 : k->dot_q8_0_q8;
+    const row_dot_q8_fn one = row_dot_q8(k, t);
     void (*d8)(const void *, const vm_q8_x8 *, int, float *) = t == VM_DTYPE_Q4_0 ? k->dot8_q4_0_q8
         : t == VM_DTYPE_Q4_1 ? k->dot8_q4_1_q8 : k->dot8_q8_0_q8;
     for (int round = 0; round < 40; round++) {
@@ -174,8 +179,7 @@ Test(kernels, dot8_bit_identical) {
 // single-token kernel of the same table: every output bit-identical; and
 // unpack8 gives back the rows.
 static void check_gemv8(const vm_cpu_kernels *k, vm_dtype t) {
-    float (*one)(const void *, const vm_q8_block *, int) = t == VM_DTYPE_Q4_0 ? k->dot_q4_0_q8
-        : t == VM_DTYPE_Q4_1 ? k->dot_q4_1_q8 : k->dot_q8_0_q8;
+    const row_dot_q8_fn one = row_dot_q8(k, t);
     void (*g8)(const void *, const vm_q8_block *, int, float *) = t == VM_DTYPE_Q4_0 ? k->gemv8_q4_0_q8
         : t == VM_DTYPE_Q4_1 ? k->gemv8_q4_1_q8 : k->gemv8_q8_0_q8;
     if (!g8) return;   // this kernel set keeps row-major weights
@@ -186,20 +190,21 @@ static void check_gemv8(const vm_cpu_kernels *k, vm_dtype t) {
         void *mem = random_rows(t, rows, cols, &w, 0, 0);
         size_t bytes = vm_q_repack8_bytes(t, rows, cols);
         cr_assert(bytes == (size_t)rows * vm_weight_row_bytes(&w), "a repacked weight keeps its size");
+        const size_t gb = bytes / (size_t)(rows / 8);   // one group of 8 rows
         uint8_t *rp = malloc(bytes);
         // in two parts, as threads split it
         vm_q_repack8(t, w.data, cols, 0, 8, rp);
         vm_q_repack8(t, w.data, cols, 8, rows, rp);
         // unpacking a group gives back its 8 rows (generic and this table's)
-        uint8_t *back = malloc(bytes / (rows / 8));
+        uint8_t *back = malloc(gb);
         for (int g = 0; g < rows / 8; g++) {
-            const uint8_t *orig = (const uint8_t *)w.data + (size_t)g * bytes / (rows / 8);
-            memset(back, 0xa5, bytes / (rows / 8));
-            vm_q_unpack8(t, rp + (size_t)g * bytes / (rows / 8), cols, back);
-            cr_expect(memcmp(back, orig, bytes / (rows / 8)) == 0, "%s vm_q_unpack8 group %d", vm_dtype_name(t), g);
-            memset(back, 0x5a, bytes / (rows / 8));
-            k->unpack8(t, rp + (size_t)g * bytes / (rows / 8), cols, back);
-            cr_expect(memcmp(back, orig, bytes / (rows / 8)) == 0, "%s %s unpack8 group %d", k->name, vm_dtype_name(t), g);
+            const uint8_t *orig = (const uint8_t *)w.data + (size_t)g * gb;
+            memset(back, 0xa5, gb);
+            vm_q_unpack8(t, rp + (size_t)g * gb, cols, back);
+            cr_expect(memcmp(back, orig, gb) == 0, "%s vm_q_unpack8 group %d", vm_dtype_name(t), g);
+            memset(back, 0x5a, gb);
+            k->unpack8(t, rp + (size_t)g * gb, cols, back);
+            cr_expect(memcmp(back, orig, gb) == 0, "%s %s unpack8 group %d", k->name, vm_dtype_name(t), g);
         }
         free(back);
         vm_q8_block *xq = malloc(sizeof *xq * nb);
@@ -210,7 +215,7 @@ static void check_gemv8(const vm_cpu_kernels *k, vm_dtype t) {
         k->quantize_q8(x, xq, cols);
         for (int g = 0; g < rows / 8; g++) {
             float o8[8];
-            g8(rp + (size_t)g * bytes / (rows / 8), xq, cols, o8);
+            g8(rp + (size_t)g * gb, xq, cols, o8);
             for (int r = 0; r < 8; r++) {
                 const uint8_t *row = (const uint8_t *)w.data + (size_t)(8 * g + r) * vm_weight_row_bytes(&w);
                 float o1 = one(row, xq, cols);
