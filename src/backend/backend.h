@@ -44,6 +44,7 @@ typedef struct vm_attn_meta {
 } vm_attn_meta;
 
 #define VM_SAMPLE_PARAM_WORDS 4
+#define VM_MATMULS_MAX 3
 
 // KV cache layer layout: [num_blocks][n_kv_heads][block_size][head_dim] of kv_dtype.
 // With an F16 cache, attention rounds q and the softmax weights to f16 as well
@@ -67,6 +68,13 @@ struct vm_backend {
                     int dim, vm_buf *out);
     // out (n, W.rows) = x (n, W.cols) @ W^T
     void (*matmul)(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out);
+    // Optional (NULL: the model calls matmul for each weight, then swiglu).
+    // count (<= VM_MATMULS_MAX) weights of equal cols on one input:
+    // outs[i] (n, ws[i]->rows) = x @ ws[i]^T, the same numbers count matmul
+    // calls give; with swiglu_out (count 2, equal rows; it may be outs[0])
+    // also swiglu_out = silu(outs[0]) * outs[1], as the swiglu op.
+    void (*matmuls)(vm_backend *be, int count, const vm_weight *const *ws, const vm_buf *x, int n,
+                    vm_buf *const *outs, vm_buf *swiglu_out);
     // x (n, dim) += bias [dim]
     void (*add_bias)(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n, int dim);
     // rotate x (n, n_heads, head_dim) in place at positions (i32 [n])

@@ -322,9 +322,15 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
     for (int l = 0; l < c->n_layers; l++) {
         const vm_layer *L = &m->layers[l];
         be->rmsnorm(be, m->x, L->attn_norm, c->rms_norm_eps, n, H, m->xn);
-        be->matmul(be, &L->q, m->xn, n, m->q);                    // q (n, heads*hd)
-        be->matmul(be, &L->k, m->xn, n, m->k);                    // k (n, kv_heads*hd)
-        be->matmul(be, &L->v, m->xn, n, m->v);
+        if (be->matmuls) {                                        // q (n, heads*hd), k and v (n, kv_heads*hd)
+            const vm_weight *ws[3] = { &L->q, &L->k, &L->v };
+            vm_buf *outs[3] = { m->q, m->k, m->v };
+            be->matmuls(be, 3, ws, m->xn, n, outs, NULL);
+        } else {
+            be->matmul(be, &L->q, m->xn, n, m->q);
+            be->matmul(be, &L->k, m->xn, n, m->k);
+            be->matmul(be, &L->v, m->xn, n, m->v);
+        }
         if (L->q_bias) {
             be->add_bias(be, m->q, L->q_bias, n, qd);
             be->add_bias(be, m->k, L->k_bias, n, kvd);
@@ -348,9 +354,15 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
         be->matmul(be, &L->o, m->attn, n, m->proj);               // (n, H)
         be->add(be, m->x, m->proj, (size_t)n * H);
         be->rmsnorm(be, m->x, L->mlp_norm, c->rms_norm_eps, n, H, m->xn);
-        be->matmul(be, &L->gate, m->xn, n, m->gate);              // (n, F)
-        be->matmul(be, &L->up, m->xn, n, m->up);
-        be->swiglu(be, m->gate, m->up, (size_t)n * c->intermediate_size, m->gate);
+        if (be->matmuls) {                                        // gate = silu(gate) * up (n, F)
+            const vm_weight *ws[2] = { &L->gate, &L->up };
+            vm_buf *outs[2] = { m->gate, m->up };
+            be->matmuls(be, 2, ws, m->xn, n, outs, m->gate);
+        } else {
+            be->matmul(be, &L->gate, m->xn, n, m->gate);
+            be->matmul(be, &L->up, m->xn, n, m->up);
+            be->swiglu(be, m->gate, m->up, (size_t)n * c->intermediate_size, m->gate);
+        }
         be->matmul(be, &L->down, m->gate, n, m->proj);            // (n, H)
         be->add(be, m->x, m->proj, (size_t)n * H);
     }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/thread_pool.h"
 
@@ -233,6 +234,71 @@ Test(kernels, gemv8_bit_identical) {
         check_gemv8(vm_cpu_kernels_select(), types[i]);
         check_gemv8(&vm_kernels_generic, types[i]);
     }
+}
+
+// The CPU backend's matmuls (one job for q, k, v; gate and up with the
+// swiglu) against separate matmul calls and the swiglu op: the same bits,
+// for one token, a tail, 8-token groups and both together.
+static vm_buf *buf_of(vm_backend *be, const float *src, size_t n) {
+    vm_err e = {{0}};
+    vm_buf *b = be->buf_alloc(be, n * 4, &e);
+    cr_assert(b, "%s", e.msg);
+    if (src) be->buf_write(be, b, 0, src, n * 4);
+    return b;
+}
+static void expect_same(vm_backend *be, vm_buf *a, vm_buf *b, size_t n, const char *what, int tokens) {
+    float *x = malloc(n * 4), *y = malloc(n * 4);
+    be->buf_read(be, a, 0, x, n * 4);
+    be->buf_read(be, b, 0, y, n * 4);
+    cr_expect(memcmp(x, y, n * 4) == 0, "%s, %d tokens: matmuls differ from matmul", what, tokens);
+    free(x); free(y);
+}
+Test(cpu_backend, matmuls_bit_identical) {
+    vm_err e = {{0}};
+    vm_backend *be = vm_backend_cpu_create(2, &e);
+    cr_assert(be, "%s", e.msg);
+    cr_assert(be->matmuls, "the CPU backend has matmuls");
+    const int cols = 96;
+    const vm_dtype types[3] = { VM_DTYPE_Q4_1, VM_DTYPE_Q4_0, VM_DTYPE_Q8_0 };
+    const int rows[3] = { 48, 16, 24 };
+    vm_weight w[3];
+    void *mem[3];
+    for (int i = 0; i < 3; i++) {
+        mem[i] = random_rows(types[i], rows[i], cols, &w[i], 0, 0);
+        cr_assert(be->weight_prepare(be, &w[i], &e) == 0, "%s", e.msg);
+    }
+    vm_weight up;   // the gate/up pair: two weights of w[0]'s shape
+    void *mem_up = random_rows(VM_DTYPE_Q4_1, rows[0], cols, &up, 0, 0);
+    cr_assert(be->weight_prepare(be, &up, &e) == 0, "%s", e.msg);
+    const int ns[] = { 1, 3, 8, 13, 24 };
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        const int n = ns[k];
+        float *xs = malloc(sizeof(float) * n * cols);
+        for (int i = 0; i < n * cols; i++) xs[i] = frand();
+        vm_buf *x = buf_of(be, xs, (size_t)n * cols), *sep[3], *one[3];
+        for (int i = 0; i < 3; i++) {
+            sep[i] = buf_of(be, NULL, (size_t)n * rows[i]);
+            one[i] = buf_of(be, NULL, (size_t)n * rows[i]);
+            be->matmul(be, &w[i], x, n, sep[i]);
+        }
+        const vm_weight *ws[3] = { &w[0], &w[1], &w[2] };
+        be->matmuls(be, 3, ws, x, n, one, NULL);
+        for (int i = 0; i < 3; i++) expect_same(be, sep[i], one[i], (size_t)n * rows[i], vm_dtype_name(types[i]), n);
+        // gate/up with the swiglu, written over the gate as the decoder does
+        vm_buf *ups = buf_of(be, NULL, (size_t)n * rows[0]), *upo = buf_of(be, NULL, (size_t)n * rows[0]);
+        be->matmul(be, &up, x, n, ups);
+        be->swiglu(be, sep[0], ups, (size_t)n * rows[0], sep[0]);
+        const vm_weight *gu[2] = { &w[0], &up };
+        vm_buf *outs[2] = { one[0], upo };
+        be->matmuls(be, 2, gu, x, n, outs, one[0]);
+        expect_same(be, sep[0], one[0], (size_t)n * rows[0], "swiglu", n);
+        be->buf_free(be, ups); be->buf_free(be, upo); be->buf_free(be, x);
+        for (int i = 0; i < 3; i++) { be->buf_free(be, sep[i]); be->buf_free(be, one[i]); }
+        free(xs);
+    }
+    be->destroy(be);
+    for (int i = 0; i < 3; i++) free(mem[i]);
+    free(mem_up);
 }
 
 static void sum_range(void *ctx, int begin, int end, int thread_index) {

@@ -313,31 +313,41 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
     }
 }
 
+static int is_gguf_block(vm_dtype t) { return t == VM_DTYPE_Q4_0 || t == VM_DTYPE_Q4_1 || t == VM_DTYPE_Q8_0; }
+
+// Quantizes j's n activation rows of w->cols for the integer dots: j->xq,
+// and j->x8 for the 8-token groups. -1: no memory.
+static int q8_prepare(cpu_impl *c, matmul_job *j, const vm_weight *w, int n) {
+    size_t nb = (size_t)(w->cols / 32), need = nb * n;
+    if (need > c->xq_blocks) {
+        vm_q8_block *p = realloc(c->xq, need * sizeof *p);
+        if (!p) return -1;
+        c->xq = p;
+        c->xq_blocks = need;
+    }
+    j->xq = c->xq;
+    if (n >= 8) {
+        size_t need8 = nb * (size_t)(n / 8);
+        if (need8 > c->x8_blocks) {
+            free(c->x8);
+            c->x8 = aligned_alloc(64, (need8 * sizeof *c->x8 + 63) & ~(size_t)63);
+            c->x8_blocks = c->x8 ? need8 : 0;
+        }
+        if (!c->x8) return -1;
+        j->x8 = c->x8;
+    }
+    // 8-token groups (quantized, then interleaved) and the tail tokens
+    int items = j->x8 ? n / 8 + (n % 8 != 0) : 1;
+    if (items > 1 && (size_t)n * nb >= 1024) vm_parallel_for(c->pool, items, 1, quantize_rows, j);
+    else quantize_rows(j, 0, items, 0);
+    return 0;
+}
+
 static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out) {
     cpu_impl *c = impl_of(be);
     matmul_job j = { c->k, w, x->data, NULL, NULL, NULL, n, 0, out->data, NULL };
-    if (c->q8_activations && (w->dtype == VM_DTYPE_Q4_0 || w->dtype == VM_DTYPE_Q4_1 || w->dtype == VM_DTYPE_Q8_0)) {
-        size_t nb = (size_t)(w->cols / 32), need = nb * n;
-        if (need > c->xq_blocks) {
-            vm_q8_block *p = realloc(c->xq, need * sizeof *p);
-            if (!p) { memset(out->data, 0, (size_t)n * w->rows * 4); return; }
-            c->xq = p;
-            c->xq_blocks = need;
-        }
-        j.xq = c->xq;
-        if (n >= 8) {
-            size_t need8 = nb * (size_t)(n / 8);
-            if (need8 > c->x8_blocks) {
-                free(c->x8);
-                c->x8 = aligned_alloc(64, (need8 * sizeof *c->x8 + 63) & ~(size_t)63);
-                c->x8_blocks = c->x8 ? need8 : 0;
-            }
-            j.x8 = c->x8;
-        }
-        // 8-token groups (quantized, then interleaved) and the tail tokens
-        int items = j.x8 ? n / 8 + (n % 8 != 0) : 1;
-        if (items > 1 && (size_t)n * nb >= 1024) vm_parallel_for(c->pool, items, 1, quantize_rows, &j);
-        else quantize_rows(&j, 0, items, 0);
+    if (c->q8_activations && is_gguf_block(w->dtype)) {
+        if (q8_prepare(c, &j, w, n) != 0) { memset(out->data, 0, (size_t)n * w->rows * 4); return; }
         if ((j.r8 = w->device)) {
             vm_parallel_for(c->pool, (int)(w->rows / 8), 2, matmul_groups_r8, &j);
             return;
@@ -363,6 +373,65 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
         j.gsum = gs;
     }
     vm_parallel_for(c->pool, (int)w->rows, 16, matmul_rows, &j);
+}
+
+// Several repacked weights on one input (q, k, v; gate and up) as one job:
+// items are the parts' 8-row groups in turn, or with swiglu (gate, up) group
+// g of both, then silu(gate) * up of those rows.
+typedef struct multi_job {
+    matmul_job part[VM_MATMULS_MAX];   // sharing the quantized activations
+    int first[VM_MATMULS_MAX + 1];     // first item of each part; first[count]: all
+    int count;
+    float *swiglu;
+} multi_job;
+
+static void matmul_groups_multi(void *ctx, int begin, int end, int thread_index) {
+    const multi_job *m = ctx;
+    if (m->swiglu) {
+        const matmul_job *g = &m->part[0];
+        matmul_groups_r8((void *)g, begin, end, thread_index);
+        matmul_groups_r8((void *)&m->part[1], begin, end, thread_index);
+        for (int t = 0; t < g->n; t++) {
+            const size_t o = (size_t)t * g->w->rows + 8 * (size_t)begin;
+            g->k->silu_mul(m->swiglu + o, g->out + o, m->part[1].out + o, 8 * (size_t)(end - begin));
+        }
+        return;
+    }
+    for (int i = 0; i < m->count; i++) {
+        const int lo = VM_MAX(begin, m->first[i]), hi = VM_MIN(end, m->first[i + 1]);
+        if (lo < hi) matmul_groups_r8((void *)&m->part[i], lo - m->first[i], hi - m->first[i], thread_index);
+    }
+}
+
+static void cpu_swiglu(vm_backend *be, const vm_buf *gate, const vm_buf *up, size_t n, vm_buf *out);
+
+static void cpu_matmuls(vm_backend *be, int count, const vm_weight *const *ws, const vm_buf *x, int n,
+                        vm_buf *const *outs, vm_buf *swiglu_out) {
+    cpu_impl *c = impl_of(be);
+    int one_job = c->q8_activations && count >= 1 && count <= VM_MATMULS_MAX &&
+                  (!swiglu_out || (count == 2 && ws[1]->rows == ws[0]->rows));
+    for (int i = 0; i < count && one_job; i++)
+        one_job = is_gguf_block(ws[i]->dtype) && ws[i]->device && ws[i]->cols == ws[0]->cols;
+    if (!one_job) {
+        for (int i = 0; i < count; i++) cpu_matmul(be, ws[i], x, n, outs[i]);
+        if (swiglu_out) cpu_swiglu(be, outs[0], outs[1], (size_t)n * ws[0]->rows, swiglu_out);
+        return;
+    }
+    multi_job m = { .count = count, .swiglu = swiglu_out ? swiglu_out->data : NULL };
+    matmul_job j = { c->k, ws[0], x->data, NULL, NULL, NULL, n, 0, NULL, NULL };
+    if (q8_prepare(c, &j, ws[0], n) != 0) {
+        for (int i = 0; i < count; i++) memset(outs[i]->data, 0, (size_t)n * ws[i]->rows * 4);
+        if (swiglu_out) memset(swiglu_out->data, 0, (size_t)n * ws[0]->rows * 4);
+        return;
+    }
+    for (int i = 0; i < count; i++) {
+        m.part[i] = j;
+        m.part[i].w = ws[i];
+        m.part[i].out = outs[i]->data;
+        m.part[i].r8 = ws[i]->device;
+        m.first[i + 1] = m.first[i] + (int)(ws[i]->rows / 8);
+    }
+    vm_parallel_for(c->pool, swiglu_out ? m.first[1] : m.first[count], 2, matmul_groups_multi, &m);
 }
 
 static void cpu_add_bias(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n, int dim) {
@@ -705,6 +774,7 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     be->embed = cpu_embed;
     be->rmsnorm = cpu_rmsnorm;
     be->matmul = cpu_matmul;
+    be->matmuls = cpu_matmuls;
     be->add_bias = cpu_add_bias;
     be->rope = cpu_rope;
     be->cache_write = cpu_cache_write;
