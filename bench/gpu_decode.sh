@@ -3,6 +3,7 @@
 #   bench/gpu_decode.sh [model] [vulkan|cpu] [decode_tokens]
 # Builds a tiny C driver against $BUILD/libvllm_metal.a (or runs a prebuilt
 # one at $GPU_DECODE_BIN, built there if absent): prefills a 32-token prompt, then decodes greedily
+# (each id drawn on the backend, so only it crosses back, as in the engine)
 # and prints prefill and decode rates.
 set -euo pipefail
 BUILD=${BUILD:-build}
@@ -29,24 +30,21 @@ int main(int argc, char **argv) {
     double t0 = now();
     vm_model *m = vm_model_create(argv[1], be, 512, &e);
     if (!m) { fprintf(stderr, "model: %s\n", e.msg); return 1; }
-    int n = atoi(argv[3]), vocab = vm_model_get_config(m)->vocab_size, np = 32;
+    int n = atoi(argv[3]), np = 32;
     printf("load: %.2f s\n", now() - t0);
     vm_session *s = vm_session_create(m, np + n + 1, 16, &e);
     if (!s) { fprintf(stderr, "session: %s\n", e.msg); return 1; }
-    float *logits = malloc(sizeof(float) * vocab);
     int32_t prompt[32];
     for (int i = 0; i < np; i++) prompt[i] = 100 + 37 * i;
     for (int rep = 0; rep < 2; rep++) {   // first round warms up (pipelines, caches)
         vm_session_reset(s);
         double a = now();
-        if (vm_session_eval(s, prompt, np, 0, logits, &e)) { fprintf(stderr, "%s\n", e.msg); return 1; }
+        int32_t tok;   // greedy ids drawn on the backend, as the engine's steps do
+        if (vm_session_eval_greedy(s, prompt, np, &tok, &e)) { fprintf(stderr, "%s\n", e.msg); return 1; }
         double b = now();
-        int32_t tok = vm_argmax(logits, vocab);
         int steps = rep ? n : 8;
-        for (int i = 0; i < steps; i++) {
-            if (vm_session_eval(s, &tok, 1, 0, logits, &e)) { fprintf(stderr, "%s\n", e.msg); return 1; }
-            tok = vm_argmax(logits, vocab);
-        }
+        for (int i = 0; i < steps; i++)
+            if (vm_session_eval_greedy(s, &tok, 1, &tok, &e)) { fprintf(stderr, "%s\n", e.msg); return 1; }
         double c = now();
         if (rep) printf("%s: prefill %d tokens %.1f ms (%.0f tok/s); decode %d tokens %.1f tok/s (%.2f ms/token)\n",
                         argv[2], np, (b - a) * 1e3, np / (b - a), steps, steps / (c - b), (c - b) * 1e3 / steps);
@@ -54,7 +52,6 @@ int main(int argc, char **argv) {
     vm_session_free(s);
     vm_model_free(m);
     be->destroy(be);
-    free(logits);
     return 0;
 }
 C

@@ -53,7 +53,10 @@ void vm_session_free(vm_session *s) {
 void vm_session_reset(vm_session *s) { s->n_past = 0; }
 int vm_session_n_past(const vm_session *s) { return s->n_past; }
 
-int vm_session_eval(vm_session *s, const int32_t *tokens, int n, int all_logits, float *logits, vm_err *e) {
+// next: NULL, or where the last token's greedy successor goes (drawn on the
+// backend; logits then unused)
+static int session_eval(vm_session *s, const int32_t *tokens, int n, int all_logits, float *logits,
+                        int32_t *next, vm_err *e) {
     if (n <= 0) return vm_errf(e, "nothing to evaluate");
     if (s->n_past + n > s->max_ctx)
         return vm_errf(e, "sequence of %d tokens exceeds the context of %d", s->n_past + n, s->max_ctx);
@@ -74,11 +77,21 @@ int vm_session_eval(vm_session *s, const int32_t *tokens, int n, int all_logits,
         vm_batch b = { len, tokens + done, s->positions, 1, seq_start, ctx_len, s->n_blocks,
                        s->block_table, s->slots, 0, s->rows, decode_from, NULL, NULL };
         float *out = NULL;
-        if (logits && all_logits) { b.n_logits = len; out = logits + (size_t)done * vocab; }
+        if (next && last_chunk) { b.n_logits = 1; b.logit_rows = &s->rows[len - 1]; b.ids_out = next; }
+        else if (logits && all_logits) { b.n_logits = len; out = logits + (size_t)done * vocab; }
         else if (logits && last_chunk) { b.n_logits = 1; b.logit_rows = &s->rows[len - 1]; out = logits; }
         if (vm_model_forward(s->m, s->kv, &b, out, e) != 0) return -1;
         s->n_past += len;
         done += len;
     }
     return 0;
+}
+
+int vm_session_eval(vm_session *s, const int32_t *tokens, int n, int all_logits, float *logits, vm_err *e) {
+    return session_eval(s, tokens, n, all_logits, logits, NULL, e);
+}
+
+int vm_session_eval_greedy(vm_session *s, const int32_t *tokens, int n, int32_t *next, vm_err *e) {
+    if (!next) return vm_errf(e, "no place for the next token");
+    return session_eval(s, tokens, n, 0, NULL, next, e);
 }

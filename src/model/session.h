@@ -19,5 +19,9 @@ int vm_session_n_past(const vm_session *s);
 // Appends n tokens and computes their K/V. logits: NULL, or [vocab] for the
 // last token (all_logits = 0), or [n, vocab] for every token (all_logits = 1).
 int vm_session_eval(vm_session *s, const int32_t *tokens, int n, int all_logits, float *logits, vm_err *e);
+// The same, and *next = the argmax of the last token's logits (the first
+// maximum, as vm_argmax), drawn on the backend: only the id crosses back, as
+// in the engine's greedy steps.
+int vm_session_eval_greedy(vm_session *s, const int32_t *tokens, int n, int32_t *next, vm_err *e);
 
 #endif

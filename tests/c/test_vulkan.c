@@ -522,6 +522,15 @@ static void check_model(const char *path, int max_batch, int block_size) {
     fprintf(stderr, "%s: worst logits rel diff %.3g over %d positions\n", path, worst, n);
     cr_expect(worst < 2e-3, "%s: logits differ by %.3g of max", path, worst);
     cr_expect(top_differs == 0, "%s: top token differs at %d positions", path, top_differs);
+    // the same steps with the greedy id drawn on the GPU: the argmax of its own logits
+    vm_session_reset(sg);
+    for (int i = n_prompt - 1; i < n; i++) {
+        int32_t next = -1;
+        cr_assert(vm_session_eval_greedy(sg, i == n_prompt - 1 ? ids : ids + i, i == n_prompt - 1 ? n_prompt : 1,
+                                         &next, &e) == 0, "%s", e.msg);
+        cr_expect(next == vm_argmax(lg + (size_t)i * vocab, vocab), "%s: greedy id on the GPU %d at %d, argmax %d",
+                  path, next, i, vm_argmax(lg + (size_t)i * vocab, vocab));
+    }
     vm_session_free(sg); vm_session_free(sc);
     vm_model_free(mg); vm_model_free(mc);
     free(lg); free(lc);

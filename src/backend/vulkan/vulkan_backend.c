@@ -353,6 +353,8 @@ typedef struct vk_impl {
     size_t n_vecs, cap_vecs;
     vm_buf *attn_part;    // attention split partials
     vm_buf *attn_count;   // attention: splits finished per (token, head) (attention.comp sets them back to 0)
+    vm_buf *sample_part;  // sample.comp: per row and column group, (max, index)
+    vm_buf *sample_count; // sample.comp: groups finished per row (set back to 0 by the last)
     vm_buf *mm_part;      // split-K GEMM partials
 
     // Hazard tracking: buffer ranges read and written by the dispatches
@@ -1277,13 +1279,51 @@ static void vk_get_rows(vm_backend *be, const vm_buf *x, const vm_buf *rows, int
             x, rows, out);
 }
 
+// A device buffer of at least bytes in *b (grown, contents undefined); NULL on failure.
+static vm_buf *scratch_buf(vk_impl *v, vm_buf **b, size_t bytes) {
+    if (*b && (*b)->size >= bytes) return *b;
+    buf_release(v, *b);
+    vm_err e = {{0}};
+    if (!(*b = buf_create(v, bytes, 0, &e)) && !v->failed) { v->failed = 1; v->err = e; }
+    return *b;
+}
+
+// n u32 counters in *b, all 0 (the shaders that count on them set them back to 0).
+static vm_buf *count_buf(vm_backend *be, vm_buf **b, size_t n) {
+    vk_impl *v = impl_of(be);
+    if (*b && (*b)->size >= n * 4) return *b;
+    uint32_t *zero = calloc(n, 4);
+    if (!zero) {
+        if (!v->failed) { v->failed = 1; vm_errf(&v->err, "out of memory"); }
+        return NULL;
+    }
+    if (scratch_buf(v, b, n * 4)) vk_buf_write(be, *b, 0, zero, n * 4);
+    free(zero);
+    return *b;
+}
+
+// sample.comp: each row's argmax over groups of workgroups (a few thousand
+// columns each), the last of a row's groups to finish merging them.
+#define SAMPLE_COLS_PER_GROUP 2048
+#define SAMPLE_MAX_GROUPS 128
+
 static void vk_sample(vm_backend *be, const vm_buf *x, int rows, int cols, const vm_buf *params, vm_buf *out) {
     vk_impl *v = impl_of(be);
-    struct { VkDeviceAddress x, y, params; uint32_t rows, cols, has_params; } pc =
-        { x->addr, out->addr, params ? params->addr : 0, (uint32_t)rows, (uint32_t)cols, params != NULL };
+    uint32_t groups = (uint32_t)((cols + SAMPLE_COLS_PER_GROUP - 1) / SAMPLE_COLS_PER_GROUP);
+    if (groups > SAMPLE_MAX_GROUPS) groups = SAMPLE_MAX_GROUPS;
+    if (groups < 1) groups = 1;
+    if (groups > 1 && (!scratch_buf(v, &v->sample_part, (size_t)rows * groups * 8) ||
+                       !count_buf(be, &v->sample_count, (size_t)rows)))
+        return;
+    struct { VkDeviceAddress x, y, params, part, count; uint32_t rows, cols, has_params, groups; } pc =
+        { x->addr, out->addr, params ? params->addr : 0, groups > 1 ? v->sample_part->addr : 0,
+          groups > 1 ? v->sample_count->addr : 0, (uint32_t)rows, (uint32_t)cols, params != NULL, groups };
     uint32_t gx, gy;
     grid_1d((uint64_t)rows, &gx, &gy);
-    dispatch(v, SH_sample, &pc, sizeof pc, gx, gy, 1, RDS(x, params), WRS(out));
+    if (groups > 1)
+        dispatch(v, SH_sample, &pc, sizeof pc, groups, (uint32_t)rows, 1, RDS(x, params), WRS(out, v->sample_part, v->sample_count));
+    else
+        dispatch(v, SH_sample, &pc, sizeof pc, gx, gy, 1, RDS(x, params), WRS(out));
 }
 
 static void rope_dispatch(vk_impl *v, const struct pend_rope *r) {
@@ -1444,24 +1484,10 @@ static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache,
     if (n_splits < 1) n_splits = 1;
     VkDeviceAddress dst = out->addr;
     if (n_splits > 1) {
-        size_t need = (size_t)items * n_splits * (head_dim + 2) * 4;
-        if (!v->attn_part || v->attn_part->size < need) {
-            buf_release(v, v->attn_part);
-            vm_err e = {{0}};
-            if (!(v->attn_part = buf_create(v, need, 0, &e))) { if (!v->failed) { v->failed = 1; v->err = e; } return; }
-        }
-        if (!v->attn_count || v->attn_count->size < (size_t)items * 4) {   // per-item split counts, all 0 between dispatches
-            buf_release(v, v->attn_count);
-            vm_err e = {{0}};
-            uint32_t *zero = calloc(items, 4);
-            if (!zero || !(v->attn_count = buf_create(v, (size_t)items * 4, 0, &e))) {
-                free(zero);
-                if (!v->failed) { v->failed = 1; v->err = e; if (!zero) vm_errf(&v->err, "out of memory"); }
-                return;
-            }
-            vk_buf_write(be, v->attn_count, 0, zero, (size_t)items * 4);
-            free(zero);
-        }
+        // per-item split counts, all 0 between dispatches
+        if (!scratch_buf(v, &v->attn_part, (size_t)items * n_splits * (head_dim + 2) * 4) ||
+            !count_buf(be, &v->attn_count, items))
+            return;
         dst = v->attn_part->addr;
     }
     struct { VkDeviceAddress q, kc, vc, out, pos, seq_start, table;
@@ -1526,6 +1552,8 @@ static void vk_destroy(vm_backend *be) {
             for (size_t i = 0; i < v->n_rdesc; i++) buf_destroy(v, v->rdesc[i].buf);
             free(v->rdesc);
             buf_destroy(v, v->attn_count);
+            buf_destroy(v, v->sample_part);
+            buf_destroy(v, v->sample_count);
             buf_destroy(v, v->mm_part);
             buf_destroy(v, v->xq);
             buf_destroy(v, v->upload);

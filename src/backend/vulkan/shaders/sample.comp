@@ -3,7 +3,13 @@
 // maximum (NaNs never win, a row of NaNs gives 0: vm_argmax), or, where the
 // row's parameters give a temperature T > 0, the inverse CDF of
 // softmax(x / T) at the row's uniform u (vm_draw_u's definition, summed in
-// f32 in this shader's order). One workgroup per row.
+// f32 in this shader's order).
+// groups == 1: one workgroup per row (grid x, y: rows). groups > 1: grid
+// (groups, rows); each workgroup takes a run of the row's columns, writes
+// its first maximum (value, index) to part and counts itself done; the last
+// of the row's groups (an atomic count per row, which it sets back to 0)
+// merges them (the larger value, then the smaller index: the row's first
+// maximum whatever the order) and goes on alone, as the single workgroup.
 //   params (may be 0): per row 4 words {T (f32), u (f32), u as f64 (2 words, host only)}
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
@@ -13,9 +19,11 @@
 #define WG 256
 #define NONE 0xffffffffu
 layout(local_size_x = WG) in;
+layout(buffer_reference, std430, buffer_reference_align = 4) coherent buffer U32C { uint v[]; };
 layout(push_constant, std430) uniform Params {
     F32 x; I32 y; F32 params;
-    uint rows, cols, has_params;
+    U32C part; U32C count;   // groups > 1: per (row, group) {max bits, index}; per row, groups done
+    uint rows, cols, has_params, groups;
 } pc;
 
 shared float sv[WG];
@@ -23,29 +31,64 @@ shared uint si[WG];
 shared float s_sum[WG];
 shared uint s_chunk;
 shared float s_before, s_target;
+shared bool s_last;
 
 #define NEG_INF uintBitsToFloat(0xff800000u)
 
-void main() {
-    const uint r = gl_WorkGroupID.x + gl_WorkGroupID.y * 65535u;
-    if (r >= pc.rows) return;
-    const uint base = r * pc.cols, t = gl_LocalInvocationIndex, cols = pc.cols;
-    // ---- the first maximum
-    float best = NEG_INF;
-    uint bi = NONE;
-    for (uint c = t; c < cols; c += WG) {          // ascending: strict > keeps the first
-        float a = pc.x.v[base + c];
-        if (a > best || (bi == NONE && a == best)) { best = a; bi = c; }
-    }
+// The workgroup's first maximum of (value, index) pairs given per
+// invocation (index NONE: none): the larger value, then the smaller index.
+void wg_first_max(float best, uint bi, out float bm, out uint b) {
     float m = subgroupMax(bi == NONE ? NEG_INF : best);
     uint i = subgroupMin((bi != NONE && best == m) ? bi : NONE);
     if (subgroupElect()) { sv[gl_SubgroupID] = m; si[gl_SubgroupID] = i; }
     barrier();
-    float bm = NEG_INF;
-    uint b = NONE;
+    bm = NEG_INF;
+    b = NONE;
     for (uint s = 0; s < gl_NumSubgroups; s++) {
         if (si[s] == NONE) continue;
         if (b == NONE || sv[s] > bm || (sv[s] == bm && si[s] < b)) { bm = sv[s]; b = si[s]; }
+    }
+    barrier();   // sv, si free again
+}
+
+void main() {
+    const bool grouped = pc.groups > 1u;
+    const uint r = grouped ? gl_WorkGroupID.y : gl_WorkGroupID.x + gl_WorkGroupID.y * 65535u;
+    if (r >= pc.rows) return;
+    const uint base = r * pc.cols, t = gl_LocalInvocationIndex, cols = pc.cols;
+    // ---- the first maximum (of this workgroup's run of columns when grouped)
+    const uint run = grouped ? (cols + pc.groups - 1u) / pc.groups : cols, g = grouped ? gl_WorkGroupID.x : 0u;
+    const uint c0 = min(g * run, cols), c1 = min(c0 + run, cols);
+    float best = NEG_INF;
+    uint bi = NONE;
+    for (uint c = c0 + t; c < c1; c += WG) {       // ascending: strict > keeps the first
+        float a = pc.x.v[base + c];
+        if (a > best || (bi == NONE && a == best)) { best = a; bi = c; }
+    }
+    float bm;
+    uint b;
+    wg_first_max(best, bi, bm, b);
+    if (grouped) {
+        const uint slot = 2u * (r * pc.groups + g);
+        if (t == 0u) {
+            pc.part.v[slot] = floatBitsToUint(bm);
+            pc.part.v[slot + 1u] = b;
+        }
+        memoryBarrierBuffer();
+        barrier();
+        if (t == 0u) s_last = atomicAdd(pc.count.v[r], 1u) == pc.groups - 1u;
+        barrier();
+        if (!s_last) return;
+        memoryBarrierBuffer();
+        best = NEG_INF;
+        bi = NONE;
+        for (uint k = t; k < pc.groups; k += WG) {
+            const float a = uintBitsToFloat(pc.part.v[2u * (r * pc.groups + k)]);
+            const uint ai = pc.part.v[2u * (r * pc.groups + k) + 1u];
+            if (ai != NONE && (bi == NONE || a > best || (a == best && ai < bi))) { best = a; bi = ai; }
+        }
+        wg_first_max(best, bi, bm, b);
+        if (t == 0u) pc.count.v[r] = 0u;   // ready for the next dispatch
     }
     const float T = pc.has_params != 0u ? pc.params.v[4u * r] : 0.0;
     if (!(T >= 1e-5)) {                               // greedy
