@@ -408,13 +408,16 @@ Test(vulkan, sample) {
 
 // Three sequences with their whole context written through cache_write, then
 // queries: seq 0 decodes at position ctx-1, seq 1 prefills all of its tokens,
-// seq 2 decodes at ctx-1. decode_only: one query token of seq 2 only.
+// seq 2 decodes at ctx-1. decode_only 1: one query token of seq 2 only; 2:
+// one decode token of each sequence (a decode step); 3: as 1 over a
+// 1200-token context.
+enum { ATT_MIXED, ATT_DECODE, ATT_DECODE3, ATT_DECODE_LONG };
 static void check_attention(vm_dtype kv, int decode_only) {
     NEED_GPU();
-    const int bs = 16, kvh = 2, heads = 6, hd = 64, ctx[3] = { 150, 40, 300 };
-    const int max_blocks = 20, n_blocks = 3 * max_blocks + 1;
+    const int bs = 16, kvh = 2, heads = 6, hd = 64, ctx[3] = { 150, 40, decode_only == ATT_DECODE_LONG ? 1200 : 300 };
+    const int max_blocks = 80, n_blocks = 3 * max_blocks + 1;
     const size_t es = kv == VM_DTYPE_F16 ? 2 : 4, cache_bytes = (size_t)n_blocks * kvh * bs * hd * es;
-    int32_t table[3 * 20];
+    int32_t table[3 * 80];
     for (int i = 0; i < 3 * max_blocks; i++) table[i] = 1 + i;
     for (int i = 3 * max_blocks - 1; i > 0; i--) { int j = (int)(rnd_u32() % (i + 1)); int32_t t = table[i]; table[i] = table[j]; table[j] = t; }
     // write the contexts
@@ -446,9 +449,13 @@ static void check_attention(vm_dtype kv, int decode_only) {
     cr_expect(diff == 0, "v cache differs in %zu bytes", diff);
     // queries
     int nq, n_seqs;
-    int32_t pos[64], seq_start[4], ctx_len[3], qtable[3 * 20];
+    int32_t pos[64], seq_start[4], ctx_len[3], qtable[3 * 80];
     memcpy(qtable, table, sizeof table);
-    if (decode_only) {
+    if (decode_only == ATT_DECODE3) {
+        n_seqs = 3; nq = 3;
+        for (int s = 0; s < 3; s++) { pos[s] = ctx[s] - 1; seq_start[s] = s; ctx_len[s] = ctx[s]; }
+        seq_start[3] = 3;
+    } else if (decode_only) {
         nq = 1; n_seqs = 1; pos[0] = ctx[2] - 1;
         seq_start[0] = 0; seq_start[1] = 1; ctx_len[0] = ctx[2];
         memcpy(qtable, table + 2 * max_blocks, sizeof(int32_t) * max_blocks);
@@ -465,7 +472,7 @@ static void check_attention(vm_dtype kv, int decode_only) {
     pair pq = pair_new(q, (size_t)nq * heads * hd * 4), po = pair_new(NULL, (size_t)nq * heads * hd * 4);
     pair ppos = pair_new(pos, (size_t)nq * 4), pss = pair_new(seq_start, (size_t)(n_seqs + 1) * 4);
     pair pcl = pair_new(ctx_len, (size_t)n_seqs * 4), ptb = pair_new(qtable, (size_t)n_seqs * max_blocks * 4);
-    int max_ctx = decode_only ? ctx[2] : 300;
+    int max_ctx = ctx[2];
     vm_attn_meta ag = { nq, n_seqs, bs, max_blocks, max_ctx, ppos.g, pss.g, pcl.g, ptb.g, psl.g, kv, NULL };
     vm_attn_meta ac = { nq, n_seqs, bs, max_blocks, max_ctx, ppos.c, pss.c, pcl.c, ptb.c, psl.c, kv, NULL };
     float scale = 1.0f / 8.0f;
@@ -484,6 +491,10 @@ Test(vulkan, attention_f32) { check_attention(VM_DTYPE_F32, 0); }
 Test(vulkan, attention_f16) { check_attention(VM_DTYPE_F16, 0); }
 Test(vulkan, attention_decode_f32) { check_attention(VM_DTYPE_F32, 1); }
 Test(vulkan, attention_decode_f16) { check_attention(VM_DTYPE_F16, 1); }
+Test(vulkan, attention_decode3_f32) { check_attention(VM_DTYPE_F32, ATT_DECODE3); }
+Test(vulkan, attention_decode3_f16) { check_attention(VM_DTYPE_F16, ATT_DECODE3); }
+Test(vulkan, attention_decode_long_f32) { check_attention(VM_DTYPE_F32, ATT_DECODE_LONG); }
+Test(vulkan, attention_decode_long_f16) { check_attention(VM_DTYPE_F16, ATT_DECODE_LONG); }
 
 // ---- whole models --------------------------------------------------------------------------------
 

@@ -1492,11 +1492,12 @@ static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache,
     }
     struct { VkDeviceAddress q, kc, vc, out, pos, seq_start, table;
              uint32_t n_heads, n_kv_heads, head_dim, block_size, max_blocks, n_seqs, n_splits, split_len; float scale;
-             VkDeviceAddress count, final_; } pc =
+             VkDeviceAddress count, final_; uint32_t n_blocks; } pc =
         { q->addr, k_cache->addr, v_cache->addr, dst, m->positions->addr, m->seq_start->addr, m->block_table->addr,
           (uint32_t)n_heads, (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)m->block_size,
           (uint32_t)m->max_blocks_per_seq, (uint32_t)m->n_seqs, n_splits, split_len, scale,
-          n_splits > 1 ? v->attn_count->addr : 0, out->addr };
+          n_splits > 1 ? v->attn_count->addr : 0, out->addr,
+          (uint32_t)(k_cache->size / ((size_t)n_kv_heads * m->block_size * head_dim * (m->kv_dtype == VM_DTYPE_F16 ? 2 : 4))) };
     _Static_assert(sizeof pc <= PUSH_BYTES, "push constants");
     const vm_buf *split_part = n_splits > 1 ? v->attn_part : NULL, *split_count = n_splits > 1 ? v->attn_count : NULL;
     dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1,

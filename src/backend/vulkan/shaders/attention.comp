@@ -20,6 +20,7 @@
 #define WG 128
 #define MAXP 128            // head_dim / 2 at most
 #define U 4                 // positions per subgroup per step
+#define MB 4                // subgroups merged per round (all four of 32 lanes at once)
 layout(constant_id = 0) const uint SG = 32u;   // the subgroup size (set at pipeline creation)
 const uint PPL = (MAXP + SG - 1u) / SG;      // dim pairs per lane
 
@@ -37,10 +38,11 @@ layout(push_constant, std430) uniform Params {
     uint n_heads, n_kv_heads, head_dim, block_size, max_blocks, n_seqs, n_splits, split_len;
     float scale;
     U32C count; F32 final_;   // several splits: per-item counts, and where the merged result goes
+    uint n_blocks;            // blocks in the cache (block ids are clamped below it)
 } pc;
 
 shared float sm_m[WG], sm_l[WG];
-shared vec2 so[MAXP];
+shared vec2 so[MAXP], sob[MB][MAXP];
 shared bool sm_last;
 
 vec2 kv2(KVT c, uint i) {
@@ -77,21 +79,22 @@ void main() {
         float s[U];
         vec2 vv[U][PPL];   // V rows loaded with K's, before the softmax needs them
         for (uint j = 0; j < U; j++) {
-            uint p = p0 + j;
+            // loaded whether or not p is in the context (its table entry
+            // clamped into the table, its block into the cache), so that the
+            // loads need not wait for the token's position
+            const uint p = p0 + j;
+            const uint blk = min(uint(pc.table.v[table + min(p / pc.block_size, pc.max_blocks - 1u)]), pc.n_blocks - 1u);
+            const uint rb = ((blk * pc.n_kv_heads + kvh) * pc.block_size + p % pc.block_size) * hp;
             float d = 0.0;
-            for (uint k = 0; k < PPL; k++) vv[j][k] = vec2(0.0);
-            if (p < end) {
-                uint blk = uint(pc.table.v[table + p / pc.block_size]);
-                uint rb = ((blk * pc.n_kv_heads + kvh) * pc.block_size + p % pc.block_size) * hp;
-                for (uint k = 0; k < PPL; k++) {
-                    uint dd = k * SG + lane;
-                    if (dd < hp) {
-                        d += dot(qr[k], kv2(pc.kc, rb + dd));
-                        vv[j][k] = kv2(pc.vc, rb + dd);
-                    }
+            for (uint k = 0; k < PPL; k++) {
+                uint dd = k * SG + lane;
+                vv[j][k] = vec2(0.0);
+                if (dd < hp) {
+                    d += dot(qr[k], kv2(pc.kc, rb + dd));
+                    vv[j][k] = kv2(pc.vc, rb + dd);
                 }
             }
-            s[j] = d;
+            s[j] = p < end ? d : 0.0;
         }
         float mx = m;
         for (uint j = 0; j < U; j++) {
@@ -120,12 +123,16 @@ void main() {
     for (uint i = 0; i < nsg; i++) M = max(M, sm_m[i]);
     for (uint i = 0; i < nsg; i++) if (sm_m[i] > -1.0 / 0.0) L += sm_l[i] * exp(sm_m[i] - M);
     float f = m > -1.0 / 0.0 ? exp(m - M) : 0.0;
-    for (uint i = 0; i < nsg; i++) {
-        if (sg == i && f > 0.0)
+    // so += o * f of each subgroup in turn, MB subgroups a round
+    for (uint i0 = 0; i0 < nsg; i0 += MB) {
+        if (sg >= i0 && sg < i0 + MB)
             for (uint k = 0; k < PPL; k++) {
                 uint dd = k * SG + lane;
-                if (dd < hp) so[dd] += o[k] * f;
+                if (dd < hp) sob[sg - i0][dd] = f > 0.0 ? o[k] * f : vec2(0.0);
             }
+        barrier();
+        for (uint d = tid; d < hp; d += WG)
+            for (uint i = i0; i < min(i0 + MB, nsg); i++) so[d] += sob[i - i0][d];
         barrier();
     }
     if (pc.n_splits == 1u) {
