@@ -11,6 +11,7 @@ VK_OK := $(shell pkg-config --exists vulkan 2>/dev/null && command -v glslc >/de
 # crashes on cooperative-matrix arithmetic in glslang 11)
 VK_SHADERS := \
   matvec1_f32:matvec:WT=0,TN=1 matvec1_f16:matvec:WT=1,TN=1 matvec1_bf16:matvec:WT=2,TN=1 matvec1_a4:matvec:WT=3,TN=1 matvec1_a8:matvec:WT=4,TN=1 matvec1_a2:matvec:WT=5,TN=1 \
+  matvec1s_f32:matvec:WT=0,TN=1,U=1 matvec1s_f16:matvec:WT=1,TN=1,U=1 matvec1s_bf16:matvec:WT=2,TN=1,U=1 matvec1s_a4:matvec:WT=3,TN=1,U=1 matvec1s_a8:matvec:WT=4,TN=1,U=1 matvec1s_a2:matvec:WT=5,TN=1,U=1 \
   matvec4_f32:matvec:WT=0,TN=4 matvec4_f16:matvec:WT=1,TN=4 matvec4_bf16:matvec:WT=2,TN=4 matvec4_a4:matvec:WT=3,TN=4 matvec4_a8:matvec:WT=4,TN=4 matvec4_a2:matvec:WT=5,TN=4 \
   matvec8_f32:matvec:WT=0,TN=8 matvec8_f16:matvec:WT=1,TN=8 matvec8_bf16:matvec:WT=2,TN=8 matvec8_a4:matvec:WT=3,TN=8 matvec8_a8:matvec:WT=4,TN=8 matvec8_a2:matvec:WT=5,TN=8 \
   gemm64_f32:gemm:WT=0,TR=4,TT=4 gemm64_f16:gemm:WT=1,TR=4,TT=4 gemm64_bf16:gemm:WT=2,TR=4,TT=4 gemm64_a4:gemm:WT=3,TR=4,TT=4 gemm64_a8:gemm:WT=4,TR=4,TT=4 gemm64_a2:gemm:WT=5,TR=4,TT=4 \

@@ -61,6 +61,7 @@ int vm_backend_vulkan_is_software(const vm_backend *be) { (void)be; return 0; }
 
 #define VK_SHADER_LIST(X)                                                                  \
     X(matvec1_f32) X(matvec1_f16) X(matvec1_bf16) X(matvec1_a4) X(matvec1_a8) X(matvec1_a2) \
+    X(matvec1s_f32) X(matvec1s_f16) X(matvec1s_bf16) X(matvec1s_a4) X(matvec1s_a8) X(matvec1s_a2) \
     X(matvec4_f32) X(matvec4_f16) X(matvec4_bf16) X(matvec4_a4) X(matvec4_a8) X(matvec4_a2) \
     X(matvec8_f32) X(matvec8_f16) X(matvec8_bf16) X(matvec8_a4) X(matvec8_a8) X(matvec8_a2) \
     X(gemm64_f32) X(gemm64_f16) X(gemm64_bf16) X(gemm64_a4) X(gemm64_a8) X(gemm64_a2) \
@@ -88,6 +89,24 @@ static const uint32_t spv_matvec1_a8[] = {
 };
 static const uint32_t spv_matvec1_a2[] = {
 #include "matvec1_a2.inc"
+};
+static const uint32_t spv_matvec1s_f32[] = {
+#include "matvec1s_f32.inc"
+};
+static const uint32_t spv_matvec1s_f16[] = {
+#include "matvec1s_f16.inc"
+};
+static const uint32_t spv_matvec1s_bf16[] = {
+#include "matvec1s_bf16.inc"
+};
+static const uint32_t spv_matvec1s_a4[] = {
+#include "matvec1s_a4.inc"
+};
+static const uint32_t spv_matvec1s_a8[] = {
+#include "matvec1s_a8.inc"
+};
+static const uint32_t spv_matvec1s_a2[] = {
+#include "matvec1s_a2.inc"
 };
 static const uint32_t spv_matvec4_f32[] = {
 #include "matvec4_f32.inc"
@@ -1098,8 +1117,12 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
 #define MATVEC_MAX 8
 // output rows of a matvec workgroup (matvec.comp's RS for one token, NR for
 // token tiles; half as many gate/up pairs when dual)
+// matvec.comp's one-token forms (U = 2, and U = 1 for short rows)
+static int is_matvec1(int sh) { return sh >= SH_matvec1_f32 && sh <= SH_matvec1s_a2; }
+#define MATVEC1_SHORT 2048   // columns at most for the U = 1 form
+
 static uint32_t mv_rows(int sh, int dual) {
-    uint32_t rows = sh >= SH_matvec1_f32 && sh <= SH_matvec1_a2 ? 2 : 8;
+    uint32_t rows = is_matvec1(sh) ? 2 : 8;
     return dual ? rows / 2 : rows;
 }
 
@@ -1178,7 +1201,7 @@ static void vk_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int n
             p->pc.flags |= MM_NORM;
             x = v->norm.x;
         }
-        p->sh = (tn == 1 ? SH_matvec1_f32 : tn == 4 ? SH_matvec4_f32 : SH_matvec8_f32) + kw->wt;
+        p->sh = (tn == 1 ? (w->cols <= MATVEC1_SHORT ? SH_matvec1s_f32 : SH_matvec1_f32) : tn == 4 ? SH_matvec4_f32 : SH_matvec8_f32) + kw->wt;
         p->gx = (rows + mv_rows(p->sh, 0) - 1) / mv_rows(p->sh, 0);
         p->gy = (uint32_t)((n + tn - 1) / tn);
     } else if (cm) {
@@ -1405,7 +1428,7 @@ static int fold_rope_kv(vk_impl *v, const vm_buf *k, const vm_buf *vb, const vm_
             if (v->pend[i].y == want[kind]) pm[kind] = &v->pend[i];
     for (int kind = 0; kind < 3; kind++) {
         struct pend_mm *p = pm[kind];
-        if (!p || p->sh < SH_matvec1_f32 || p->sh > SH_matvec1_a2 || p->pc.n != 1 ||
+        if (!p || !is_matvec1(p->sh) || p->pc.n != 1 ||
             (p->pc.flags & (MM_RES | MM_DUAL | MM_CORR)) || p->pc.rows % (uint32_t)head_dim ||
             p->pc.rows / (uint32_t)head_dim != (uint32_t)(kind == 0 ? rq->n_heads : n_kv_heads))
             return 0;
