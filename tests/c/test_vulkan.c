@@ -358,16 +358,16 @@ static double mass(const float *x, int n, double mx, float t) {
 
 Test(vulkan, sample) {
     NEED_GPU();
-    const int rows = 12, cols = 151936;
+    const int rows = 20, cols = 151936;
     float *x = rnd_vec((size_t)rows * cols, 8.0f);
     x[(size_t)1 * cols + 7] = x[(size_t)1 * cols + 90000] = 50.0f;            // tie: the first wins
     for (int c = 0; c < cols; c++) x[(size_t)2 * cols + c] = c % 3 ? -INFINITY : x[(size_t)2 * cols + c];
     x[(size_t)3 * cols + 5] = NAN;
     x[(size_t)3 * cols + 6] = 60.0f;                                          // NaN never wins
     for (int c = 0; c < cols; c++) x[(size_t)4 * cols + c] = NAN;             // all NaN: 0
-    struct { float t, u32; double u; } prm[12];
-    for (int r = 0; r < rows; r++) {
-        prm[r].t = r < 5 ? 0.0f : r % 2 ? 0.7f : 1.3f;
+    struct { float t, u32; double u; } prm[20];
+    for (int r = 0; r < rows; r++) {   // rows 12-19: sharp (0.05) and flat (5) temperatures
+        prm[r].t = r < 5 ? 0.0f : r >= 12 ? (r % 2 ? 0.05f : 5.0f) : r % 2 ? 0.7f : 1.3f;
         prm[r].u = (rnd() + 1.0) / 2.0 * 0.999;
         prm[r].u32 = (float)prm[r].u;
     }
@@ -377,7 +377,7 @@ Test(vulkan, sample) {
     cpu->sample(cpu, px.c, rows, cols, pp.c, po.c);
     vm_err e = {{0}};
     cr_assert(gpu->sync(gpu, &e) == 0, "%s", e.msg);
-    int32_t ig[12], ic[12];
+    int32_t ig[20], ic[20];
     gpu->buf_read(gpu, po.g, 0, ig, sizeof ig);
     cpu->buf_read(cpu, po.c, 0, ic, sizeof ic);
     cr_expect(ic[1] == 7 && ic[3] == 6 && ic[4] == 0, "cpu argmax: %d %d %d", ic[1], ic[3], ic[4]);

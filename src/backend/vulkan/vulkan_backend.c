@@ -372,7 +372,7 @@ typedef struct vk_impl {
     size_t n_vecs, cap_vecs;
     vm_buf *attn_part;    // attention split partials
     vm_buf *attn_count;   // attention: splits finished per (token, head) (attention.comp sets them back to 0)
-    vm_buf *sample_part;  // sample.comp: per row and column group, (max, index)
+    vm_buf *sample_part;  // sample.comp: per row and column group, (max, index, mass)
     vm_buf *sample_count; // sample.comp: groups finished per row (set back to 0 by the last)
     vm_buf *mm_part;      // split-K GEMM partials
 
@@ -1335,7 +1335,7 @@ static void vk_sample(vm_backend *be, const vm_buf *x, int rows, int cols, const
     uint32_t groups = (uint32_t)((cols + SAMPLE_COLS_PER_GROUP - 1) / SAMPLE_COLS_PER_GROUP);
     if (groups > SAMPLE_MAX_GROUPS) groups = SAMPLE_MAX_GROUPS;
     if (groups < 1) groups = 1;
-    if (groups > 1 && (!scratch_buf(v, &v->sample_part, (size_t)rows * groups * 8) ||
+    if (groups > 1 && (!scratch_buf(v, &v->sample_part, (size_t)rows * groups * 12) ||
                        !count_buf(be, &v->sample_count, (size_t)rows)))
         return;
     struct { VkDeviceAddress x, y, params, part, count; uint32_t rows, cols, has_params, groups; } pc =

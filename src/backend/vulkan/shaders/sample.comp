@@ -9,7 +9,10 @@
 // its first maximum (value, index) to part and counts itself done; the last
 // of the row's groups (an atomic count per row, which it sets back to 0)
 // merges them (the larger value, then the smaller index: the row's first
-// maximum whatever the order) and goes on alone, as the single workgroup.
+// maximum whatever the order) and goes on alone. For a draw, each group also
+// sums its mass relative to its own maximum; the last one rescales those to
+// the row's maximum, finds the group where the CDF reaches u, and draws
+// within that group's columns as the single workgroup does within the row.
 //   params (may be 0): per row 4 words {T (f32), u (f32), u as f64 (2 words, host only)}
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
@@ -22,7 +25,7 @@ layout(local_size_x = WG) in;
 layout(buffer_reference, std430, buffer_reference_align = 4) coherent buffer U32C { uint v[]; };
 layout(push_constant, std430) uniform Params {
     F32 x; I32 y; F32 params;
-    U32C part; U32C count;   // groups > 1: per (row, group) {max bits, index}; per row, groups done
+    U32C part; U32C count;   // groups > 1: per (row, group) {max bits, index, mass bits}; per row, groups done
     uint rows, cols, has_params, groups;
 } pc;
 
@@ -68,11 +71,29 @@ void main() {
     float bm;
     uint b;
     wg_first_max(best, bi, bm, b);
+    const float T = pc.has_params != 0u ? pc.params.v[4u * r] : 0.0;
+    const bool draw = T >= 1e-5;
     if (grouped) {
-        const uint slot = 2u * (r * pc.groups + g);
+        // this group's mass relative to its own maximum (a draw only)
+        float acc = 0.0;
+        const float mg = bm == NEG_INF ? 0.0 : bm / T;
+        if (draw)
+            for (uint c = c0 + t; c < c1; c += WG) acc += exp(pc.x.v[base + c] / T - mg);
+        if (draw) {
+            s_sum[t] = acc;
+            barrier();
+            if (t == 0u) {
+                float m = 0.0;
+                for (uint k = 0; k < WG; k++) m += s_sum[k];
+                s_before = m;
+            }
+            barrier();
+        }
+        const uint slot = 3u * (r * pc.groups + g);
         if (t == 0u) {
             pc.part.v[slot] = floatBitsToUint(bm);
             pc.part.v[slot + 1u] = b;
+            pc.part.v[slot + 2u] = floatBitsToUint(draw ? s_before : 0.0);
         }
         memoryBarrierBuffer();
         barrier();
@@ -83,21 +104,62 @@ void main() {
         best = NEG_INF;
         bi = NONE;
         for (uint k = t; k < pc.groups; k += WG) {
-            const float a = uintBitsToFloat(pc.part.v[2u * (r * pc.groups + k)]);
-            const uint ai = pc.part.v[2u * (r * pc.groups + k) + 1u];
+            const float a = uintBitsToFloat(pc.part.v[3u * (r * pc.groups + k)]);
+            const uint ai = pc.part.v[3u * (r * pc.groups + k) + 1u];
             if (ai != NONE && (bi == NONE || a > best || (a == best && ai < bi))) { best = a; bi = ai; }
         }
         wg_first_max(best, bi, bm, b);
         if (t == 0u) pc.count.v[r] = 0u;   // ready for the next dispatch
     }
-    const float T = pc.has_params != 0u ? pc.params.v[4u * r] : 0.0;
-    if (!(T >= 1e-5)) {                               // greedy
+    if (!draw) {                                      // greedy
         if (t == 0u) pc.y.v[r] = b == NONE ? 0 : int(b);
         return;
     }
-    // ---- the draw: p_i = exp(x_i / T - max / T); thread t sums a contiguous chunk
+    // ---- the draw: p_i = exp(x_i / T - max / T)
     const float mT = bm == NEG_INF ? 0.0 : bm / T;
-    const uint chunk = (cols + WG - 1u) / WG, lo = min(t * chunk, cols), hi = min(lo + chunk, cols);
+    // the columns [r0, r1) to draw in, the mass before them and the target
+    // (grouped: the group where the CDF of the rescaled group masses reaches u)
+    uint r0 = 0u, r1 = cols;
+    if (grouped) {
+        if (t == 0u) {
+            float total = 0.0;
+            for (uint k = 0; k < pc.groups; k++) {
+                const uint slot = 3u * (r * pc.groups + k);
+                const float mk = uintBitsToFloat(pc.part.v[slot]);
+                const float sk = uintBitsToFloat(pc.part.v[slot + 2u]) * exp(mk / T - mT);
+                if (sk > 0.0) total += sk;
+            }
+            const float target = pc.params.v[4u * r + 1u] * total;
+            float before = 0.0;
+            uint last = NONE, k = 0;
+            for (; k < pc.groups; k++) {
+                const uint slot = 3u * (r * pc.groups + k);
+                const float sk = uintBitsToFloat(pc.part.v[slot + 2u]) * exp(uintBitsToFloat(pc.part.v[slot]) / T - mT);
+                if (!(sk > 0.0)) continue;
+                last = k;
+                if (target < before + sk) break;
+                before += sk;
+            }
+            if (k == pc.groups) {                     // rounding: the last group with mass
+                k = last;
+                if (last != NONE)
+                    before -= uintBitsToFloat(pc.part.v[3u * (r * pc.groups + last) + 2u]) *
+                              exp(uintBitsToFloat(pc.part.v[3u * (r * pc.groups + last)]) / T - mT);
+            }
+            s_chunk = k; s_before = before; s_target = target;
+        }
+        barrier();
+        if (s_chunk == NONE) {                        // no mass at all
+            if (t == 0u) pc.y.v[r] = b == NONE ? 0 : int(b);
+            return;
+        }
+        r0 = min(s_chunk * run, cols);
+        r1 = min(r0 + run, cols);
+    }
+    const float pre = grouped ? s_before : 0.0, tgt = grouped ? s_target : 0.0;
+    barrier();   // s_chunk, s_before, s_target read: free again
+    // thread t sums a contiguous chunk of [r0, r1)
+    const uint chunk = (r1 - r0 + WG - 1u) / WG, lo = min(r0 + t * chunk, r1), hi = min(lo + chunk, r1);
     float acc = 0.0;
     for (uint c = lo; c < hi; c++) acc += exp(pc.x.v[base + c] / T - mT);
     s_sum[t] = acc;
@@ -105,8 +167,8 @@ void main() {
     if (t == 0u) {
         float total = 0.0;
         for (uint k = 0; k < WG; k++) total += s_sum[k];
-        const float target = pc.params.v[4u * r + 1u] * total;
-        float before = 0.0;
+        const float target = grouped ? tgt : pc.params.v[4u * r + 1u] * total;
+        float before = pre;
         uint last = NONE, k = 0;
         for (; k < WG; k++) {
             if (!(s_sum[k] > 0.0)) continue;
