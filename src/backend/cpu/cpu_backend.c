@@ -316,7 +316,8 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
 static int is_gguf_block(vm_dtype t) { return t == VM_DTYPE_Q4_0 || t == VM_DTYPE_Q4_1 || t == VM_DTYPE_Q8_0; }
 
 // Quantizes j's n activation rows of w->cols for the integer dots: j->xq,
-// and j->x8 for the 8-token groups. -1: no memory.
+// and j->x8 for the 8-token groups (NULL without memory for it: every token
+// then takes the one-token kernels). -1: no memory at all.
 static int q8_prepare(cpu_impl *c, matmul_job *j, const vm_weight *w, int n) {
     size_t nb = (size_t)(w->cols / 32), need = nb * n;
     if (need > c->xq_blocks) {
@@ -333,7 +334,6 @@ static int q8_prepare(cpu_impl *c, matmul_job *j, const vm_weight *w, int n) {
             c->x8 = aligned_alloc(64, (need8 * sizeof *c->x8 + 63) & ~(size_t)63);
             c->x8_blocks = c->x8 ? need8 : 0;
         }
-        if (!c->x8) return -1;
         j->x8 = c->x8;
     }
     // 8-token groups (quantized, then interleaved) and the tail tokens

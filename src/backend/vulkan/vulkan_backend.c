@@ -1115,12 +1115,12 @@ static void vk_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, floa
 // 64 x 64 tiles (32-token tiles of 128 rows up to 32 tokens), on cooperative
 // matrices for f16/bf16 weights where the device has them.
 #define MATVEC_MAX 8
-// output rows of a matvec workgroup (matvec.comp's RS for one token, NR for
-// token tiles; half as many gate/up pairs when dual)
 // matvec.comp's one-token forms (U = 2, and U = 1 for short rows)
 static int is_matvec1(int sh) { return sh >= SH_matvec1_f32 && sh <= SH_matvec1s_a2; }
 #define MATVEC1_SHORT 2048   // columns at most for the U = 1 form
 
+// output rows of a matvec workgroup (matvec.comp's RS for one token, NR for
+// token tiles; half as many gate/up pairs when dual)
 static uint32_t mv_rows(int sh, int dual) {
     uint32_t rows = is_matvec1(sh) ? 2 : 8;
     return dual ? rows / 2 : rows;
@@ -1334,7 +1334,7 @@ static void vk_sample(vm_backend *be, const vm_buf *x, int rows, int cols, const
     vk_impl *v = impl_of(be);
     uint32_t groups = (uint32_t)((cols + SAMPLE_COLS_PER_GROUP - 1) / SAMPLE_COLS_PER_GROUP);
     if (groups > SAMPLE_MAX_GROUPS) groups = SAMPLE_MAX_GROUPS;
-    if (groups < 1) groups = 1;
+    if (groups < 1 || rows > 65535) groups = 1;   // (grid y: the rows)
     if (groups > 1 && (!scratch_buf(v, &v->sample_part, (size_t)rows * groups * 12) ||
                        !count_buf(be, &v->sample_count, (size_t)rows)))
         return;
