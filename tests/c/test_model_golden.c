@@ -103,3 +103,32 @@ static void check_all(run_cfg rc) {
 Test(model_golden, prefill_then_decode_block16) { check_all((run_cfg){16, 512}); }
 // Small chunks and blocks: prefill split over several forward passes and blocks.
 Test(model_golden, chunked_prefill_block8) { check_all((run_cfg){8, 5}); }
+
+// vm_session_eval_greedy draws the id on the backend: on the CPU backend it
+// must be the argmax of the logits vm_session_eval gives for the same steps.
+Test(model_golden, session_greedy_ids) {
+    vm_err e = {{0}};
+    vm_backend *be = vm_backend_cpu_create(2, &e);
+    cr_assert(be, "%s", e.msg);
+    vm_model *m = vm_model_create(TINY_DIR "/qwen2", be, 64, &e);
+    cr_assert(m, "%s", e.msg);
+    const int vocab = vm_model_get_config(m)->vocab_size;
+    vm_session *a = vm_session_create(m, 64, 16, &e), *b = vm_session_create(m, 64, 16, &e);
+    cr_assert(a && b, "%s", e.msg);
+    int32_t prompt[7] = { 3, 17, 29, 4, 11, 40, 8 }, tok_a, tok_b;
+    float *logits = malloc(sizeof(float) * vocab);
+    cr_assert(vm_session_eval(a, prompt, 7, 0, logits, &e) == 0, "%s", e.msg);
+    tok_a = vm_argmax(logits, vocab);
+    cr_assert(vm_session_eval_greedy(b, prompt, 7, &tok_b, &e) == 0, "%s", e.msg);
+    for (int step = 0; step < 8; step++) {
+        cr_expect(tok_a == tok_b, "step %d: greedy id %d, argmax of the logits %d", step, tok_b, tok_a);
+        cr_assert(vm_session_eval(a, &tok_a, 1, 0, logits, &e) == 0, "%s", e.msg);
+        tok_a = vm_argmax(logits, vocab);
+        cr_assert(vm_session_eval_greedy(b, &tok_b, 1, &tok_b, &e) == 0, "%s", e.msg);
+    }
+    cr_expect(vm_session_eval_greedy(b, &tok_b, 1, NULL, &e) != 0, "a NULL place for the id is an error");
+    free(logits);
+    vm_session_free(a); vm_session_free(b);
+    vm_model_free(m);
+    be->destroy(be);
+}
