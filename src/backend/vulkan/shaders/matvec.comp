@@ -5,11 +5,13 @@
 // of f16/bf16 weights per row, the x chunk loaded once for the workgroup's
 // rows), then subgroupAdd and shared memory sum the lanes.
 //   TN 1 (one token): 64 invocations own RS = 2 weight rows (a gate/up pair
-//     when dual); each invocation loads U = 2 chunks of both rows before it
-//     sums them, U = 1 for rows of at most 2048 columns (the host picks the
-//     form; both sum in the same order). (A subgroup a row, more rows or
-//     chunks in flight, larger workgroups: all measured slower on the H100;
-//     U = 1 on short rows faster: 1.5B decode 477-501 -> 517 tok/s.)
+//     when dual); each invocation loads U chunks of both rows before it
+//     sums them: 4 (2 for affine weights), 1 for rows of at most 2048
+//     columns (the host picks the form; all sum in the same order). (A
+//     subgroup a row, more rows, larger workgroups: all measured slower on
+//     the H100; 1.5B bf16 decode with 2 on every row 477-501 tok/s, 1 on the
+//     short rows 517, and 4 on the long ones (down) 518 -> 522; its MLX
+//     4-bit form gave no clear change with 4.)
 //   TN 4 / 8 (token tiles): 64 invocations own NR = 8 output rows and TN
 //     tokens (workgroup y = token tile), each weight used for the TN tokens.
 // Invocation i sums chunks i, i + 64, i + 128, ... in that order in both
@@ -50,7 +52,7 @@ layout(buffer_reference, std430, buffer_reference_align = 8) buffer RopeDesc {
 #define NR 2          // (corr_term's dual split: j 0 = gate, 1 = up)
 #define RS 2          // weight rows a workgroup (a gate/up pair when dual)
 #ifndef U
-#define U 2           // chunks of each row an invocation loads before it sums them
+#define U (WT <= 2 ? 4 : 2)   // chunks of each row an invocation loads before it sums them (16/32-bit weights: 4)
 #endif
 #else
 #define NR 8
