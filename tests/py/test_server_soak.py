@@ -242,6 +242,8 @@ def test_64_streaming_clients(server):
 
 KILLED_CLIENT = r"""
 import json, sys, urllib.request
+print("ready", flush=True)
+sys.stdin.readline()   # started: wait for the go, so that the four requests arrive together
 req = urllib.request.Request(sys.argv[1] + "/v1/completions", method="POST",
     headers={"Authorization": "Bearer " + sys.argv[2], "Content-Type": "application/json"},
     data=json.dumps({"model": sys.argv[3], "prompt": "Write a very long story:", "max_tokens": 400,
@@ -261,9 +263,17 @@ def test_killed_client_frees_blocks(server):
     m0 = wait_idle(base)
     assert m0[("vllm:kv_cache_usage_perc",)] == 0
     aborted0 = m0[("vllm:request_success_total", ("finished_reason", "abort"))]
-    procs = [subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, base, KEY, NAME], stdout=subprocess.PIPE)
-             for _ in range(4)]
+    # the clients start first (a python start can take a second on a busy
+    # box), then send their requests together: none may finish its 400
+    # tokens before the last one streams
+    procs = [subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, base, KEY, NAME], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE) for _ in range(4)]
     try:
+        for p in procs:
+            assert p.stdout.readline().strip() == b"ready"
+        for p in procs:
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
         for p in procs:
             assert p.stdout.readline().strip() == b"streaming"
         busy = metrics(base)
