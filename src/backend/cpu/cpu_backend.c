@@ -114,29 +114,51 @@ static float vec_get(const vm_tensor *t, int i) { return vm_load_scale(t->dtype,
 
 typedef struct rmsnorm_job {
     const float *x;
-    const vm_tensor *w;
+    const float *w;    // [dim] as f32
     float eps;
     int dim;
     float *out;
 } rmsnorm_job;
 
+// Rows four at a time: each row's sum of squares is its own f64 chain in
+// element order (f32 squares, as ggml), the four chains side by side so the
+// adds overlap instead of waiting on each other.
 static void rmsnorm_rows(void *ctx, int begin, int end, int thread_index) {
     const rmsnorm_job *j = ctx;
     const int dim = j->dim;
-    for (int r = begin; r < end; r++) {
-        const float *xr = j->x + (size_t)r * dim;
-        float *orow = j->out + (size_t)r * dim;
-        double ss = 0;
-        for (int i = 0; i < dim; i++) ss += (double)(xr[i] * xr[i]); // f32 square, f64 sum (as ggml)
-        float inv = 1.0f / sqrtf((float)(ss / dim) + j->eps);
-        for (int i = 0; i < dim; i++) orow[i] = xr[i] * inv * vec_get(j->w, i);
+    for (int r0 = begin; r0 < end; r0 += 4) {
+        const int nr = VM_MIN(4, end - r0);
+        const float *x0 = j->x + (size_t)r0 * dim, *x1 = j->x + (size_t)(r0 + VM_MIN(1, nr - 1)) * dim,
+                    *x2 = j->x + (size_t)(r0 + VM_MIN(2, nr - 1)) * dim, *x3 = j->x + (size_t)(r0 + VM_MIN(3, nr - 1)) * dim;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int i = 0; i < dim; i++) {
+            s0 += (double)(x0[i] * x0[i]);
+            s1 += (double)(x1[i] * x1[i]);
+            s2 += (double)(x2[i] * x2[i]);
+            s3 += (double)(x3[i] * x3[i]);
+        }
+        const double ss[4] = { s0, s1, s2, s3 };
+        for (int k = 0; k < nr; k++) {   // (out may be x: row k is read whole before it is written)
+            const float *xr = j->x + (size_t)(r0 + k) * dim;
+            float *orow = j->out + (size_t)(r0 + k) * dim;
+            const float inv = 1.0f / sqrtf((float)(ss[k] / dim) + j->eps);
+            for (int i = 0; i < dim; i++) orow[i] = xr[i] * inv * j->w[i];
+        }
     }
 }
 
 static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
                         int dim, vm_buf *out) {
-    rmsnorm_job j = { x->data, w, eps, dim, out->data };
-    vm_parallel_for(impl_of(be)->pool, rows, VM_MAX(1, 8192 / VM_MAX(dim, 1)), rmsnorm_rows, &j);
+    cpu_impl *c = impl_of(be);
+    const float *wf = w->data;
+    if (w->dtype != VM_DTYPE_F32) {   // the weight as f32 (exact), once per call
+        float *t = scratch_get(c, (size_t)dim);
+        if (!t) { memset(out->data, 0, (size_t)rows * dim * 4); return; }
+        for (int i = 0; i < dim; i++) t[i] = vec_get(w, i);
+        wf = t;
+    }
+    rmsnorm_job j = { x->data, wf, eps, dim, out->data };
+    vm_parallel_for(c->pool, rows, VM_MAX(4, 8192 / VM_MAX(dim, 1)), rmsnorm_rows, &j);
 }
 
 // ---- matmul: out (n, rows) = x (n, cols) @ W^T -----------------------------
