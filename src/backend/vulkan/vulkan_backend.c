@@ -1325,10 +1325,11 @@ static vm_buf *count_buf(vm_backend *be, vm_buf **b, size_t n) {
     return *b;
 }
 
-// sample.comp: each row's argmax over groups of workgroups (a few thousand
-// columns each), the last of a row's groups to finish merging them.
+// sample.comp: each row over groups of workgroups (a few thousand columns
+// each), the last of a row's groups to finish merging their maxima (and, for
+// a draw, their masses) and drawing.
 #define SAMPLE_COLS_PER_GROUP 2048
-#define SAMPLE_MAX_GROUPS 128
+#define SAMPLE_MAX_GROUPS 128   // at most sample.comp's workgroup (256): one mass an invocation
 
 static void vk_sample(vm_backend *be, const vm_buf *x, int rows, int cols, const vm_buf *params, vm_buf *out) {
     vk_impl *v = impl_of(be);

@@ -54,6 +54,30 @@ void wg_first_max(float best, uint bi, out float bm, out uint b) {
     barrier();   // sv, si free again
 }
 
+// Thread 0: where the CDF over the masses s_sum[0, n) (entries not > 0
+// skipped), starting at before, reaches the target (given, or u times the
+// masses' total): s_chunk (NONE: no mass), the mass before it (s_before) and
+// the target (s_target). Rounding past the end picks the last entry with mass.
+void cdf_pick(uint n, bool given, float target, float before, float u) {
+    if (!given) {
+        float total = 0.0;
+        for (uint k = 0; k < n; k++) if (s_sum[k] > 0.0) total += s_sum[k];
+        target = u * total;
+    }
+    uint last = NONE, k = 0;
+    for (; k < n; k++) {
+        if (!(s_sum[k] > 0.0)) continue;
+        last = k;
+        if (target < before + s_sum[k]) break;
+        before += s_sum[k];
+    }
+    if (k == n) {
+        k = last;
+        if (last != NONE) before -= s_sum[last];
+    }
+    s_chunk = k; s_before = before; s_target = target;
+}
+
 void main() {
     const bool grouped = pc.groups > 1u;
     const uint r = grouped ? gl_WorkGroupID.y : gl_WorkGroupID.x + gl_WorkGroupID.y * 65535u;
@@ -121,33 +145,12 @@ void main() {
     // (grouped: the group where the CDF of the rescaled group masses reaches u)
     uint r0 = 0u, r1 = cols;
     if (grouped) {
-        if (t == 0u) {
-            float total = 0.0;
-            for (uint k = 0; k < pc.groups; k++) {
-                const uint slot = 3u * (r * pc.groups + k);
-                const float mk = uintBitsToFloat(pc.part.v[slot]);
-                const float sk = uintBitsToFloat(pc.part.v[slot + 2u]) * exp(mk / T - mT);
-                if (sk > 0.0) total += sk;
-            }
-            const float target = pc.params.v[4u * r + 1u] * total;
-            float before = 0.0;
-            uint last = NONE, k = 0;
-            for (; k < pc.groups; k++) {
-                const uint slot = 3u * (r * pc.groups + k);
-                const float sk = uintBitsToFloat(pc.part.v[slot + 2u]) * exp(uintBitsToFloat(pc.part.v[slot]) / T - mT);
-                if (!(sk > 0.0)) continue;
-                last = k;
-                if (target < before + sk) break;
-                before += sk;
-            }
-            if (k == pc.groups) {                     // rounding: the last group with mass
-                k = last;
-                if (last != NONE)
-                    before -= uintBitsToFloat(pc.part.v[3u * (r * pc.groups + last) + 2u]) *
-                              exp(uintBitsToFloat(pc.part.v[3u * (r * pc.groups + last)]) / T - mT);
-            }
-            s_chunk = k; s_before = before; s_target = target;
+        if (t < pc.groups) {   // (groups <= WG)
+            const uint slot = 3u * (r * pc.groups + t);
+            s_sum[t] = uintBitsToFloat(pc.part.v[slot + 2u]) * exp(uintBitsToFloat(pc.part.v[slot]) / T - mT);
         }
+        barrier();
+        if (t == 0u) cdf_pick(pc.groups, false, 0.0, 0.0, pc.params.v[4u * r + 1u]);
         barrier();
         if (s_chunk == NONE) {                        // no mass at all
             if (t == 0u) pc.y.v[r] = b == NONE ? 0 : int(b);
@@ -157,31 +160,14 @@ void main() {
         r1 = min(r0 + run, cols);
     }
     const float pre = grouped ? s_before : 0.0, tgt = grouped ? s_target : 0.0;
-    barrier();   // s_chunk, s_before, s_target read: free again
+    barrier();   // s_sum, s_chunk, s_before, s_target read: free again
     // thread t sums a contiguous chunk of [r0, r1)
     const uint chunk = (r1 - r0 + WG - 1u) / WG, lo = min(r0 + t * chunk, r1), hi = min(lo + chunk, r1);
     float acc = 0.0;
     for (uint c = lo; c < hi; c++) acc += exp(pc.x.v[base + c] / T - mT);
     s_sum[t] = acc;
     barrier();
-    if (t == 0u) {
-        float total = 0.0;
-        for (uint k = 0; k < WG; k++) total += s_sum[k];
-        const float target = grouped ? tgt : pc.params.v[4u * r + 1u] * total;
-        float before = pre;
-        uint last = NONE, k = 0;
-        for (; k < WG; k++) {
-            if (!(s_sum[k] > 0.0)) continue;
-            last = k;
-            if (target < before + s_sum[k]) break;
-            before += s_sum[k];
-        }
-        if (k == WG) {                                // rounding: the last chunk with mass
-            k = last;
-            if (last != NONE) before -= s_sum[last];
-        }
-        s_chunk = k; s_before = before; s_target = target;
-    }
+    if (t == 0u) cdf_pick(WG, grouped, tgt, pre, pc.params.v[4u * r + 1u]);
     barrier();
     if (s_chunk == NONE) {                            // no mass at all
         if (t == 0u) pc.y.v[r] = b == NONE ? 0 : int(b);
