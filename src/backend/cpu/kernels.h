@@ -5,6 +5,7 @@
 #define VM_CPU_KERNELS_H
 
 #include "../../loader/weights.h"
+#include <string.h>
 
 // Per-activation-row precomputation shared by all output rows of a matmul:
 // the sum of x over each group (32 for GGUF blocks, group_size for MLX),
@@ -62,25 +63,21 @@ void vm_q_unpack8(vm_dtype t, const void *group, int64_t cols, void *rows);
 // its own vector version; test_kernels holds it to vm_q_unpack8).
 static inline void vm_q_unpack8_by(vm_dtype t, const void *group, int64_t cols, void *rows,
                                    void (*words)(const uint8_t *q, uint8_t *dst, size_t stride)) {
+    // every layout leads with d (a Q4_1 block: d, m; a group: d[8], m[8]), the quants follow
     const int64_t nb = cols / VM_QK;
+    const int q41 = t == VM_DTYPE_Q4_1, q80 = t == VM_DTYPE_Q8_0;
+    const size_t bsz = q41 ? sizeof(vm_block_q4_1) : q80 ? sizeof(vm_block_q8_0) : sizeof(vm_block_q4_0);
+    const size_t gsz = q41 ? sizeof(vm_block_q4_1x8) : q80 ? sizeof(vm_block_q8_0x8) : sizeof(vm_block_q4_0x8);
+    const size_t stride = (size_t)nb * bsz;   // from a row's block to the next row's
     for (int64_t ib = 0; ib < nb; ib++) {
-        if (t == VM_DTYPE_Q4_0) {
-            const vm_block_q4_0x8 *g = (const vm_block_q4_0x8 *)group + ib;
-            vm_block_q4_0 *b = (vm_block_q4_0 *)rows + ib;
-            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
-            words(g->q, b->qs, (size_t)nb * sizeof *b);
-        } else if (t == VM_DTYPE_Q4_1) {
-            const vm_block_q4_1x8 *g = (const vm_block_q4_1x8 *)group + ib;
-            vm_block_q4_1 *b = (vm_block_q4_1 *)rows + ib;
-            for (int r = 0; r < 8; r++) { b[r * nb].d = g->d[r]; b[r * nb].m = g->m[r]; }
-            words(g->q, b->qs, (size_t)nb * sizeof *b);
-        } else {
-            const vm_block_q8_0x8 *g = (const vm_block_q8_0x8 *)group + ib;
-            vm_block_q8_0 *b = (vm_block_q8_0 *)rows + ib;
-            for (int r = 0; r < 8; r++) b[r * nb].d = g->d[r];
-            words((const uint8_t *)g->q, (uint8_t *)b->qs, (size_t)nb * sizeof *b);
-            words((const uint8_t *)g->q + 128, (uint8_t *)b->qs + 16, (size_t)nb * sizeof *b);
-        }
+        const uint8_t *g = (const uint8_t *)group + (size_t)ib * gsz;
+        uint8_t *b = (uint8_t *)rows + (size_t)ib * bsz;
+        for (int r = 0; r < 8; r++)
+            for (int i = 0; i <= q41; i++) memcpy(b + r * stride + 2 * i, g + 16 * i + 2 * r, 2);
+        const uint8_t *gq = g + (q41 ? 32 : 16);
+        uint8_t *bq = b + (q41 ? 4 : 2);
+        words(gq, bq, stride);
+        if (q80) words(gq + 128, bq + 16, stride);   // Q8_0: 8 chunks, two transposes
     }
 }
 

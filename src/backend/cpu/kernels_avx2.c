@@ -554,6 +554,14 @@ static float dot_f16_chain8(const uint16_t *a, const uint16_t *b, int n) {
     return hsum8(acc);
 }
 
+// dot_f16_acc32's reduction of its summed accumulators: low half + high
+// half, then two horizontal adds
+static inline float hsum_acc32(__m256 s) {
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    t = _mm_hadd_ps(t, t);
+    return _mm_cvtss_f32(_mm_hadd_ps(t, t));
+}
+
 static float dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     const int np = n - n % 32;
@@ -563,11 +571,7 @@ static float dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n) {
         s2 = _mm256_fmadd_ps(f16x8(a + i + 16), f16x8(b + i + 16), s2);
         s3 = _mm256_fmadd_ps(f16x8(a + i + 24), f16x8(b + i + 24), s3);
     }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    t = _mm_hadd_ps(t, t);
-    t = _mm_hadd_ps(t, t);
-    double sum = _mm_cvtss_f32(t);
+    double sum = hsum_acc32(_mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3)));
     for (int i = np; i < n; i++) sum += (double)(h2f(a[i]) * h2f(b[i]));
     return (float)sum;
 }
@@ -663,15 +667,7 @@ static void dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int 
             _mm256_storeu_ps(out + p, acc32 ? hsum_pairs8x8(sv)
                                             : hsum8x8(sv[0], sv[1], sv[2], sv[3], sv[4], sv[5], sv[6], sv[7]));
         } else {
-            for (int u = 0; u < m; u++) {
-                if (acc32) {
-                    __m128 t = _mm_add_ps(_mm256_castps256_ps128(sv[u]), _mm256_extractf128_ps(sv[u], 1));
-                    t = _mm_hadd_ps(t, t);
-                    out[p + u] = _mm_cvtss_f32(_mm_hadd_ps(t, t));
-                } else {
-                    out[p + u] = hsum8(sv[u]);
-                }
-            }
+            for (int u = 0; u < m; u++) out[p + u] = acc32 ? hsum_acc32(sv[u]) : hsum8(sv[u]);
         }
     }
 }
