@@ -27,6 +27,16 @@ if [ -x "$BUILD/tests/test_vulkan" ] && [ -z "${SKIP_GPU_PASS:-}" ] &&
         pass=$((pass+1)); else fail=$((fail+1)); failed="$failed test_engine_model(lavapipe)"; fi
     rm -f "$log"
 fi
+# The default model's golden tests on lavapipe too (a decode step takes about
+# 3 s there: the first 2 prompts, 4 greedy tokens each, teacher forcing over
+# them), when the model file is present.
+if [ -x "$BUILD/tests/test_vulkan" ] && [ -z "${SKIP_GPU_PASS:-}" ] && [ -r "$VLLM_METAL_TEST_MODEL" ] &&
+   ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+    echo "== $BUILD/tests/test_smollm2_reference on lavapipe"
+    if VLLM_METAL_TEST_BACKEND=vulkan VLLM_METAL_VULKAN_DEVICE=llvmpipe VM_TEST_PROMPTS=2 VM_TEST_GREEDY=4 \
+        "$BUILD/tests/test_smollm2_reference" --jobs 1 --verbose; then
+        pass=$((pass+1)); else fail=$((fail+1)); failed="$failed test_smollm2_reference(lavapipe)"; fi
+fi
 echo "C test binaries: $pass passed, $fail failed${failed:+ ($failed)}"
 "$CACHE/venv/bin/python" -m pytest -q tests/py
 py=$?
