@@ -326,38 +326,47 @@ Test(kernels, ggml_arithmetic_bit_identical) {
         for (int acc32 = 0; acc32 < 2; acc32++) {  // one row of any length (the odd ones take fallbacks)
             float x, y = acc32 ? vm_generic_dot_f16_acc32(a, b, n) : vm_generic_dot_f16_chain8(a, b, n);
             const uint16_t *rows1[1] = { a };
-            simd->dots_f16(rows1, 1, b, n, acc32, &x);
+            simd->dots_f16(rows1, 1, b, 1, n, acc32, &x, 1);
             cr_expect(memcmp(&x, &y, 4) == 0, "dots_f16 n=%d acc32=%d: %a vs %a", n, acc32, x, y);
         }
     }
     // attention helpers over row pointers (scattered rows, as cache blocks
-    // are): the same bits as the one-row kernels; every lane count and start
+    // are), for 1 to 7 queries at once (the heads of a KV head): each query
+    // the same bits as the one-row kernels; every lane count and start
     for (int hd = 8; hd <= 136; hd += 8) {
-        enum { NP = 45 };
-        uint16_t kb[NP * 136], q[136];
+        enum { NP = 45, NQ = 7 };
+        uint16_t kb[NP * 136], q[NQ * 136];
         const uint16_t *rows[NP];
         for (int i = 0; i < NP * hd; i++) kb[i] = vm_f32_to_f16(frand());
-        for (int i = 0; i < hd; i++) q[i] = vm_f32_to_f16(frand());
+        for (int i = 0; i < NQ * hd; i++) q[i] = vm_f32_to_f16(frand());
         for (int p = 0; p < NP; p++) rows[p] = kb + (size_t)((p * 7) % NP) * hd;
-        for (int acc32 = 0; acc32 < 2; acc32++) {
-            for (int n = 1; n <= NP; n += 11) {
-                float o1[NP], o2[NP];
-                simd->dots_f16(rows, n, q, hd, acc32, o1);
-                for (int p = 0; p < n; p++)
-                    o2[p] = acc32 ? vm_generic_dot_f16_acc32(rows[p], q, hd) : vm_generic_dot_f16_chain8(rows[p], q, hd);
-                cr_expect(memcmp(o1, o2, sizeof(float) * n) == 0, "dots_f16 hd=%d acc32=%d n=%d", hd, acc32, n);
+        for (int nq = 1; nq <= NQ; nq += 2 + (nq == 1)) {   // 1 3 5 7
+            for (int acc32 = 0; acc32 < 2; acc32++) {
+                for (int n = 1; n <= NP; n += 11) {
+                    float o1[NQ * (NP + 3)], o2[NQ * (NP + 3)];
+                    simd->dots_f16(rows, n, q, nq, hd, acc32, o1, NP + 3);
+                    for (int i = 0; i < nq; i++)
+                        for (int p = 0; p < n; p++)
+                            o2[i * (NP + 3) + p] = acc32 ? vm_generic_dot_f16_acc32(rows[p], q + i * hd, hd)
+                                                         : vm_generic_dot_f16_chain8(rows[p], q + i * hd, hd);
+                    for (int i = 0; i < nq; i++)
+                        cr_expect(memcmp(o1 + i * (NP + 3), o2 + i * (NP + 3), sizeof(float) * n) == 0,
+                                  "dots_f16 hd=%d acc32=%d n=%d query %d of %d", hd, acc32, n, i, nq);
+                }
             }
+            float w[NQ * NP];
+            for (int p = 0; p < NQ * NP; p++) w[p] = frand();
+            for (int lanes = 8; lanes <= 32; lanes *= 4)
+                for (int n = 1; n <= NP; n += 11) {
+                    static float a1[NQ * (32 * 136 + 5)], a2[NQ * (32 * 136 + 5)];
+                    const size_t as = 32 * (size_t)hd + 5;   // any stride
+                    for (size_t i = 0; i < nq * as; i++) a1[i] = a2[i] = frand();
+                    simd->axpy_lanes_f16(a1, as, w, NP, nq, lanes, 29, rows, n, hd);
+                    ref->axpy_lanes_f16(a2, as, w, NP, nq, lanes, 29, rows, n, hd);
+                    cr_expect(memcmp(a1, a2, sizeof(float) * nq * as) == 0, "axpy_lanes_f16 hd=%d lanes=%d n=%d nq=%d",
+                              hd, lanes, n, nq);
+                }
         }
-        float w[NP];
-        for (int p = 0; p < NP; p++) w[p] = frand();
-        for (int lanes = 8; lanes <= 32; lanes *= 4)
-            for (int n = 1; n <= NP; n += 11) {
-                static float a1[32 * 136], a2[32 * 136];
-                for (int i = 0; i < 32 * hd; i++) a1[i] = a2[i] = frand();
-                simd->axpy_lanes_f16(a1, lanes, 29, w, rows, n, hd);
-                ref->axpy_lanes_f16(a2, lanes, 29, w, rows, n, hd);
-                cr_expect(memcmp(a1, a2, sizeof(float) * 32 * (size_t)hd) == 0, "axpy_lanes_f16 hd=%d lanes=%d n=%d", hd, lanes, n);
-            }
     }
     for (int n = 1; n <= 300; n += 13) {
         float x[300], y1[300], y2[300], u[300];

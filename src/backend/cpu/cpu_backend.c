@@ -551,14 +551,17 @@ typedef struct attn_job {
     float *out;
 } attn_job;
 
-// Per-thread scratch: scores (padded to 8), q as f16, 32 partial-sum rows of
-// head_dim, then (from attn_rows_at floats on) the K and V row pointers of
-// each position (f16 cache).
-static size_t attn_rows_at(int max_ctx_len, int head_dim) {
-    return ((size_t)max_ctx_len + 8 + (size_t)head_dim + 32 * (size_t)head_dim + 15) & ~(size_t)15;
+// Per-thread scratch for one item (the `group` query heads of a KV head, one
+// token): per head its scores (padded to 8), q as f16, and 32 partial-sum
+// rows of head_dim; then (from attn_rows_at floats on) the K and V row
+// pointers of each position (f16 cache).
+static size_t attn_score_stride(int max_ctx_len) { return ((size_t)max_ctx_len + 8 + 7) & ~(size_t)7; }
+static size_t attn_rows_at(int max_ctx_len, int head_dim, int group) {
+    return ((size_t)group * (attn_score_stride(max_ctx_len) + (size_t)head_dim + 32 * (size_t)head_dim) + 15) &
+           ~(size_t)15;
 }
-static size_t attn_scratch_floats(int max_ctx_len, int head_dim) {
-    return attn_rows_at(max_ctx_len, head_dim) + 2 * (size_t)max_ctx_len * (sizeof(void *) / sizeof(float));
+static size_t attn_scratch_floats(int max_ctx_len, int head_dim, int group) {
+    return attn_rows_at(max_ctx_len, head_dim, group) + 2 * (size_t)max_ctx_len * (sizeof(void *) / sizeof(float));
 }
 
 // f32 cache: scores over the sequence's cached positions [0, pos], softmax,
@@ -584,77 +587,85 @@ static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *
 }
 
 // f16 cache: llama.cpp's CPU attention without flash attention, rounding for
-// rounding. q and the softmax weights are rounded to f16; K.q and weights.V are
-// f16 dot products whose summation order depends on how llama.cpp ran the
-// token: a prompt batch goes through its f16 GEMM (one 8-lane chain per
-// output), a single decoded token through its f16 vec_dot (32 partial sums).
-// `single` picks the second. Positions past the context count as masked
-// zeros, which leave every partial sum unchanged.
-static void attn_one_f16(const attn_job *j, const uint16_t *const *krows, const uint16_t *const *vrows,
-                         const float *q, int n_ctx, int single, float *scratch, float *o) {
+// rounding, for the g query heads (q, o: g rows of head_dim) that share one
+// KV head (the kernels convert each K and V row once for all of them). q and
+// the softmax weights are rounded to f16; K.q and weights.V are f16 dot
+// products whose summation order depends on how llama.cpp ran the token: a
+// prompt batch goes through its f16 GEMM (one 8-lane chain per output), a
+// single decoded token through its f16 vec_dot (32 partial sums). `single`
+// picks the second. Positions past the context count as masked zeros, which
+// leave every partial sum unchanged.
+static void attn_group_f16(const attn_job *j, const uint16_t *const *krows, const uint16_t *const *vrows,
+                           const float *q, int g, int n_ctx, int single, float *scratch, float *o) {
     const vm_cpu_kernels *k = j->k;
     const vm_attn_meta *m = j->m;
     const int hd = j->head_dim;
-    float *sc = scratch;
-    uint16_t *qh = (uint16_t *)(scratch + m->max_ctx_len + 8);
-    float *acc = scratch + m->max_ctx_len + 8 + hd;
-    k->to_f16(qh, q, hd);
+    const size_t ss = attn_score_stride(m->max_ctx_len), as = 32 * (size_t)hd;
+    float *scores = scratch;
+    uint16_t *qh = (uint16_t *)(scratch + (size_t)g * ss);
+    float *accs = scratch + (size_t)g * (ss + hd);
+    k->to_f16(qh, q, g * hd);
     const int acc32 = single || hd % 8;
-    k->dots_f16(krows, n_ctx, qh, hd, acc32, sc);
-    float mx = -INFINITY;
-    for (int p = 0; p < n_ctx; p++) {
-        sc[p] *= j->scale;
-        if (sc[p] > mx) mx = sc[p];
+    k->dots_f16(krows, n_ctx, qh, g, hd, acc32, scores, ss);
+    for (int h = 0; h < g; h++) {
+        float *sc = scores + h * ss, mx = -INFINITY;
+        for (int p = 0; p < n_ctx; p++) {
+            sc[p] *= j->scale;
+            if (sc[p] > mx) mx = sc[p];
+        }
+        double sum = k->exp_sum(sc, sc, mx, n_ctx);
+        k->round_f16(sc, sc, (float)(1.0 / sum), n_ctx);
     }
-    double sum = k->exp_sum(sc, sc, mx, n_ctx);
-    k->round_f16(sc, sc, (float)(1.0 / sum), n_ctx);
     // weights.V: lane p % lanes of the reference's partial sums gets position p
     const int lanes = single ? 32 : 8, used = VM_MIN(lanes, n_ctx);
-    memset(acc, 0, (size_t)used * hd * 4);
-    k->axpy_lanes_f16(acc, lanes, 0, sc, vrows, n_ctx, hd);
-    if (used < lanes) memset(acc + (size_t)used * hd, 0, (size_t)(lanes - used) * hd * 4);
-    float *a = acc;
+    for (int h = 0; h < g; h++) memset(accs + h * as, 0, (size_t)used * hd * 4);
+    k->axpy_lanes_f16(accs, as, scores, ss, g, lanes, 0, vrows, n_ctx, hd);
+    for (int h = 0; h < g; h++) {
+        float *a = accs + h * as, *oh = o + (size_t)h * hd;
+        if (used < lanes) memset(a + (size_t)used * hd, 0, (size_t)(lanes - used) * hd * 4);
 #define LANE(l) (a + (size_t)(l) * hd)
-    if (single) {
-        // four 8-lane vectors (lanes 0-7, 8-15, ...): (v0 + v2) + (v1 + v3), then
-        // halves added pairwise: ((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))
-        for (int l = 0; l < 8; l++) {
-            float *s0 = LANE(l);
-            const float *s1 = LANE(16 + l), *s2 = LANE(8 + l), *s3 = LANE(24 + l);
-            for (int d = 0; d < hd; d++) s0[d] = (s0[d] + s1[d]) + (s2[d] + s3[d]);
+        if (single) {
+            // four 8-lane vectors (lanes 0-7, 8-15, ...): (v0 + v2) + (v1 + v3), then
+            // halves added pairwise: ((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))
+            for (int l = 0; l < 8; l++) {
+                float *s0 = LANE(l);
+                const float *s1 = LANE(16 + l), *s2 = LANE(8 + l), *s3 = LANE(24 + l);
+                for (int d = 0; d < hd; d++) s0[d] = (s0[d] + s1[d]) + (s2[d] + s3[d]);
+            }
+            for (int d = 0; d < hd; d++) {
+                float t0 = LANE(0)[d] + LANE(4)[d], t1 = LANE(1)[d] + LANE(5)[d];
+                float t2 = LANE(2)[d] + LANE(6)[d], t3 = LANE(3)[d] + LANE(7)[d];
+                oh[d] = (t0 + t1) + (t2 + t3);
+            }
+        } else {
+            for (int d = 0; d < hd; d++) {                  // vm_hsum8 over the 8 lanes
+                float x0 = LANE(0)[d] + LANE(4)[d], x1 = LANE(1)[d] + LANE(5)[d];
+                float x2 = LANE(2)[d] + LANE(6)[d], x3 = LANE(3)[d] + LANE(7)[d];
+                oh[d] = (x0 + x2) + (x1 + x3);
+            }
         }
-        for (int d = 0; d < hd; d++) {
-            float t0 = LANE(0)[d] + LANE(4)[d], t1 = LANE(1)[d] + LANE(5)[d];
-            float t2 = LANE(2)[d] + LANE(6)[d], t3 = LANE(3)[d] + LANE(7)[d];
-            o[d] = (t0 + t1) + (t2 + t3);
-        }
-    } else {
-        for (int d = 0; d < hd; d++) {                  // vm_hsum8 over the 8 lanes
-            float x0 = LANE(0)[d] + LANE(4)[d], x1 = LANE(1)[d] + LANE(5)[d];
-            float x2 = LANE(2)[d] + LANE(6)[d], x3 = LANE(3)[d] + LANE(7)[d];
-            o[d] = (x0 + x2) + (x1 + x3);
-        }
-    }
 #undef LANE
+    }
 }
 
-// Items run head by head (item = h * n_tokens + t), so the tokens a thread
-// takes in a row mostly share a sequence and KV head: the cache row pointers
-// (f16 cache) are then built once and only extended as the context grows.
+// One item: the query heads of KV head kvh for token t (item = kvh * n_tokens
+// + t). Items run KV head by KV head, so the tokens a thread takes in a row
+// mostly share a sequence and KV head: the cache row pointers (f16 cache)
+// are then built once and only extended as the context grows.
 static void attn_items(void *ctx, int begin, int end, int thread_index) {
     const attn_job *j = ctx;
     const vm_attn_meta *m = j->m;
     const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads, bs = m->block_size;
     float *scratch = j->scores + (size_t)thread_index * j->per_thread;
-    const uint16_t **krows = (const uint16_t **)(scratch + attn_rows_at(m->max_ctx_len, hd));
+    const uint16_t **krows = (const uint16_t **)(scratch + attn_rows_at(m->max_ctx_len, hd, group));
     const uint16_t **vrows = krows + m->max_ctx_len;
     int built_seq = -1, built_kvh = -1, built = 0;   // krows/vrows hold positions [0, built) of these
     for (int item = begin; item < end; item++) {
-        int h = item / m->n_tokens, t = item % m->n_tokens, kvh = h / group;
+        int kvh = item / m->n_tokens, t = item % m->n_tokens;
         int s = j->seq_of_token[t];
         const int32_t *blocks = j->table + (size_t)s * m->max_blocks_per_seq;
-        const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
-        float *o = j->out + ((size_t)t * j->n_heads + h) * hd;
+        const float *q = j->q + ((size_t)t * j->n_heads + (size_t)kvh * group) * hd;
+        float *o = j->out + ((size_t)t * j->n_heads + (size_t)kvh * group) * hd;
         int n_ctx = j->pos[t] + 1;
         if (m->kv_dtype == VM_DTYPE_F16) {
             if (s != built_seq || kvh != built_kvh) { built_seq = s; built_kvh = kvh; built = 0; }
@@ -664,9 +675,10 @@ static void attn_items(void *ctx, int begin, int end, int thread_index) {
                 vrows[built] = (const uint16_t *)j->vc + off;
             }
             int single = j->decode_from && j->pos[t] >= j->decode_from[s];
-            attn_one_f16(j, krows, vrows, q, n_ctx, single, scratch, o);
+            attn_group_f16(j, krows, vrows, q, group, n_ctx, single, scratch, o);
         } else {
-            attn_one_f32(j, blocks, q, n_ctx, kvh, scratch, o);
+            for (int h = 0; h < group; h++)
+                attn_one_f32(j, blocks, q + (size_t)h * hd, n_ctx, kvh, scratch, o + (size_t)h * hd);
         }
     }
 }
@@ -676,7 +688,7 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
                           vm_buf *out) {
     cpu_impl *c = impl_of(be);
     int nt = vm_thread_pool_size(c->pool);
-    size_t per = attn_scratch_floats(m->max_ctx_len, head_dim);
+    size_t per = attn_scratch_floats(m->max_ctx_len, head_dim, n_heads / n_kv_heads);
     size_t need = (size_t)nt * per + (size_t)m->n_tokens;
     float *scratch = scratch_get(c, need);
     if (!scratch) { memset(out->data, 0, (size_t)m->n_tokens * n_heads * head_dim * 4); return; }
@@ -687,7 +699,7 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
     attn_job j = { c->k, m, q->data, k_cache->data, v_cache->data, m->positions->data, seq_of_token,
                    m->block_table->data, m->decode_from ? m->decode_from->data : NULL,
                    n_heads, n_kv_heads, head_dim, scale, scratch, per, out->data };
-    vm_parallel_for(c->pool, m->n_tokens * n_heads, 1, attn_items, &j);
+    vm_parallel_for(c->pool, m->n_tokens * n_kv_heads, 1, attn_items, &j);
 }
 
 // ---- elementwise ---------------------------------------------------------------

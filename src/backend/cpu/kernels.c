@@ -347,13 +347,20 @@ void vm_generic_round_f16(float *dst, const float *src, float scale, int n) {
     for (int i = 0; i < n; i++) dst[i] = vm_f16_to_f32(vm_f32_to_f16(src[i] * scale));
 }
 
-void vm_generic_dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int hd, int acc32, float *out) {
-    for (int p = 0; p < n; p++)
-        out[p] = acc32 ? vm_generic_dot_f16_acc32(rows[p], q, hd) : vm_generic_dot_f16_chain8(rows[p], q, hd);
+void vm_generic_dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int nq, int hd, int acc32,
+                         float *out, size_t ostride) {
+    for (int i = 0; i < nq; i++)
+        for (int p = 0; p < n; p++) {
+            const uint16_t *qi = q + (size_t)i * hd;
+            out[i * ostride + p] = acc32 ? vm_generic_dot_f16_acc32(rows[p], qi, hd) : vm_generic_dot_f16_chain8(rows[p], qi, hd);
+        }
 }
 
-void vm_generic_axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd) {
-    for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], rows[p], hd);
+void vm_generic_axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
+                               const uint16_t *const *rows, int n, int hd) {
+    for (int i = 0; i < nq; i++)
+        for (int p = 0; p < n; p++)
+            axpy_f16(acc + i * astride + (size_t)((p0 + p) & (lanes - 1)) * hd, w[i * wstride + p], rows[p], hd);
 }
 
 const vm_cpu_kernels vm_kernels_generic = {

@@ -131,12 +131,17 @@ typedef struct vm_cpu_kernels {
     void (*to_f16)(uint16_t *dst, const float *src, int n);
     void (*round_f16)(float *dst, const float *src, float scale, int n);
     // Attention over a sequence's cached positions, row p at rows[p] (head_dim
-    // f16 each): out[p] = dot(rows[p], q) for p < n in the order of
-    // vm_generic_dot_f16_acc32 (acc32 != 0) or _chain8; and acc[(p0 + p) % lanes]
-    // += w[p] * rows[p] (rows of hd floats, fused, in increasing p; lanes a power
-    // of two) for p < n.
-    void (*dots_f16)(const uint16_t *const *rows, int n, const uint16_t *q, int hd, int acc32, float *out);
-    void (*axpy_lanes_f16)(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd);
+    // f16 each), for nq queries at once (the heads that share a KV head: each
+    // row is converted once for all of them): out[i * ostride + p] =
+    // dot(rows[p], q + i * hd) for p < n in the order of
+    // vm_generic_dot_f16_acc32 (acc32 != 0) or _chain8; and for each query i,
+    // acc_i[(p0 + p) % lanes] += w_i[p] * rows[p] (acc_i = acc + i * astride:
+    // lanes rows of hd floats, fused, in increasing p; w_i = w + i * wstride;
+    // lanes a power of two) for p < n. Every query's numbers are those of nq = 1.
+    void (*dots_f16)(const uint16_t *const *rows, int n, const uint16_t *q, int nq, int hd, int acc32,
+                     float *out, size_t ostride);
+    void (*axpy_lanes_f16)(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
+                           const uint16_t *const *rows, int n, int hd);
 } vm_cpu_kernels;
 
 // The exponential llama.cpp's x86/ARM vector code uses (a degree-5 polynomial
@@ -157,8 +162,10 @@ double vm_generic_exp_sum(float *y, const float *x, float max, int n);
 void vm_generic_silu_mul(float *out, const float *g, const float *u, size_t n);
 void vm_generic_to_f16(uint16_t *dst, const float *src, int n);
 void vm_generic_round_f16(float *dst, const float *src, float scale, int n);
-void vm_generic_dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int hd, int acc32, float *out);
-void vm_generic_axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd);
+void vm_generic_dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int nq, int hd, int acc32,
+                         float *out, size_t ostride);
+void vm_generic_axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
+                               const uint16_t *const *rows, int n, int hd);
 
 extern const vm_cpu_kernels vm_kernels_generic;
 #if defined(__x86_64__)

@@ -634,74 +634,141 @@ static inline __m256 hsum_pairs8x8(const __m256 v[8]) {
     return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-static void dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int hd, int acc32, float *out) {
-    if (hd > 256 || hd % (acc32 ? 32 : 8)) {
-        for (int p = 0; p < n; p++) out[p] = acc32 ? dot_f16_acc32(rows[p], q, hd) : dot_f16_chain8(rows[p], q, hd);
-        return;
-    }
-    __m256 qv[32], sv[8];
-    const int nv = hd / 8;
-    for (int i = 0; i < nv; i++) qv[i] = f16x8(q + 8 * i);
-    int p = 0;
-    for (; p < n; p += 8) {
+// nq (<= 4) queries (f32, 256 apart in qf) against rows 8 at a time: each
+// row's f16 chunks are converted once for all the queries.
+static inline __attribute__((always_inline)) void dots_f16_q(const uint16_t *const *rows, int n, const float *qf,
+                                                             const int nq, int nv, int acc32, float *out,
+                                                             size_t ostride) {
+    __m256 sv[4][8];
+    for (int p = 0; p < n; p += 8) {
         const int m = VM_MIN(8, n - p);
         for (int u = 0; u < m; u++) {
             const uint16_t *r = rows[p + u];
             if (acc32) {
-                __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+                __m256 s[4][4];
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < nq; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = _mm256_setzero_ps();
                 for (int i = 0; i < nv; i += 4) {
-                    s0 = _mm256_fmadd_ps(f16x8(r + 8 * i), qv[i], s0);
-                    s1 = _mm256_fmadd_ps(f16x8(r + 8 * i + 8), qv[i + 1], s1);
-                    s2 = _mm256_fmadd_ps(f16x8(r + 8 * i + 16), qv[i + 2], s2);
-                    s3 = _mm256_fmadd_ps(f16x8(r + 8 * i + 24), qv[i + 3], s3);
+                    const __m256 k0 = f16x8(r + 8 * i), k1 = f16x8(r + 8 * i + 8);
+                    const __m256 k2 = f16x8(r + 8 * i + 16), k3 = f16x8(r + 8 * i + 24);
+                    _Pragma("GCC unroll 4")
+                    for (int j = 0; j < nq; j++) {
+                        const float *qj = qf + 256 * j + 8 * i;
+                        s[j][0] = _mm256_fmadd_ps(k0, _mm256_load_ps(qj), s[j][0]);
+                        s[j][1] = _mm256_fmadd_ps(k1, _mm256_load_ps(qj + 8), s[j][1]);
+                        s[j][2] = _mm256_fmadd_ps(k2, _mm256_load_ps(qj + 16), s[j][2]);
+                        s[j][3] = _mm256_fmadd_ps(k3, _mm256_load_ps(qj + 24), s[j][3]);
+                    }
                 }
-                sv[u] = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < nq; j++)
+                    sv[j][u] = _mm256_add_ps(_mm256_add_ps(s[j][0], s[j][2]), _mm256_add_ps(s[j][1], s[j][3]));
             } else {
-                __m256 acc = _mm256_setzero_ps();
-                for (int i = 0; i < nv; i++) acc = _mm256_fmadd_ps(f16x8(r + 8 * i), qv[i], acc);
-                sv[u] = acc;
+                __m256 a[4];
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < nq; j++) a[j] = _mm256_setzero_ps();
+                for (int i = 0; i < nv; i++) {
+                    const __m256 k = f16x8(r + 8 * i);
+                    _Pragma("GCC unroll 4")
+                    for (int j = 0; j < nq; j++) a[j] = _mm256_fmadd_ps(k, _mm256_load_ps(qf + 256 * j + 8 * i), a[j]);
+                }
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < nq; j++) sv[j][u] = a[j];
             }
         }
-        if (m == 8) {
-            _mm256_storeu_ps(out + p, acc32 ? hsum_pairs8x8(sv)
-                                            : hsum8x8(sv[0], sv[1], sv[2], sv[3], sv[4], sv[5], sv[6], sv[7]));
-        } else {
-            for (int u = 0; u < m; u++) out[p + u] = acc32 ? hsum_acc32(sv[u]) : hsum8(sv[u]);
+        _Pragma("GCC unroll 4")
+        for (int j = 0; j < nq; j++) {
+            float *o = out + j * ostride + p;
+            if (m == 8) {
+                _mm256_storeu_ps(o, acc32 ? hsum_pairs8x8(sv[j]) : hsum8x8(sv[j][0], sv[j][1], sv[j][2], sv[j][3],
+                                                                          sv[j][4], sv[j][5], sv[j][6], sv[j][7]));
+            } else {
+                for (int u = 0; u < m; u++) o[u] = acc32 ? hsum_acc32(sv[j][u]) : hsum8(sv[j][u]);
+            }
         }
     }
 }
 
-// Lane by lane: lane l's partial sums (64 columns at a time) stay in
-// registers over its positions p (p0 + p = l mod lanes), each a fused chain
-// in increasing p, as the position-by-position loop would make them.
-static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd) {
-    if (hd % 64) {
-        for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], rows[p], hd);
+static void dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int nq, int hd, int acc32, float *out,
+                     size_t ostride) {
+    if (hd > 256 || hd % (acc32 ? 32 : 8)) {
+        _Pragma("GCC unroll 4")
+        for (int j = 0; j < nq; j++)
+            for (int p = 0; p < n; p++)
+                out[j * ostride + p] = acc32 ? dot_f16_acc32(rows[p], q + (size_t)j * hd, hd)
+                                             : dot_f16_chain8(rows[p], q + (size_t)j * hd, hd);
         return;
     }
+    _Alignas(32) float qf[4 * 256];
+    const int nv = hd / 8;
+    for (int j0 = 0; j0 < nq; j0 += 4) {
+        const int g = VM_MIN(4, nq - j0);
+        for (int j = 0; j < g; j++)
+            for (int i = 0; i < nv; i++) _mm256_store_ps(qf + 256 * j + 8 * i, f16x8(q + (size_t)(j0 + j) * hd + 8 * i));
+        float *o = out + j0 * ostride;
+        switch (g) {   // constant query counts: the loops over them unroll
+        case 1: dots_f16_q(rows, n, qf, 1, nv, acc32, o, ostride); break;
+        case 2: dots_f16_q(rows, n, qf, 2, nv, acc32, o, ostride); break;
+        case 3: dots_f16_q(rows, n, qf, 3, nv, acc32, o, ostride); break;
+        default: dots_f16_q(rows, n, qf, 4, nv, acc32, o, ostride); break;
+        }
+    }
+}
+
+// Lane by lane: lane l's partial sums (32 columns at a time, for nq <= 3
+// queries) stay in registers over its positions p (p0 + p = l mod lanes),
+// each a fused chain in increasing p, as the position-by-position loop would
+// make them; each row chunk is converted once for the queries.
+static inline __attribute__((always_inline)) void axpy_lanes_f16_q(float *acc, size_t astride, const float *w,
+                                                                   size_t wstride, const int nq, int lanes, int p0,
+                                                                   const uint16_t *const *rows, int n, int hd) {
     for (int l = 0; l < lanes; l++) {
         const int first = (l - p0 % lanes + lanes) & (lanes - 1);   // first p with (p0 + p) % lanes == l
         if (first >= n) continue;
-        float *a = acc + (size_t)((p0 + first) & (lanes - 1)) * hd;
-        for (int d = 0; d < hd; d += 64) {
-            __m256 a0 = _mm256_loadu_ps(a + d), a1 = _mm256_loadu_ps(a + d + 8), a2 = _mm256_loadu_ps(a + d + 16),
-                   a3 = _mm256_loadu_ps(a + d + 24), a4 = _mm256_loadu_ps(a + d + 32), a5 = _mm256_loadu_ps(a + d + 40),
-                   a6 = _mm256_loadu_ps(a + d + 48), a7 = _mm256_loadu_ps(a + d + 56);
+        const size_t lane_off = (size_t)((p0 + first) & (lanes - 1)) * hd;
+        for (int d = 0; d < hd; d += 32) {
+            __m256 a[3][4];
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < nq; j++)
+                _Pragma("GCC unroll 4")
+                for (int c = 0; c < 4; c++) a[j][c] = _mm256_loadu_ps(acc + j * astride + lane_off + d + 8 * c);
             for (int p = first; p < n; p += lanes) {
                 const uint16_t *r = rows[p] + d;
-                const __m256 wv = _mm256_set1_ps(w[p]);
-                a0 = _mm256_fmadd_ps(wv, f16x8(r), a0);
-                a1 = _mm256_fmadd_ps(wv, f16x8(r + 8), a1);
-                a2 = _mm256_fmadd_ps(wv, f16x8(r + 16), a2);
-                a3 = _mm256_fmadd_ps(wv, f16x8(r + 24), a3);
-                a4 = _mm256_fmadd_ps(wv, f16x8(r + 32), a4);
-                a5 = _mm256_fmadd_ps(wv, f16x8(r + 40), a5);
-                a6 = _mm256_fmadd_ps(wv, f16x8(r + 48), a6);
-                a7 = _mm256_fmadd_ps(wv, f16x8(r + 56), a7);
+                __m256 wv[3];
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < nq; j++) wv[j] = _mm256_set1_ps(w[j * wstride + p]);
+                _Pragma("GCC unroll 4")
+                for (int c = 0; c < 4; c++) {
+                    const __m256 v = f16x8(r + 8 * c);
+                    _Pragma("GCC unroll 4")
+                    for (int j = 0; j < nq; j++) a[j][c] = _mm256_fmadd_ps(wv[j], v, a[j][c]);
+                }
             }
-            _mm256_storeu_ps(a + d, a0); _mm256_storeu_ps(a + d + 8, a1); _mm256_storeu_ps(a + d + 16, a2);
-            _mm256_storeu_ps(a + d + 24, a3); _mm256_storeu_ps(a + d + 32, a4); _mm256_storeu_ps(a + d + 40, a5);
-            _mm256_storeu_ps(a + d + 48, a6); _mm256_storeu_ps(a + d + 56, a7);
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < nq; j++)
+                _Pragma("GCC unroll 4")
+                for (int c = 0; c < 4; c++) _mm256_storeu_ps(acc + j * astride + lane_off + d + 8 * c, a[j][c]);
+        }
+    }
+}
+
+static void axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
+                           const uint16_t *const *rows, int n, int hd) {
+    if (hd % 32) {
+        _Pragma("GCC unroll 4")
+        for (int j = 0; j < nq; j++)
+            for (int p = 0; p < n; p++)
+                axpy_f16(acc + j * astride + (size_t)((p0 + p) & (lanes - 1)) * hd, w[j * wstride + p], rows[p], hd);
+        return;
+    }
+    for (int j0 = 0; j0 < nq; j0 += 3) {
+        const int g = VM_MIN(3, nq - j0);
+        float *a = acc + j0 * astride;
+        const float *wj = w + j0 * wstride;
+        switch (g) {
+        case 1: axpy_lanes_f16_q(a, astride, wj, wstride, 1, lanes, p0, rows, n, hd); break;
+        case 2: axpy_lanes_f16_q(a, astride, wj, wstride, 2, lanes, p0, rows, n, hd); break;
+        default: axpy_lanes_f16_q(a, astride, wj, wstride, 3, lanes, p0, rows, n, hd); break;
         }
     }
 }

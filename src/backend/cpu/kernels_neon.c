@@ -382,8 +382,11 @@ static void axpy_f16(float *y, float a, const uint16_t *x, int n) {
     for (; i < n; i++) y[i] = fmaf(a, h2f(x[i]), y[i]);
 }
 
-static void axpy_lanes_f16(float *acc, int lanes, int p0, const float *w, const uint16_t *const *rows, int n, int hd) {
-    for (int p = 0; p < n; p++) axpy_f16(acc + (size_t)((p0 + p) & (lanes - 1)) * hd, w[p], rows[p], hd);
+static void axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
+                           const uint16_t *const *rows, int n, int hd) {
+    for (int i = 0; i < nq; i++)
+        for (int p = 0; p < n; p++)
+            axpy_f16(acc + i * astride + (size_t)((p0 + p) & (lanes - 1)) * hd, w[i * wstride + p], rows[p], hd);
 }
 
 // Repacked 8-row groups back to rows (kernels.h, vm_q_unpack8): 16 bytes of
