@@ -305,21 +305,32 @@ static void dot4_q8_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, 
 // rounding exactly as the single-token kernel's scalar, and each token keeps
 // its own accumulator fed in block order, so out[t] is bit-identical to it.
 #define DOT8_ACC_DECL __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0
-// acc_t = fma(broadcast(lane t of d), v_t, acc_t) for the 8 tokens; V(t)
-// gives v_t. The broadcasts are in-lane shuffles of d's two halves (about
-// 10% faster here than storing d and broadcasting from memory).
-#define DOT8_STEP(d, V)                                                          \
+// acc_t = fma(broadcast(dd_t), v_t, acc_t) for the 8 tokens, dd_t = d_w * d_x[t]
+// (lo: tokens 0-3 in both halves, hi: 4-7); V(t) gives v_t. The broadcasts are
+// in-lane shuffles of lo and hi (about 10% faster here than storing dd and
+// broadcasting from memory).
+#define DOT8_STEP(lo, hi, V)                                                     \
     do {                                                                         \
-        const __m256 lo_ = _mm256_permute2f128_ps(d, d, 0x00), hi_ = _mm256_permute2f128_ps(d, d, 0x11); \
-        a0 = _mm256_fmadd_ps(_mm256_shuffle_ps(lo_, lo_, 0x00), V(0), a0);       \
-        a1 = _mm256_fmadd_ps(_mm256_shuffle_ps(lo_, lo_, 0x55), V(1), a1);       \
-        a2 = _mm256_fmadd_ps(_mm256_shuffle_ps(lo_, lo_, 0xaa), V(2), a2);       \
-        a3 = _mm256_fmadd_ps(_mm256_shuffle_ps(lo_, lo_, 0xff), V(3), a3);       \
-        a4 = _mm256_fmadd_ps(_mm256_shuffle_ps(hi_, hi_, 0x00), V(4), a4);       \
-        a5 = _mm256_fmadd_ps(_mm256_shuffle_ps(hi_, hi_, 0x55), V(5), a5);       \
-        a6 = _mm256_fmadd_ps(_mm256_shuffle_ps(hi_, hi_, 0xaa), V(6), a6);       \
-        a7 = _mm256_fmadd_ps(_mm256_shuffle_ps(hi_, hi_, 0xff), V(7), a7);       \
+        a0 = _mm256_fmadd_ps(_mm256_shuffle_ps(lo, lo, 0x00), V(0), a0);         \
+        a1 = _mm256_fmadd_ps(_mm256_shuffle_ps(lo, lo, 0x55), V(1), a1);         \
+        a2 = _mm256_fmadd_ps(_mm256_shuffle_ps(lo, lo, 0xaa), V(2), a2);         \
+        a3 = _mm256_fmadd_ps(_mm256_shuffle_ps(lo, lo, 0xff), V(3), a3);         \
+        a4 = _mm256_fmadd_ps(_mm256_shuffle_ps(hi, hi, 0x00), V(4), a4);         \
+        a5 = _mm256_fmadd_ps(_mm256_shuffle_ps(hi, hi, 0x55), V(5), a5);         \
+        a6 = _mm256_fmadd_ps(_mm256_shuffle_ps(hi, hi, 0xaa), V(6), a6);         \
+        a7 = _mm256_fmadd_ps(_mm256_shuffle_ps(hi, hi, 0xff), V(7), a7);         \
     } while (0)
+// d_w * d_x for tokens 0-3 and 4-7, each 4 repeated in both halves
+#define DOT8_SCALES(dw, xd, lo, hi)                                              \
+    const __m256 dw_ = _mm256_set1_ps(dw);                                       \
+    const __m256 lo = _mm256_mul_ps(dw_, _mm256_broadcast_ps((const __m128 *)(xd))); \
+    const __m256 hi = _mm256_mul_ps(dw_, _mm256_broadcast_ps((const __m128 *)((xd) + 4)))
+// nibbles_u8 from one 16-byte load into both halves: the high half shifted by 4
+static inline __m256i nibbles_u8_bc(const uint8_t *qs) {
+    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0f));
+}
+
 // hsum8 of the 8 accumulators at once, token t in lane t: the same adds in
 // the same order as hsum8 (halves, then lanes i and i+2, then the pair).
 static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
@@ -343,13 +354,14 @@ static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
     DOT8_ACC_DECL;
     __m256 corr = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
-        const __m256i wq = nibbles_u8(b[ib].qs);
-        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].d)), _mm256_loadu_ps(x[ib].d));
+        const __m256i wq = nibbles_u8_bc(b[ib].qs);
+        DOT8_SCALES(h2f(b[ib].d), x[ib].d, lo, hi);
+        const __m256 d = _mm256_mul_ps(dw_, _mm256_loadu_ps(x[ib].d));
         // corr += dd * (float)(8 * isum)
         corr = _mm256_add_ps(corr, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_slli_epi32(
                                    _mm256_loadu_si256((const __m256i *)x[ib].isum), 3))));
 #define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)x[ib].q[t])), ones))
-        DOT8_STEP(d, V);
+        DOT8_STEP(lo, hi, V);
 #undef V
     }
     _mm256_storeu_ps(out, _mm256_sub_ps(DOT8_HSUM(), corr));
@@ -361,11 +373,11 @@ static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
     DOT8_ACC_DECL;
     __m256 msum = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
-        const __m256i wq = nibbles_u8(b[ib].qs);
-        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].d)), _mm256_loadu_ps(x[ib].d));
+        const __m256i wq = nibbles_u8_bc(b[ib].qs);
+        DOT8_SCALES(h2f(b[ib].d), x[ib].d, lo, hi);
         msum = _mm256_add_ps(msum, _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].m)), _mm256_loadu_ps(x[ib].s)));
 #define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)x[ib].q[t])), ones))
-        DOT8_STEP(d, V);
+        DOT8_STEP(lo, hi, V);
 #undef V
     }
     _mm256_storeu_ps(out, _mm256_add_ps(DOT8_HSUM(), msum));
@@ -378,15 +390,16 @@ static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
     for (int ib = 0; ib < n / 32; ib++) {
         const __m256i wq = _mm256_loadu_si256((const __m256i *)b[ib].qs);
         const __m256i aw = _mm256_sign_epi8(wq, wq);
-        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].d)), _mm256_loadu_ps(x[ib].d));
+        DOT8_SCALES(h2f(b[ib].d), x[ib].d, lo, hi);
 #define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[ib].q[t]), wq)), ones))
-        DOT8_STEP(d, V);
+        DOT8_STEP(lo, hi, V);
 #undef V
     }
     _mm256_storeu_ps(out, DOT8_HSUM());
 }
 #undef DOT8_ACC_DECL
 #undef DOT8_STEP
+#undef DOT8_SCALES
 #undef DOT8_HSUM
 
 // ---- 8 repacked rows against one token (kernels.h, vm_block_*x8) ----
