@@ -1,7 +1,7 @@
 // main.c - the vllm-metal command line.
 //   vllm-metal --model M [options] | vllm-metal serve M [options]   the server
 //   vllm-metal generate --model M --prompt TEXT [sampling options]  through the engine
-//   vllm-metal generate --model M --prompt-ids 1,2,3 [--max-tokens N] raw greedy ids (debugging)
+//   vllm-metal generate --model M --prompt-ids 1,2,3 [--max-tokens N] raw greedy ids on the CPU (debugging)
 //   vllm-metal throughput --model M [--num-prompts N ...]           offline tokens/s
 #include "engine/engine.h"
 #include "model/session.h"
@@ -24,8 +24,8 @@ static void usage(FILE *f) {
             "  generate --model PATH --prompt TEXT [--max-tokens N --temperature T ...]\n"
             "           offline generation through the engine (generate --help for the flags)\n"
             "  generate --model PATH --prompt-ids 1,2,3 [--max-tokens 32] [--threads N]\n"
-            "           greedy decoding straight through the model; prints the token ids and\n"
-            "           the time per token (debugging)\n"
+            "           greedy decoding straight through the model on the CPU backend (whatever\n"
+            "           VLLM_MLX_DEVICE says); prints the token ids and the time per token (debugging)\n"
             "  throughput --model PATH [--num-prompts N --input-len N --output-len N]\n"
             "           N prompts at once through the engine; prints tokens/s\n"
             "  --version\n");
