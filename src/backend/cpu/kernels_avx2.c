@@ -186,12 +186,11 @@ static void quantize_q8(const float *x, vm_q8_block *out, int n) {
     }
 }
 
-// 32 nibbles in element order as unsigned bytes
+// 32 nibbles in element order as unsigned bytes: one 16-byte load into both
+// halves, the high half shifted by 4
 static inline __m256i nibbles_u8(const uint8_t *qs) {
-    __m128i b = _mm_loadu_si128((const __m128i *)qs);
-    __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
-    __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
-    return _mm256_set_m128i(hi, lo);
+    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0f));
 }
 
 // sum of u8*s8 over 32 lanes, as 8 i32 partial sums converted to float
@@ -325,12 +324,6 @@ static void dot4_q8_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, 
     const __m256 dw_ = _mm256_set1_ps(dw);                                       \
     const __m256 lo = _mm256_mul_ps(dw_, _mm256_broadcast_ps((const __m128 *)(xd))); \
     const __m256 hi = _mm256_mul_ps(dw_, _mm256_broadcast_ps((const __m128 *)((xd) + 4)))
-// nibbles_u8 from one 16-byte load into both halves: the high half shifted by 4
-static inline __m256i nibbles_u8_bc(const uint8_t *qs) {
-    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
-    return _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0f));
-}
-
 // hsum8 of the 8 accumulators at once, token t in lane t: the same adds in
 // the same order as hsum8 (halves, then lanes i and i+2, then the pair).
 static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
@@ -354,7 +347,7 @@ static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
     DOT8_ACC_DECL;
     __m256 corr = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
-        const __m256i wq = nibbles_u8_bc(b[ib].qs);
+        const __m256i wq = nibbles_u8(b[ib].qs);
         DOT8_SCALES(h2f(b[ib].d), x[ib].d, lo, hi);
         const __m256 d = _mm256_mul_ps(dw_, _mm256_loadu_ps(x[ib].d));
         // corr += dd * (float)(8 * isum)
@@ -373,7 +366,7 @@ static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
     DOT8_ACC_DECL;
     __m256 msum = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
-        const __m256i wq = nibbles_u8_bc(b[ib].qs);
+        const __m256i wq = nibbles_u8(b[ib].qs);
         DOT8_SCALES(h2f(b[ib].d), x[ib].d, lo, hi);
         msum = _mm256_add_ps(msum, _mm256_mul_ps(_mm256_set1_ps(h2f(b[ib].m)), _mm256_loadu_ps(x[ib].s)));
 #define V(t) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, _mm256_loadu_si256((const __m256i *)x[ib].q[t])), ones))
@@ -705,7 +698,6 @@ static inline __attribute__((always_inline)) void dots_f16_q(const uint16_t *con
 static void dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int nq, int hd, int acc32, float *out,
                      size_t ostride) {
     if (hd > 256 || hd % (acc32 ? 32 : 8)) {
-        _Pragma("GCC unroll 4")
         for (int j = 0; j < nq; j++)
             for (int p = 0; p < n; p++)
                 out[j * ostride + p] = acc32 ? dot_f16_acc32(rows[p], q + (size_t)j * hd, hd)
@@ -768,7 +760,6 @@ static inline __attribute__((always_inline)) void axpy_lanes_f16_q(float *acc, s
 static void axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
                            const uint16_t *const *rows, int n, int hd) {
     if (hd % 32) {
-        _Pragma("GCC unroll 4")
         for (int j = 0; j < nq; j++)
             for (int p = 0; p < n; p++)
                 axpy_f16(acc + j * astride + (size_t)((p0 + p) & (lanes - 1)) * hd, w[j * wstride + p], rows[p], hd);
