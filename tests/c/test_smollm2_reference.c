@@ -30,6 +30,12 @@ static const char *model_path(void) {
     return buf;
 }
 
+// VM_TEST_PROMPTS / VM_TEST_GREEDY, when below `full`: how far the run is narrowed
+static int narrowed(const char *name, int full) {
+    const char *v = getenv(name);
+    return v && atoi(v) < full ? atoi(v) : full;
+}
+
 static int on_gpu(void) {
     const char *b = getenv("VLLM_METAL_TEST_BACKEND");
     return b && !strcmp(b, "vulkan");
@@ -90,15 +96,12 @@ static agreement compare(const char *golden_file, int check_logits) {
     cr_assert(m, "%s", e.msg);
     const int vocab = vm_model_get_config(m)->vocab_size;
     float *logits = malloc(sizeof(float) * vocab * 256);
-    // VM_TEST_PROMPTS / VM_TEST_GREEDY narrow the run (a software GPU): the
-    // first N prompts, the first K greedy tokens of each (teacher forcing
-    // then covers the prompt and those K tokens).
-    const char *lp = getenv("VM_TEST_PROMPTS"), *lg = getenv("VM_TEST_GREEDY");
-    const size_t max_prompts = lp ? strtoul(lp, NULL, 10) : SIZE_MAX;
-    const int max_greedy = lg ? atoi(lg) : INT32_MAX;
+    // a narrowed run (a software GPU): the first N prompts, the first K greedy
+    // tokens of each (teacher forcing then covers the prompt and those K tokens)
+    const int max_prompts = narrowed("VM_TEST_PROMPTS", INT32_MAX), max_greedy = narrowed("VM_TEST_GREEDY", INT32_MAX);
     size_t i; json_t *p;
     json_array_foreach(json_object_get(root, "prompts"), i, p) {
-        if (i >= max_prompts) break;
+        if (i >= (size_t)max_prompts) break;
         int np, ng, nt;
         int32_t *prompt = ids_of(json_object_get(p, "prompt_tokens"), &np);
         int32_t *greedy = ids_of(json_object_get(p, "greedy_tokens"), &ng);
@@ -185,8 +188,7 @@ Test(smollm2, agrees_with_llama_cpp, .timeout = 600) {
     cr_log_info("llama.cpp: away from near ties (margin >= %.1f): top-1 %d/%d; greedy runs that left the "
                 "reference where it was sure: %d", NEAR_TIE, a.confident_equal, a.confident_positions,
                 a.greedy_diverged_confidently);
-    const char *lp = getenv("VM_TEST_PROMPTS");
-    const int want = lp && atoi(lp) < 20 ? atoi(lp) : 20;
+    const int want = narrowed("VM_TEST_PROMPTS", 20);
     cr_expect(a.prompts == want, "expected %d prompts, found %d", want, a.prompts);
     cr_expect(a.confident_equal == a.confident_positions, "top-1 differs at %d positions where llama.cpp is sure",
               a.confident_positions - a.confident_equal);
@@ -229,8 +231,7 @@ Test(smollm2, dequantized_f32_matches_transformers, .timeout = 600) {
     unsetenv("VLLM_METAL_KV_CACHE_DTYPE");
     cr_log_info("transformers: %d/%d prompts with equal greedy tokens, top-1 %d/%d, worst last-logit error %.2e of max",
                 a.prompts_equal, a.prompts, a.positions_equal, a.positions, a.worst_logit_rel);
-    const char *lp = getenv("VM_TEST_PROMPTS");
-    cr_expect(a.prompts >= (lp && atoi(lp) < 3 ? atoi(lp) : 3));
+    cr_expect(a.prompts >= narrowed("VM_TEST_PROMPTS", 3));
     cr_expect(a.worst_logit_rel <= 1e-4, "last-position logits differ by %.3g of max", a.worst_logit_rel);
     cr_expect(a.prompts_equal == a.prompts, "greedy differs on %d prompts", a.prompts - a.prompts_equal);
 }
