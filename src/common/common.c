@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 int vm_errf(vm_err *e, const char *fmt, ...) {
     if (e) {
@@ -66,6 +69,16 @@ double vm_now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void *vm_alloc_large(size_t bytes) {
+    if (bytes < VM_LARGE_PAGE) return aligned_alloc(64, bytes ? (bytes + 63) & ~(size_t)63 : 64);
+    size_t rounded = (bytes + VM_LARGE_PAGE - 1) & ~(VM_LARGE_PAGE - 1);
+    void *p = aligned_alloc(VM_LARGE_PAGE, rounded);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (p) (void)madvise(p, rounded, MADV_HUGEPAGE);   // advice only: 4 KiB pages if refused
+#endif
+    return p;
 }
 
 int vm_grow(void **arr, int *cap, int need, size_t elem) {

@@ -103,6 +103,12 @@ static inline int vm_mul_ok(uint64_t a, uint64_t b, uint64_t *out) {
 char *vm_read_file(const char *path, size_t *len, size_t max_len, vm_err *e);
 
 double vm_now_seconds(void);
+// Memory for large, long-lived buffers that are streamed (weights, the KV
+// cache): 64-byte aligned; from VM_LARGE_PAGE bytes up, aligned to and a
+// multiple of VM_LARGE_PAGE and (Linux) marked for transparent huge pages, so
+// a pass over it takes few TLB entries. Released with free(). NULL: no memory.
+#define VM_LARGE_PAGE ((size_t)2 << 20)
+void *vm_alloc_large(size_t bytes);
 
 // One pause of a spin-wait loop (x86 pause, arm64 yield).
 #if defined(__x86_64__)

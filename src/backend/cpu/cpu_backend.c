@@ -25,8 +25,12 @@ typedef struct cpu_impl {
     size_t x8_blocks;
     int q8_activations;    // 1: GGUF matmuls on 8-bit activations (as llama.cpp); 0: f32
     int repack;            // GGUF weights repacked 8 rows at a time (VLLM_METAL_CPU_REPACK=0: off)
-    void **rp;             // the repacked copies made (vm_weight.device points at one), freed with the backend
+    // The repacked copies (vm_weight.device points into them), freed with the
+    // backend: carved in load order out of large arenas, so that a decode
+    // step streams them through few (huge) pages.
+    void **rp;             // the arenas
     size_t rp_n, rp_cap;
+    size_t arena_used, arena_cap;   // of the last arena
 } cpu_impl;
 
 static cpu_impl *impl_of(vm_backend *be) { return be->impl; }
@@ -44,12 +48,10 @@ static float *scratch_get(cpu_impl *c, size_t floats) {
 static vm_buf *cpu_buf_alloc(vm_backend *be, size_t bytes, vm_err *e) {
     vm_buf *b = calloc(1, sizeof *b);
     if (!b) { vm_errf(e, "out of memory"); return NULL; }
-    // 64-byte alignment for SIMD loads. Not cleared: a large buffer (the KV
-    // cache) then costs memory only as pages are first written, and every op
-    // writes before it reads.
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    if (rounded == 0) rounded = 64;
-    b->data = aligned_alloc(64, rounded);
+    // 64-byte alignment for SIMD loads, huge pages for large buffers. Not
+    // cleared: a large buffer (the KV cache) then costs memory only as pages
+    // are first written, and every op writes before it reads.
+    b->data = vm_alloc_large(bytes);
     if (!b->data) {
         free(b);
         vm_errf(e, "cannot allocate %zu bytes on the CPU", bytes);
@@ -257,23 +259,33 @@ static void repack_groups(void *ctx, int begin, int end, int thread_index) {
     vm_q_repack8(j->w->dtype, j->w->data, j->w->cols, 8 * (int64_t)begin, 8 * (int64_t)end, j->dst);
 }
 
+#define REPACK_ARENA ((size_t)32 << 20)
+
 // A repacked copy of w, or NULL to keep the row-major data: no kernel for
 // its type, rows not a multiple of 8, or no memory.
 static void *repack_weight(cpu_impl *c, const vm_weight *w) {
     size_t bytes = vm_q_repack8_bytes(w->dtype, w->rows, w->cols);
     if (!c->repack || !gemv8_of(c->k, w->dtype) || !c->k->unpack8 || !bytes) return NULL;
-    if (c->rp_n == c->rp_cap) {
-        size_t cap = c->rp_cap ? 2 * c->rp_cap : 64;
-        void **t = realloc(c->rp, cap * sizeof *t);
-        if (!t) return NULL;
-        c->rp = t;
-        c->rp_cap = cap;
+    bytes = (bytes + 63) & ~(size_t)63;
+    if (!c->rp_n || c->arena_cap - c->arena_used < bytes) {
+        if (c->rp_n == c->rp_cap) {
+            size_t cap = c->rp_cap ? 2 * c->rp_cap : 16;
+            void **t = realloc(c->rp, cap * sizeof *t);
+            if (!t) return NULL;
+            c->rp = t;
+            c->rp_cap = cap;
+        }
+        size_t cap = VM_MAX(bytes, REPACK_ARENA);
+        void *a = vm_alloc_large(cap);
+        if (!a) return NULL;
+        c->rp[c->rp_n++] = a;
+        c->arena_used = 0;
+        c->arena_cap = cap;
     }
-    void *dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (!dst) return NULL;
+    void *dst = (uint8_t *)c->rp[c->rp_n - 1] + c->arena_used;
+    c->arena_used += bytes;
     repack_job rj = { w, dst };
     vm_parallel_for(c->pool, (int)(w->rows / 8), 64, repack_groups, &rj);
-    c->rp[c->rp_n++] = dst;
     return dst;
 }
 
