@@ -513,11 +513,26 @@ static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, 
 
 // ---- KV cache and paged attention ---------------------------------------------
 
+// The CPU keeps a layer's cache head-major, [n_kv_heads][num_blocks][block_size]
+// [head_dim], so the rows one KV head reads for a sequence whose blocks were
+// handed out in order are one run of memory, which the hardware prefetchers
+// stream; block-major, they are runs of block_size rows, one per block.
+static size_t kv_blocks(const vm_buf *cache, const vm_attn_meta *m, int n_kv_heads, int head_dim) {
+    const size_t elem = m->kv_dtype == VM_DTYPE_F16 ? 2 : 4;
+    return cache->size / ((size_t)n_kv_heads * (size_t)m->block_size * (size_t)head_dim * elem);
+}
+
+// Element offset of row (block, off) of KV head h.
+static inline size_t kv_row(size_t n_blocks, int h, int32_t block, int off, int bs, int hd) {
+    return (((size_t)h * n_blocks + (size_t)block) * (size_t)bs + (size_t)off) * (size_t)hd;
+}
+
 typedef struct cache_job {
     const vm_cpu_kernels *k;
     const float *kx, *vx;
     const vm_attn_meta *m;
     void *kc, *vc;
+    size_t n_blocks;
     int n_kv_heads, head_dim;
 } cache_job;
 
@@ -530,7 +545,7 @@ static void cache_write_tokens(void *ctx, int begin, int end, int thread_index) 
         if (slot < 0) continue;
         int block = slot / bs, off = slot % bs;
         for (int h = 0; h < j->n_kv_heads; h++) {
-            size_t dst = (((size_t)block * j->n_kv_heads + h) * bs + off) * hd;
+            size_t dst = kv_row(j->n_blocks, h, block, off, bs, hd);
             const float *ks = j->kx + ((size_t)t * j->n_kv_heads + h) * hd;
             const float *vs = j->vx + ((size_t)t * j->n_kv_heads + h) * hd;
             if (j->m->kv_dtype == VM_DTYPE_F16) {
@@ -546,7 +561,8 @@ static void cache_write_tokens(void *ctx, int begin, int end, int thread_index) 
 
 static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, const vm_attn_meta *m,
                             vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
-    cache_job j = { impl_of(be)->k, k->data, v->data, m, k_cache->data, v_cache->data, n_kv_heads, head_dim };
+    cache_job j = { impl_of(be)->k, k->data, v->data, m, k_cache->data, v_cache->data,
+                    kv_blocks(k_cache, m, n_kv_heads, head_dim), n_kv_heads, head_dim };
     vm_parallel_for(impl_of(be)->pool, m->n_tokens, 8, cache_write_tokens, &j);
 }
 
@@ -555,6 +571,7 @@ typedef struct attn_job {
     const vm_attn_meta *m;
     const float *q;
     const void *kc, *vc;
+    size_t n_blocks;
     const int32_t *pos, *seq_of_token, *table, *decode_from;
     int n_heads, n_kv_heads, head_dim;
     float scale;
@@ -584,7 +601,7 @@ static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *
     const int hd = j->head_dim, bs = m->block_size;
     float mx = -INFINITY;
     for (int p = 0; p < n_ctx; p++) {
-        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+        size_t off = kv_row(j->n_blocks, kvh, blocks[p / bs], p % bs, bs, hd);
         sc[p] = j->k->vdot(q, (const float *)j->kc + off, hd) * j->scale;
         if (sc[p] > mx) mx = sc[p];
     }
@@ -593,7 +610,7 @@ static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *
     float inv = (float)(1.0 / sum);
     memset(o, 0, (size_t)hd * 4);
     for (int p = 0; p < n_ctx; p++) {
-        size_t off = (((size_t)blocks[p / bs] * j->n_kv_heads + kvh) * bs + p % bs) * hd;
+        size_t off = kv_row(j->n_blocks, kvh, blocks[p / bs], p % bs, bs, hd);
         j->k->axpy(o, sc[p] * inv, (const float *)j->vc + off, hd);
     }
 }
@@ -682,7 +699,7 @@ static void attn_items(void *ctx, int begin, int end, int thread_index) {
         if (m->kv_dtype == VM_DTYPE_F16) {
             if (s != built_seq || kvh != built_kvh) { built_seq = s; built_kvh = kvh; built = 0; }
             for (; built < n_ctx; built++) {
-                const size_t off = (((size_t)blocks[built / bs] * j->n_kv_heads + kvh) * bs + built % bs) * hd;
+                const size_t off = kv_row(j->n_blocks, kvh, blocks[built / bs], built % bs, bs, hd);
                 krows[built] = (const uint16_t *)j->kc + off;
                 vrows[built] = (const uint16_t *)j->vc + off;
             }
@@ -708,7 +725,8 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
     const int32_t *starts = m->seq_start->data;
     for (int s = 0; s < m->n_seqs; s++)
         for (int t = starts[s]; t < starts[s + 1]; t++) seq_of_token[t] = s;
-    attn_job j = { c->k, m, q->data, k_cache->data, v_cache->data, m->positions->data, seq_of_token,
+    attn_job j = { c->k, m, q->data, k_cache->data, v_cache->data, kv_blocks(k_cache, m, n_kv_heads, head_dim),
+                   m->positions->data, seq_of_token,
                    m->block_table->data, m->decode_from ? m->decode_from->data : NULL,
                    n_heads, n_kv_heads, head_dim, scale, scratch, per, out->data };
     vm_parallel_for(c->pool, m->n_tokens * n_kv_heads, 1, attn_items, &j);

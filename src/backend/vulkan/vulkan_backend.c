@@ -397,7 +397,7 @@ typedef struct vk_impl {
     int fold_rope;        // VLLM_METAL_VULKAN_FOLD_ROPE=0: not
     struct rope_slot { struct rope_desc { VkDeviceAddress pos, inv_freq, slots, kc, vc;
                                           uint32_t head_dim, half, interleaved, block_size, n_kv_heads, kind, kv16;
-                                          float theta_scale; } d; vm_buf *buf; } *rdesc;
+                                          float theta_scale; uint32_t n_blocks, pad_; } d; vm_buf *buf; } *rdesc;
     size_t n_rdesc, cap_rdesc;
     // The last rmsnorm (rows of x -> out, out != x), while neither has been
     // written since: a matvec of out reads x and normalizes it itself, so
@@ -1411,6 +1411,13 @@ static VkDeviceAddress rope_desc_addr(vk_impl *v, const struct rope_desc *d) {
     return b->addr;
 }
 
+// Blocks in a layer's cache, [n_kv_heads][n_blocks][block_size][head_dim] (the
+// CPU backend's layout too).
+static uint32_t kv_cache_blocks(const vm_buf *cache, const vm_attn_meta *m, int n_kv_heads, int head_dim) {
+    const size_t elem = m->kv_dtype == VM_DTYPE_F16 ? 2 : 4;
+    return (uint32_t)(cache->size / ((size_t)n_kv_heads * (size_t)m->block_size * (size_t)head_dim * elem));
+}
+
 // rope(q), rope(k), cache_write(k, v) for one token while the matvecs that
 // made q, k and v are pending: each matvec pairs its rows as rope pairs
 // (matvec.comp flag 32) and rotates and writes the cache in its epilogue.
@@ -1437,7 +1444,8 @@ static int fold_rope_kv(vk_impl *v, const vm_buf *k, const vm_buf *vb, const vm_
     for (int kind = 0; kind < 3; kind++) {
         struct rope_desc d = { rk->pos->addr, rk->freq, m->slot_mapping->addr, k_cache->addr, v_cache->addr,
                                (uint32_t)head_dim, (uint32_t)rk->half, (uint32_t)rk->interleaved, (uint32_t)m->block_size,
-                               (uint32_t)n_kv_heads, (uint32_t)kind, m->kv_dtype == VM_DTYPE_F16, rk->theta_scale };
+                               (uint32_t)n_kv_heads, (uint32_t)kind, m->kv_dtype == VM_DTYPE_F16, rk->theta_scale,
+                               kv_cache_blocks(k_cache, m, n_kv_heads, head_dim), 0 };
         VkDeviceAddress a = rope_desc_addr(v, &d);
         if (!a) return 0;
         pm[kind]->pc.part = a;
@@ -1464,19 +1472,21 @@ static void vk_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *vb, co
         (m->kv_dtype != VM_DTYPE_F16 || rk->interleaved)) {
         // rope(q), rope(k) and this write in one dispatch (rope_kv.comp)
         struct { VkDeviceAddress q, k, v, pos, inv_freq, slots, kc, vc;
-                 uint32_t n, n_heads, n_kv_heads, head_dim, half_rot, interleaved, block_size; float theta_scale; } pc =
+                 uint32_t n, n_heads, n_kv_heads, head_dim, half_rot, interleaved, block_size; float theta_scale;
+                 uint32_t n_blocks; } pc =
             { rq->x->addr, k->addr, vb->addr, rk->pos->addr, rk->freq, m->slot_mapping->addr, k_cache->addr, v_cache->addr,
               (uint32_t)m->n_tokens, (uint32_t)rq->n_heads, (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)rk->half,
-              (uint32_t)rk->interleaved, (uint32_t)m->block_size, rk->theta_scale };
+              (uint32_t)rk->interleaved, (uint32_t)m->block_size, rk->theta_scale,
+              kv_cache_blocks(k_cache, m, n_kv_heads, head_dim) };
         const vm_buf *rd[5] = { rq->x, k, vb, rk->pos, m->slot_mapping }, *wr[4] = { rq->x, k, k_cache, v_cache };
         v->n_rope = 0;
         dispatch_raw(v, m->kv_dtype == VM_DTYPE_F16 ? SH_rope_kv_f16 : SH_rope_kv_f32, &pc, sizeof pc,
                      (uint32_t)((rk->half + 63) / 64), (uint32_t)m->n_tokens, (uint32_t)(rq->n_heads + n_kv_heads), rd, 5, wr, 4);
         return;
     }
-    struct { VkDeviceAddress k, v, slots, kc, vc; uint32_t n_tokens, n_kv_heads, head_dim, block_size; } pc =
+    struct { VkDeviceAddress k, v, slots, kc, vc; uint32_t n_tokens, n_kv_heads, head_dim, block_size, n_blocks; } pc =
         { k->addr, vb->addr, m->slot_mapping->addr, k_cache->addr, v_cache->addr, (uint32_t)m->n_tokens,
-          (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)m->block_size };
+          (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)m->block_size, kv_cache_blocks(k_cache, m, n_kv_heads, head_dim) };
     int f16 = m->kv_dtype == VM_DTYPE_F16;
     uint32_t per = f16 ? (uint32_t)head_dim / 2 : (uint32_t)head_dim;
     dispatch(v, f16 ? SH_cache_write_f16 : SH_cache_write_f32, &pc, sizeof pc, (per + 63) / 64,
@@ -1521,7 +1531,7 @@ static void vk_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache,
           (uint32_t)n_heads, (uint32_t)n_kv_heads, (uint32_t)head_dim, (uint32_t)m->block_size,
           (uint32_t)m->max_blocks_per_seq, (uint32_t)m->n_seqs, n_splits, split_len, scale,
           n_splits > 1 ? v->attn_count->addr : 0, out->addr,
-          (uint32_t)(k_cache->size / ((size_t)n_kv_heads * m->block_size * head_dim * (m->kv_dtype == VM_DTYPE_F16 ? 2 : 4))) };
+          kv_cache_blocks(k_cache, m, n_kv_heads, head_dim) };
     _Static_assert(sizeof pc <= PUSH_BYTES, "push constants");
     const vm_buf *split_part = n_splits > 1 ? v->attn_part : NULL, *split_count = n_splits > 1 ? v->attn_count : NULL;
     dispatch(v, m->kv_dtype == VM_DTYPE_F16 ? SH_attention_f16 : SH_attention_f32, &pc, sizeof pc, items, n_splits, 1,

@@ -38,7 +38,7 @@ layout(push_constant, std430) uniform Params {
     uint n_heads, n_kv_heads, head_dim, block_size, max_blocks, n_seqs, n_splits, split_len;
     float scale;
     U32C count; F32 final_;   // several splits: per-item counts, and where the merged result goes
-    uint n_blocks;            // blocks in the cache (block ids are clamped below it)
+    uint n_blocks;            // blocks in the cache, [n_kv_heads][n_blocks][block_size][head_dim] (block ids are clamped below it)
 } pc;
 
 shared float sm_m[WG], sm_l[WG];
@@ -84,7 +84,7 @@ void main() {
             // loads need not wait for the token's position
             const uint p = p0 + j;
             const uint blk = min(uint(pc.table.v[table + min(p / pc.block_size, pc.max_blocks - 1u)]), pc.n_blocks - 1u);
-            const uint rb = ((blk * pc.n_kv_heads + kvh) * pc.block_size + p % pc.block_size) * hp;
+            const uint rb = ((kvh * pc.n_blocks + blk) * pc.block_size + p % pc.block_size) * hp;
             float d = 0.0;
             for (uint k = 0; k < PPL; k++) {
                 uint dd = k * SG + lane;

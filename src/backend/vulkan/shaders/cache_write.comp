@@ -1,6 +1,6 @@
 #version 450
 // Writes k, v (n_tokens, n_kv_heads, head_dim) into the paged caches
-// [blocks][n_kv_heads][block_size][head_dim] at slot_mapping (-1: skip).
+// [n_kv_heads][n_blocks][block_size][head_dim] at slot_mapping (-1: skip).
 // KV16: the caches hold f16 (packed pairs; head_dim is even).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -8,7 +8,7 @@
 layout(local_size_x = 64) in;
 layout(push_constant, std430) uniform Params {
     F32 k; F32 v; I32 slots; U32 kc; U32 vc;
-    uint n_tokens, n_kv_heads, head_dim, block_size;
+    uint n_tokens, n_kv_heads, head_dim, block_size, n_blocks;
 } pc;
 
 void main() {
@@ -16,7 +16,7 @@ void main() {
     int slot = pc.slots.v[t];
     if (slot < 0) return;
     uint blk = uint(slot) / pc.block_size, off = uint(slot) % pc.block_size;
-    uint dst = ((blk * pc.n_kv_heads + h) * pc.block_size + off) * pc.head_dim;
+    uint dst = ((h * pc.n_blocks + blk) * pc.block_size + off) * pc.head_dim;
     uint src = (t * pc.n_kv_heads + h) * pc.head_dim;
 #if KV16
     uint i = gl_GlobalInvocationID.x * 2u;

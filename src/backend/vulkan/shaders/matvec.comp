@@ -48,6 +48,7 @@
 layout(buffer_reference, std430, buffer_reference_align = 8) buffer RopeDesc {
     I32 pos; F32 inv_freq; I32 slots; U32 kc; U32 vc;
     uint head_dim, half_rot, interleaved, block_size, n_kv_heads, kind, kv16; float theta_scale;
+    uint n_blocks, pad_;
 };
 #define NR 2          // (corr_term's dual split: j 0 = gate, 1 = up)
 #define RS 2          // weight rows a workgroup (a gate/up pair when dual)
@@ -113,7 +114,7 @@ void rope_epilogue(uint ra, uint rb, bool norm, uint nsg) {
     const int slot = d.slots.v[0];
     if (d.kind == 0u || slot < 0) return;
     const uint blk = uint(slot) / d.block_size, off = uint(slot) % d.block_size;
-    const uint dst = ((blk * d.n_kv_heads + h) * d.block_size + off) * d.head_dim, a = ra - h * d.head_dim, b = rb - h * d.head_dim;
+    const uint dst = ((h * d.n_blocks + blk) * d.block_size + off) * d.head_dim, a = ra - h * d.head_dim, b = rb - h * d.head_dim;
     U32 c = d.kind == 1u ? d.kc : d.vc;
     if (d.kv16 != 0u) {
         c.v[(dst + a) / 2u] = packHalf2x16(vec2(o0, o1));   // interleaved pairs: one word

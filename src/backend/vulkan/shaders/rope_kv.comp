@@ -12,7 +12,7 @@
 layout(local_size_x = 64) in;
 layout(push_constant, std430) uniform Params {
     F32 q; F32 k; F32 v; I32 pos; F32 inv_freq; I32 slots; U32 kc; U32 vc;
-    uint n, n_heads, n_kv_heads, head_dim, half_rot, interleaved, block_size; float theta_scale;
+    uint n, n_heads, n_kv_heads, head_dim, half_rot, interleaved, block_size; float theta_scale; uint n_blocks;
 } pc;
 
 void main() {
@@ -40,7 +40,7 @@ void main() {
     pc.k.v[base + a] = k0;
     pc.k.v[base + b] = k1;
     if (slot < 0) return;
-    uint dst = ((blk * pc.n_kv_heads + h) * pc.block_size + off) * pc.head_dim;
+    uint dst = ((h * pc.n_blocks + blk) * pc.block_size + off) * pc.head_dim;
 #if KV16
     pc.kc.v[(dst + a) / 2u] = packHalf2x16(vec2(k0, k1));
     pc.vc.v[(dst + a) / 2u] = packHalf2x16(vec2(v0, v1));
