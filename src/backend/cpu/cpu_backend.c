@@ -31,6 +31,12 @@ typedef struct cpu_impl {
     void **rp;             // the arenas
     size_t rp_n, rp_cap;
     size_t arena_used, arena_cap;   // of the last arena
+    // cpu_rope's cos/sin table, [rope_n][rot_dim/2][2], for positions rope_pos under rope_r
+    const vm_rope *rope_r;
+    int32_t *rope_pos;
+    int rope_n;
+    float *rope_tab;
+    size_t rope_pos_cap, rope_tab_cap;
 } cpu_impl;
 
 static cpu_impl *impl_of(vm_backend *be) { return be->impl; }
@@ -481,6 +487,8 @@ typedef struct rope_job {
     const int32_t *pos;
     int n_heads, head_dim;
     const vm_rope *r;
+    float *cs_sn;   // [n][rot_dim/2][2]: the tokens' cos and sin, made here when `fill` (NULL: no table)
+    int fill;
 } rope_job;
 
 static void rope_tokens(void *ctx, int begin, int end, int thread_index) {
@@ -488,11 +496,28 @@ static void rope_tokens(void *ctx, int begin, int end, int thread_index) {
     const vm_rope *r = j->r;
     const int half = r->rot_dim / 2;
     for (int t = begin; t < end; t++) {
+        float *tab = j->cs_sn ? j->cs_sn + (size_t)t * half * 2 : NULL;
+        if (tab && j->fill) {
+            float theta = (float)j->pos[t];
+            for (int i = 0; i < half; i++) {
+                float angle = r->theta_scale > 0 ? theta : (float)j->pos[t] * r->inv_freq[i];
+                theta *= r->theta_scale;
+                tab[2 * i] = cosf(angle);
+                tab[2 * i + 1] = sinf(angle);
+            }
+        }
         float theta = (float)j->pos[t];
         for (int i = 0; i < half; i++) {
-            float angle = r->theta_scale > 0 ? theta : (float)j->pos[t] * r->inv_freq[i];
-            theta *= r->theta_scale;
-            float cs = cosf(angle), sn = sinf(angle);
+            float cs, sn;
+            if (tab) {
+                cs = tab[2 * i];
+                sn = tab[2 * i + 1];
+            } else {
+                float angle = r->theta_scale > 0 ? theta : (float)j->pos[t] * r->inv_freq[i];
+                theta *= r->theta_scale;
+                cs = cosf(angle);
+                sn = sinf(angle);
+            }
             for (int h = 0; h < j->n_heads; h++) {
                 float *v = j->x + ((size_t)t * j->n_heads + h) * j->head_dim;
                 int a = r->interleaved ? 2 * i : i, b = r->interleaved ? 2 * i + 1 : i + half;
@@ -505,10 +530,32 @@ static void rope_tokens(void *ctx, int begin, int end, int thread_index) {
     }
 }
 
+// The cos/sin table of the last call's positions is kept: a forward pass
+// ropes q and k of every layer at the same positions, so it is made once.
 static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads,
                      int head_dim, const vm_rope *r) {
-    rope_job j = { x->data, positions->data, n_heads, head_dim, r };
-    vm_parallel_for(impl_of(be)->pool, n, 4, rope_tokens, &j);
+    cpu_impl *c = impl_of(be);
+    const size_t floats = (size_t)n * (size_t)(r->rot_dim / 2) * 2;
+    const int fill = !(c->rope_r == r && c->rope_n == n && !memcmp(c->rope_pos, positions->data, (size_t)n * 4));
+    if (fill) {
+        c->rope_r = NULL;
+        if ((size_t)n > c->rope_pos_cap) {
+            int32_t *p = realloc(c->rope_pos, (size_t)n * 4);
+            if (p) { c->rope_pos = p; c->rope_pos_cap = (size_t)n; }
+        }
+        if (floats > c->rope_tab_cap) {
+            float *t = realloc(c->rope_tab, floats * 4);
+            if (t) { c->rope_tab = t; c->rope_tab_cap = floats; }
+        }
+    }
+    const int table = (size_t)n <= c->rope_pos_cap && floats <= c->rope_tab_cap;
+    if (fill && table) {
+        memcpy(c->rope_pos, positions->data, (size_t)n * 4);
+        c->rope_n = n;
+        c->rope_r = r;
+    }
+    rope_job j = { x->data, positions->data, n_heads, head_dim, r, table ? c->rope_tab : NULL, fill };
+    vm_parallel_for(c->pool, n, 4, rope_tokens, &j);
 }
 
 // ---- KV cache and paged attention ---------------------------------------------
@@ -808,6 +855,8 @@ static void cpu_destroy(vm_backend *be) {
         free(c->x8);
         for (size_t i = 0; i < c->rp_n; i++) free(c->rp[i]);
         free(c->rp);
+        free(c->rope_pos);
+        free(c->rope_tab);
         free(c);
     }
     free(be);
