@@ -301,6 +301,43 @@ Test(cpu_backend, matmuls_bit_identical) {
     free(mem_up);
 }
 
+// cpu_rope keeps the cos/sin table of its last call: a call with other
+// positions, or the same vm_rope changed in place, must not reuse it. Each
+// result is held to a backend that has seen no rope before.
+Test(cpu_backend, rope_table_follows_its_inputs) {
+    vm_err e = {{0}};
+    vm_backend *be = vm_backend_cpu_create(2, &e);
+    cr_assert(be, "%s", e.msg);
+    const int n = 3, heads = 2, hd = 16, len = n * heads * hd;
+    float inv[8], inv2[8];
+    for (int i = 0; i < hd / 2; i++) { inv[i] = powf(10000.0f, -2.0f * i / hd); inv2[i] = 0.5f * inv[i]; }
+    int32_t posv[2][3] = { { 5, 6, 7 }, { 5, 6, 900 } };
+    float xs[96];
+    for (int i = 0; i < len; i++) xs[i] = frand();
+    vm_rope r = { hd, inv, 0, 0.0f };
+    for (int step = 0; step < 7; step++) {
+        const int32_t *pos = posv[step == 2 || step == 3];
+        if (step == 4) r.interleaved = 1;
+        if (step == 5) r.theta_scale = powf(10000.0f, -2.0f / hd);
+        if (step == 6) { r.theta_scale = 0.0f; r.inv_freq = inv2; }
+        vm_buf *x = buf_of(be, xs, (size_t)len), *p = be->buf_alloc(be, sizeof posv[0], &e);
+        be->buf_write(be, p, 0, pos, sizeof posv[0]);
+        be->rope(be, x, p, n, heads, hd, &r);
+        vm_backend *fresh = vm_backend_cpu_create(1, &e);
+        vm_buf *fx = buf_of(fresh, xs, (size_t)len), *fp = fresh->buf_alloc(fresh, sizeof posv[0], &e);
+        fresh->buf_write(fresh, fp, 0, pos, sizeof posv[0]);
+        fresh->rope(fresh, fx, fp, n, heads, hd, &r);
+        float a[96], b[96];
+        be->buf_read(be, x, 0, a, sizeof(float) * len);
+        fresh->buf_read(fresh, fx, 0, b, sizeof(float) * len);
+        cr_expect(!memcmp(a, b, sizeof(float) * len), "rope step %d differs from a fresh backend's", step);
+        be->buf_free(be, x); be->buf_free(be, p);
+        fresh->buf_free(fresh, fx); fresh->buf_free(fresh, fp);
+        fresh->destroy(fresh);
+    }
+    be->destroy(be);
+}
+
 static void sum_range(void *ctx, int begin, int end, int thread_index) {
     long *hits = ctx;
     for (int i = begin; i < end; i++) __atomic_fetch_add(&hits[i], 1, __ATOMIC_RELAXED);

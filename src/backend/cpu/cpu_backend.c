@@ -31,12 +31,14 @@ typedef struct cpu_impl {
     void **rp;             // the arenas
     size_t rp_n, rp_cap;
     size_t arena_used, arena_cap;   // of the last arena
-    // cpu_rope's cos/sin table, [rope_n][rot_dim/2][2], for positions rope_pos under rope_r
-    const vm_rope *rope_r;
+    // cpu_rope's cos/sin table, [rope_n][rot_dim/2][2], for positions rope_pos
+    // under rope_key with inverse frequencies rope_inv (rope_n 0: none)
+    vm_rope rope_key;
+    float *rope_inv;
     int32_t *rope_pos;
     int rope_n;
     float *rope_tab;
-    size_t rope_pos_cap, rope_tab_cap;
+    size_t rope_pos_cap, rope_tab_cap, rope_inv_cap;
 } cpu_impl;
 
 static cpu_impl *impl_of(vm_backend *be) { return be->impl; }
@@ -530,15 +532,29 @@ static void rope_tokens(void *ctx, int begin, int end, int thread_index) {
     }
 }
 
+// Whether cpu_rope's table holds these positions under these parameters.
+static int rope_table_holds(const cpu_impl *c, const vm_rope *r, const int32_t *pos, int n) {
+    const vm_rope *k = &c->rope_key;
+    const size_t half = (size_t)(r->rot_dim / 2);
+    return c->rope_n == n && k->rot_dim == r->rot_dim && k->interleaved == r->interleaved &&
+           !memcmp(&k->theta_scale, &r->theta_scale, sizeof r->theta_scale) &&
+           (r->theta_scale > 0 || (r->inv_freq && !memcmp(c->rope_inv, r->inv_freq, half * 4))) &&
+           !memcmp(c->rope_pos, pos, (size_t)n * 4);
+}
+
 // The cos/sin table of the last call's positions is kept: a forward pass
 // ropes q and k of every layer at the same positions, so it is made once.
 static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads,
                      int head_dim, const vm_rope *r) {
     cpu_impl *c = impl_of(be);
-    const size_t floats = (size_t)n * (size_t)(r->rot_dim / 2) * 2;
-    const int fill = !(c->rope_r == r && c->rope_n == n && !memcmp(c->rope_pos, positions->data, (size_t)n * 4));
+    const size_t half = (size_t)(r->rot_dim / 2), floats = (size_t)n * half * 2;
+    const int fill = !rope_table_holds(c, r, positions->data, n);
     if (fill) {
-        c->rope_r = NULL;
+        c->rope_n = 0;
+        if (half > c->rope_inv_cap) {
+            float *f = realloc(c->rope_inv, half * 4);
+            if (f) { c->rope_inv = f; c->rope_inv_cap = half; }
+        }
         if ((size_t)n > c->rope_pos_cap) {
             int32_t *p = realloc(c->rope_pos, (size_t)n * 4);
             if (p) { c->rope_pos = p; c->rope_pos_cap = (size_t)n; }
@@ -548,11 +564,12 @@ static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, 
             if (t) { c->rope_tab = t; c->rope_tab_cap = floats; }
         }
     }
-    const int table = (size_t)n <= c->rope_pos_cap && floats <= c->rope_tab_cap;
+    const int table = (size_t)n <= c->rope_pos_cap && floats <= c->rope_tab_cap && half <= c->rope_inv_cap;
     if (fill && table) {
         memcpy(c->rope_pos, positions->data, (size_t)n * 4);
+        c->rope_key = *r;
+        if (r->inv_freq) memcpy(c->rope_inv, r->inv_freq, half * 4);
         c->rope_n = n;
-        c->rope_r = r;
     }
     rope_job j = { x->data, positions->data, n_heads, head_dim, r, table ? c->rope_tab : NULL, fill };
     vm_parallel_for(c->pool, n, 4, rope_tokens, &j);
@@ -856,6 +873,7 @@ static void cpu_destroy(vm_backend *be) {
         for (size_t i = 0; i < c->rp_n; i++) free(c->rp[i]);
         free(c->rp);
         free(c->rope_pos);
+        free(c->rope_inv);
         free(c->rope_tab);
         free(c);
     }
