@@ -688,6 +688,8 @@ static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *
 // single decoded token through its f16 vec_dot (32 partial sums). `single`
 // picks the second. Positions past the context count as masked zeros, which
 // leave every partial sum unchanged.
+#define ATTN_V_AHEAD 32   // (a multiple of 8: dots_f16's row groups stay as they were)
+
 static void attn_group_f16(const attn_job *j, const uint16_t *const *krows, const uint16_t *const *vrows,
                            const float *q, int g, int n_ctx, int single, float *scratch, float *o) {
     const vm_cpu_kernels *k = j->k;
@@ -699,13 +701,31 @@ static void attn_group_f16(const attn_job *j, const uint16_t *const *krows, cons
     float *accs = scratch + (size_t)g * (ss + hd);
     k->to_f16(qh, q, g * hd);
     const int acc32 = single || hd % 8;
-    k->dots_f16(krows, n_ctx, qh, g, hd, acc32, scores, ss);
+    // The scores in runs of ATTN_V_AHEAD positions, asking for the run's V rows
+    // meanwhile (into L2, not waited for): weights.V then finds them there
+    // instead of waiting on memory row by row, and the K and V streams overlap.
+    for (int p0 = 0; p0 < n_ctx; p0 += ATTN_V_AHEAD) {
+        const int n = VM_MIN(ATTN_V_AHEAD, n_ctx - p0);
+        for (int p = p0; p < p0 + n; p++)
+            for (int b = 0; b < 2 * hd; b += 64) __builtin_prefetch((const char *)vrows[p] + b, 0, 2);
+        k->dots_f16(krows + p0, n, qh, g, hd, acc32, scores + p0, ss);
+    }
     for (int h = 0; h < g; h++) {
-        float *sc = scores + h * ss, mx = -INFINITY;
-        for (int p = 0; p < n_ctx; p++) {
+        float *sc = scores + h * ss;
+        // the max in 8 independent lanes (the same value: max is exact in any order)
+        float m8[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
+        int p = 0;
+        for (; p + 8 <= n_ctx; p += 8)
+            for (int l = 0; l < 8; l++) {
+                sc[p + l] *= j->scale;
+                m8[l] = sc[p + l] > m8[l] ? sc[p + l] : m8[l];
+            }
+        for (; p < n_ctx; p++) {
             sc[p] *= j->scale;
-            if (sc[p] > mx) mx = sc[p];
+            m8[0] = sc[p] > m8[0] ? sc[p] : m8[0];
         }
+        float mx = m8[0];
+        for (int l = 1; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
         double sum = k->exp_sum(sc, sc, mx, n_ctx);
         k->round_f16(sc, sc, (float)(1.0 / sum), n_ctx);
     }
