@@ -782,10 +782,15 @@ static void attn_items(void *ctx, int begin, int end, int thread_index) {
         int n_ctx = j->pos[t] + 1;
         if (m->kv_dtype == VM_DTYPE_F16) {
             if (s != built_seq || kvh != built_kvh) { built_seq = s; built_kvh = kvh; built = 0; }
-            for (; built < n_ctx; built++) {
-                const size_t off = kv_row(j->n_blocks, kvh, blocks[built / bs], built % bs, bs, hd);
-                krows[built] = (const uint16_t *)j->kc + off;
-                vrows[built] = (const uint16_t *)j->vc + off;
+            while (built < n_ctx) {   // a block at a time: its rows are hd apart
+                const int off0 = built % bs, n = VM_MIN(bs - off0, n_ctx - built);
+                const uint16_t *kb = (const uint16_t *)j->kc + kv_row(j->n_blocks, kvh, blocks[built / bs], off0, bs, hd);
+                const uint16_t *vb = (const uint16_t *)j->vc + (kb - (const uint16_t *)j->kc);
+                for (int r = 0; r < n; r++) {
+                    krows[built + r] = kb + (size_t)r * hd;
+                    vrows[built + r] = vb + (size_t)r * hd;
+                }
+                built += n;
             }
             int single = j->decode_from && j->pos[t] >= j->decode_from[s];
             attn_group_f16(j, krows, vrows, q, group, n_ctx, single, scratch, o);
