@@ -6,7 +6,7 @@
 # Generates the random models with bench/gpu_transformers_peer.py (fixed seed,
 # bf16, saved with save_pretrained): Qwen2.5-1.5B's shapes, and SmolLM2-135M's
 # shapes. Then per model: batch-1 decode tok/s (bench/gpu_decode.sh's driver:
-# 32-token prompt, 128 greedy steps), and output tok/s of
+# 32-token prompt, 128 greedy steps; the median of three runs), and output tok/s of
 # `vllm-metal throughput --num-prompts N --input-len 128 --output-len 128` at
 # each N in STREAMS. The HBM roofline is measured with a device copy (torch);
 # bytes per decode step = the weight bytes of the safetensors file (the tied
@@ -63,7 +63,13 @@ print(tot)" "$1"; }
 
 run_model() {   # name path
     local name=$1 path=$2 out
-    out=$(timeout 300 bash bench/gpu_decode.sh "$path" vulkan 128 2>&1 | tee -a "$LOG/$name.decode.log" | grep -o 'decode 128 tokens [0-9.]* tok/s' | awk '{print $4}')
+    local runs=()
+    for r in 1 2 3; do   # three runs, the median kept (one run on a shared card can be far off)
+        out=$(timeout 300 bash bench/gpu_decode.sh "$path" vulkan 128 2>&1 | tee -a "$LOG/$name.decode.log" | grep -o 'decode 128 tokens [0-9.]* tok/s' | awk '{print $4}')
+        [ -n "$out" ] && runs+=("$out")
+    done
+    out=$(printf '%s\n' "${runs[@]}" | sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
+    echo "$name decode1 runs: ${runs[*]}" | tee -a "$LOG/decode_runs"
     echo "$name decode1 ${out:-fail}" | tee -a "$LOG/results"
     for n in $STREAMS; do
         out=$(timeout 300 "$BIN/vllm-metal" throughput --model "$path" --num-prompts "$n" --input-len 128 --output-len 128 \
