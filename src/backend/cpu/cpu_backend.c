@@ -577,10 +577,10 @@ static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, 
 
 // ---- KV cache and paged attention ---------------------------------------------
 
-// The CPU keeps a layer's cache head-major, [n_kv_heads][num_blocks][block_size]
-// [head_dim], so the rows one KV head reads for a sequence whose blocks were
-// handed out in order are one run of memory, which the hardware prefetchers
-// stream; block-major, they are runs of block_size rows, one per block.
+// A layer's cache is head-major, [n_kv_heads][num_blocks][block_size][head_dim]
+// (on every backend): the rows one KV head reads for a sequence whose blocks
+// were handed out in order are one run of memory, which the hardware
+// prefetchers stream; block-major, they were runs of block_size rows.
 static size_t kv_blocks(const vm_buf *cache, const vm_attn_meta *m, int n_kv_heads, int head_dim) {
     const size_t elem = m->kv_dtype == VM_DTYPE_F16 ? 2 : 4;
     return cache->size / ((size_t)n_kv_heads * (size_t)m->block_size * (size_t)head_dim * elem);
