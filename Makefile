@@ -5,7 +5,12 @@ BUILD ?= build
 CFLAGS ?= -O2 -g
 CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -pthread \
           -Iinclude -Isrc $(shell pkg-config --cflags jansson libpcre2-8 libmicrohttpd libcurl 2>/dev/null)
+# x86-64 kernel files get their instruction sets (they are empty elsewhere:
+# the files compile to nothing off x86-64, e.g. natively on Apple Silicon).
+ifneq ($(findstring x86_64,$(shell $(CC) -dumpmachine 2>/dev/null)),)
 SIMD_CFLAGS = -mavx2 -mfma -mf16c
+AVX512_CFLAGS = -mavx512f -mavx512bw -mavx512vl -mavx512vnni
+endif
 LDLIBS += $(shell pkg-config --libs jansson libpcre2-8 libmicrohttpd libcurl 2>/dev/null) -lutf8proc -ljpeg -lpng16 -lwebp -lm -pthread
 CACHE ?= $(HOME)/.cache/vllm-metal
 MODEL ?= $(CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -20,10 +25,14 @@ TEST_BIN := $(TEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 
 all: $(BUILD)/vllm-metal $(BUILD)/libvllm_metal.so
 
-# x86-64 SIMD kernels live in files named *_avx2.c and are chosen at run time.
+# x86-64 SIMD kernels live in files named *_avx2.c and *_avx512.c and are
+# chosen at run time.
 $(BUILD)/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SIMD_CFLAGS) -MMD -MP -c $< -o $@
+$(BUILD)/%_avx512.o: %_avx512.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(SIMD_CFLAGS) $(AVX512_CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

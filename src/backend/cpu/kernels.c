@@ -434,8 +434,13 @@ const vm_cpu_kernels *vm_cpu_kernels_select(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("f16c")) {
+        if (!(force && strcmp(force, "avx2") == 0) && __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512vnni"))
+            return vm_kernels_avx512();
         return &vm_kernels_avx2;
+    }
 #endif
 #if defined(__aarch64__)
     if (force && strcmp(force, "neon") == 0) return &vm_kernels_neon;

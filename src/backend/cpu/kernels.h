@@ -170,6 +170,8 @@ void vm_generic_axpy_lanes_f16(float *acc, size_t astride, const float *w, size_
 extern const vm_cpu_kernels vm_kernels_generic;
 #if defined(__x86_64__)
 extern const vm_cpu_kernels vm_kernels_avx2;
+// kernels_avx512.c: the AVX2 set with AVX-512 (F, BW, VL, VNNI) one-token matvecs
+const vm_cpu_kernels *vm_kernels_avx512(void);
 #endif
 #if defined(__aarch64__)
 // kernels_neon.c: SDOT for the 8-bit dots where the CPU has DotProd, else SMULL.
@@ -178,7 +180,8 @@ int vm_cpu_arm_dotprod(void); // run-time check (getauxval / sysctl)
 #endif
 
 // Best kernel set for this CPU (VLLM_METAL_KERNELS=generic forces the reference;
-// on arm64, VLLM_METAL_KERNELS=neon forces the NEON set without DotProd).
+// on x86-64, VLLM_METAL_KERNELS=avx2 the AVX2 set where AVX-512 is there too; on
+// arm64, VLLM_METAL_KERNELS=neon the NEON set without DotProd).
 const vm_cpu_kernels *vm_cpu_kernels_select(void);
 
 // Dequantize row `row` of w into out[w->cols] (any matrix dtype).

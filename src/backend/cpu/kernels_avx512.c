@@ -1,0 +1,118 @@
+// kernels_avx512.c - x86-64 AVX-512 (F, BW, VL, VNNI) versions of the one-token
+// matvec kernels over repacked 8-row groups (gemv8_*); every other entry is
+// the AVX2 set's. Compiled with AVX-512 flags; only called when the CPU has
+// them (vm_cpu_kernels_select).
+//
+// A zmm holds two of the AVX2 kernels' 8-lane vectors (lanes 0-7 one 4-byte
+// chunk of each row's block, lanes 8-15 the next), so every lane runs the
+// same chain of fused multiply-adds as there, and VPDPBUSD's sums of four
+// u8 x s8 products are the maddubs + madd sums (which never saturate for
+// these operands: nibbles, or |q8| <= 128 against q8): same bits.
+#if defined(__x86_64__)
+#include "kernels.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <string.h>
+
+#ifndef VM_PF_DIST
+#define VM_PF_DIST 1024
+#endif
+
+// Lanes 0-7: the 32-bit word a of the activations' 32 bytes, lanes 8-15: word b.
+static inline __m512i words2(__m512i x, int a, int b) {
+    return _mm512_permutexvar_epi32(_mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a), x);
+}
+
+// The AVX2 kernels' final sum over their 8 vectors a[0..7], per lane
+// ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)), from zmm pairs [a0|a1], [a2|a3],
+// [a4|a5], [a6|a7].
+static inline __m256 sum_pairs(__m512 a01, __m512 a23, __m512 a45, __m512 a67) {
+    const __m512 u = _mm512_add_ps(_mm512_add_ps(a01, a45), _mm512_add_ps(a23, a67));   // [t0+t2 | t1+t3]
+    return _mm256_add_ps(_mm512_castps512_ps256(u), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
+}
+
+// [v | v]
+static inline __m512 twice(__m256 v) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(v)), _mm256_castps_pd(v), 1));
+}
+
+static inline __m512i x_block(const vm_q8_block *x) {
+    return _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x->q));
+}
+
+#define PF3(p) do { _mm_prefetch((const char *)(p) + VM_PF_DIST, _MM_HINT_T0); \
+                    _mm_prefetch((const char *)(p) + VM_PF_DIST + 64, _MM_HINT_T0); \
+                    _mm_prefetch((const char *)(p) + VM_PF_DIST + 128, _MM_HINT_T0); } while (0)
+
+// Q4_0 and Q4_1 (with_min): the AVX2 gemv8_q4's arithmetic, two chunks a zmm.
+static inline void gemv8_q4(int with_min, const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const size_t bsz = with_min ? sizeof(vm_block_q4_1x8) : sizeof(vm_block_q4_0x8);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
+    __m512 lo01 = _mm512_setzero_ps(), lo23 = _mm512_setzero_ps(), hi01 = _mm512_setzero_ps(), hi23 = _mm512_setzero_ps();
+    __m256 extra = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / 32; ib++) {
+        const uint8_t *blk = (const uint8_t *)g + (size_t)ib * bsz;
+        const uint8_t *q = blk + (with_min ? 32 : 16);   // after d[8] (and m[8])
+        PF3(blk);
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk)), _mm256_set1_ps(x[ib].d));
+        if (with_min)
+            extra = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16))), _mm256_set1_ps(x[ib].s), extra);
+        else
+            extra = _mm256_add_ps(extra, _mm256_mul_ps(dd, _mm256_set1_ps((float)(8 * x[ib].isum))));
+        const __m512 dd2 = twice(dd);
+        const __m512i xb = x_block(&x[ib]);
+        const __m512i c01 = _mm512_loadu_si512((const void *)q), c23 = _mm512_loadu_si512((const void *)(q + 64));
+        const __m512i l01 = _mm512_and_si512(c01, m4), h01 = _mm512_and_si512(_mm512_srli_epi16(c01, 4), m4);
+        const __m512i l23 = _mm512_and_si512(c23, m4), h23 = _mm512_and_si512(_mm512_srli_epi16(c23, 4), m4);
+        lo01 = _mm512_fmadd_ps(dd2, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, l01, words2(xb, 0, 1))), lo01);
+        lo23 = _mm512_fmadd_ps(dd2, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, l23, words2(xb, 2, 3))), lo23);
+        hi01 = _mm512_fmadd_ps(dd2, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, h01, words2(xb, 4, 5))), hi01);
+        hi23 = _mm512_fmadd_ps(dd2, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, h23, words2(xb, 6, 7))), hi23);
+    }
+    const __m256 h = sum_pairs(lo01, lo23, hi01, hi23);
+    _mm256_storeu_ps(out, with_min ? _mm256_add_ps(h, extra) : _mm256_sub_ps(h, extra));
+}
+static void gemv8_q4_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) { gemv8_q4(0, g, x, n, out); }
+static void gemv8_q4_1_q8(const void *g, const vm_q8_block *x, int n, float out[8]) { gemv8_q4(1, g, x, n, out); }
+
+// Q8_0: |w| (as u8) against x with w's sign, as the AVX2 kernel's sign trick.
+static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
+    const vm_block_q8_0x8 *b = g;
+    const __m512i zero = _mm512_setzero_si512();
+    __m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
+    for (int ib = 0; ib < n / 32; ib++) {
+        PF3(b + ib);
+        _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 192, _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 256, _MM_HINT_T0);
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
+        const __m512 dd2 = twice(dd);
+        const __m512i xb = x_block(&x[ib]);
+        for (int j = 0; j < 4; j++) {   // chunks 2j, 2j+1
+            const __m512i wq = _mm512_loadu_si512((const void *)(b[ib].q + 64 * j));
+            const __m512i xs = words2(xb, 2 * j, 2 * j + 1);
+            const __mmask64 neg = _mm512_movepi8_mask(wq), nz = _mm512_test_epi8_mask(wq, wq);
+            const __m512i xw = _mm512_maskz_mov_epi8(nz, _mm512_mask_sub_epi8(xs, neg, zero, xs));   // sign(x, w)
+            acc[j] = _mm512_fmadd_ps(dd2, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, _mm512_abs_epi8(wq), xw)), acc[j]);
+        }
+    }
+    // acc[j] = [a(2j) | a(2j+1)]
+    _mm256_storeu_ps(out, sum_pairs(acc[0], acc[1], acc[2], acc[3]));
+}
+#undef PF3
+
+static vm_cpu_kernels table;
+static pthread_once_t table_once = PTHREAD_ONCE_INIT;
+static void table_init(void) {
+    table = vm_kernels_avx2;
+    table.name = "avx512";
+    table.gemv8_q4_0_q8 = gemv8_q4_0_q8;
+    table.gemv8_q4_1_q8 = gemv8_q4_1_q8;
+    table.gemv8_q8_0_q8 = gemv8_q8_0_q8;
+}
+
+const vm_cpu_kernels *vm_kernels_avx512(void) {
+    pthread_once(&table_once, table_init);
+    return &table;
+}
+#endif
