@@ -1,9 +1,11 @@
 // gemv8_bench.c - one thread's one-token matvec (gemv8_*) over repacked GGUF
-// weights, for each x86-64 kernel set this CPU runs, side by side:
+// weights, and its 8-token row kernel (dot8_*, prefill) over row-major ones,
+// for each x86-64 kernel set this CPU runs, side by side:
 //   gemv8_bench [rows cols]      (default: the shapes of SmolLM2-135M's matrices)
 // Per dtype and shape: ns per 8-row group with the weight in cache (one
 // group-tile reread) and streamed from memory (a 256 MiB ring of copies), and
-// whether the sets' outputs are bit-identical. Build: bench/gemv8_bench.sh.
+// whether the sets' outputs are bit-identical; dot8: ns per row (8 tokens),
+// weight in cache. Build: bench/gemv8_bench.sh.
 #include "backend/cpu/kernels.h"
 
 #include <stdio.h>
@@ -47,7 +49,7 @@ int main(int argc, char **argv) {
         { VM_DTYPE_Q8_0, 8192, 576 } };
     int n_cases = 4;
     if (argc == 3) { cases[0].rows = atoi(argv[1]); cases[0].cols = atoi(argv[2]); n_cases = 1; }
-    printf("| dtype | rows x cols | set | cached ns/group | streamed ns/group (GB/s) | same bits as avx2 |\n|---|---|---|---|---|---|\n");
+    printf("| dtype | rows x cols | set | gemv8 cached ns/group | gemv8 streamed ns/group (GB/s) | dot8 ns/row (8 tokens) | same bits as avx2 |\n|---|---|---|---|---|---|---|\n");
     for (int c = 0; c < n_cases; c++) {
         const vm_dtype t = cases[c].t;
         const int rows = cases[c].rows / 8 * 8, cols = cases[c].cols / 32 * 32, groups = rows / 8;
@@ -69,15 +71,34 @@ int main(int argc, char **argv) {
         vm_q8_block *xq = malloc(sizeof(vm_q8_block) * (cols / 32));
         vm_kernels_avx2.quantize_q8(xf, xq, cols);
         float *ref = malloc(sizeof(float) * rows), *out = malloc(sizeof(float) * rows);
+        // 8 tokens for dot8
+        vm_q8_block *xt = malloc(sizeof(vm_q8_block) * (cols / 32) * 8);
+        for (int t = 0; t < 8; t++) {
+            for (int i = 0; i < cols; i++) xf[i] = (float)((int)(rnd() % 2001) - 1000) / 700.0f;
+            vm_kernels_avx2.quantize_q8(xf, xt + (size_t)t * (cols / 32), cols);
+        }
+        vm_q8_x8 *x8 = malloc(sizeof(vm_q8_x8) * (cols / 32));
+        vm_q8_pack8(xt, (size_t)(cols / 32), cols / 32, x8);
+        float *ref8 = malloc(sizeof(float) * 8 * rows), *out8 = malloc(sizeof(float) * 8 * rows);
         for (int s = 0; s < n_sets; s++) {
             gemv8_fn f = pick(sets[s], t);
             double cached = run(f, ring, gb, groups, 1, bytes, xq, cols, 200, out);
             double streamed = run(f, ring, gb, groups, copies, bytes, xq, cols, copies, out);
-            if (s == 0) memcpy(ref, out, sizeof(float) * rows);
-            printf("| %s | %d x %d | %s | %.1f | %.1f (%.1f) | %s |\n", vm_dtype_name(t), rows, cols, sets[s]->name, cached,
-                   streamed, gb / streamed, s == 0 ? "-" : memcmp(ref, out, sizeof(float) * rows) ? "NO" : "yes");
+            void (*d8)(const void *, const vm_q8_x8 *, int, float *) = t == VM_DTYPE_Q4_0 ? sets[s]->dot8_q4_0_q8
+                : t == VM_DTYPE_Q4_1 ? sets[s]->dot8_q4_1_q8 : sets[s]->dot8_q8_0_q8;
+            double best8 = 1e30;
+            for (int r = 0; r < 50; r++) {
+                double t0 = now();
+                for (int row = 0; row < rows; row++) d8(src + (size_t)row * row_bytes, x8, cols, out8 + 8 * row);
+                double dt = now() - t0;
+                if (dt < best8) best8 = dt;
+            }
+            if (s == 0) { memcpy(ref, out, sizeof(float) * rows); memcpy(ref8, out8, sizeof(float) * 8 * rows); }
+            const int same = !memcmp(ref, out, sizeof(float) * rows) && !memcmp(ref8, out8, sizeof(float) * 8 * rows);
+            printf("| %s | %d x %d | %s | %.1f | %.1f (%.1f) | %.1f | %s |\n", vm_dtype_name(t), rows, cols, sets[s]->name,
+                   cached, streamed, gb / streamed, best8 * 1e9 / rows, s == 0 ? "-" : same ? "yes" : "NO");
         }
-        free(src); free(ring); free(xf); free(xq); free(ref); free(out);
+        free(src); free(ring); free(xf); free(xq); free(ref); free(out); free(xt); free(x8); free(ref8); free(out8);
     }
     return 0;
 }

@@ -2,6 +2,7 @@
 // Compiled with -mavx2 -mfma -mf16c; only called when the CPU has all three.
 #if defined(__x86_64__)
 #include "kernels.h"
+#include "kernels_x86.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -186,13 +187,6 @@ static void quantize_q8(const float *x, vm_q8_block *out, int n) {
     }
 }
 
-// 32 nibbles in element order as unsigned bytes: one 16-byte load into both
-// halves, the high half shifted by 4
-static inline __m256i nibbles_u8(const uint8_t *qs) {
-    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
-    return _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0f));
-}
-
 // sum of u8*s8 over 32 lanes, as 8 i32 partial sums converted to float
 static inline __m256 dot_u8s8(__m256i u, __m256i s) {
     __m256i p16 = _mm256_maddubs_epi16(u, s);
@@ -324,21 +318,6 @@ static void dot4_q8_0_q8(const void *w, const vm_q8_block *x, size_t xs, int n, 
     const __m256 dw_ = _mm256_set1_ps(dw);                                       \
     const __m256 lo = _mm256_mul_ps(dw_, _mm256_broadcast_ps((const __m128 *)(xd))); \
     const __m256 hi = _mm256_mul_ps(dw_, _mm256_broadcast_ps((const __m128 *)((xd) + 4)))
-// hsum8 of the 8 accumulators at once, token t in lane t: the same adds in
-// the same order as hsum8 (halves, then lanes i and i+2, then the pair).
-static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
-                             __m256 a7) {
-#define HALVES(x, y) _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31))
-    __m256 s01 = HALVES(a0, a1), s23 = HALVES(a2, a3), s45 = HALVES(a4, a5), s67 = HALVES(a6, a7);
-#undef HALVES
-    __m256 t0 = _mm256_add_ps(_mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
-                              _mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));
-    __m256 t1 = _mm256_add_ps(_mm256_shuffle_ps(s45, s67, _MM_SHUFFLE(1, 0, 1, 0)),
-                              _mm256_shuffle_ps(s45, s67, _MM_SHUFFLE(3, 2, 3, 2)));
-    // lanes: tokens 0 2 4 6 | 1 3 5 7
-    __m256 h = _mm256_hadd_ps(t0, t1);
-    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-}
 #define DOT8_HSUM() hsum8x8(a0, a1, a2, a3, a4, a5, a6, a7)
 
 static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {

@@ -1,6 +1,7 @@
 // kernels_avx512.c - x86-64 AVX-512 (F, BW, VL, VNNI) versions of the one-token
-// matvec kernels over repacked 8-row groups (gemv8_*); every other entry is
-// the AVX2 set's. Compiled with AVX-512 flags; only called when the CPU has
+// matvec kernels over repacked 8-row groups (gemv8_*) and of the 8-token row
+// kernels (dot8_*, prefill and batched decode); every other entry is the
+// AVX2 set's. Compiled with AVX-512 flags; only called when the CPU has
 // them (vm_cpu_kernels_select).
 //
 // A zmm holds two of the AVX2 kernels' 8-lane vectors (lanes 0-7 one 4-byte
@@ -10,6 +11,7 @@
 // these operands: nibbles, or |q8| <= 128 against q8): same bits.
 #if defined(__x86_64__)
 #include "kernels.h"
+#include "kernels_x86.h"
 
 #include <immintrin.h>
 #include <pthread.h>
@@ -76,6 +78,11 @@ static inline void gemv8_q4(int with_min, const void *g, const vm_q8_block *x, i
 static void gemv8_q4_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) { gemv8_q4(0, g, x, n, out); }
 static void gemv8_q4_1_q8(const void *g, const vm_q8_block *x, int n, float out[8]) { gemv8_q4(1, g, x, n, out); }
 
+// x with the sign of w (w < 0: -x, w == 0: 0), as _mm256_sign_epi8 (-(-128) stays -128)
+static inline __m512i sign_by(__m512i x, __mmask64 neg, __mmask64 nz) {
+    return _mm512_maskz_mov_epi8(nz, _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x));
+}
+
 // Q8_0: |w| (as u8) against x with w's sign, as the AVX2 kernel's sign trick.
 static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
     const vm_block_q8_0x8 *b = g;
@@ -91,8 +98,7 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
         for (int j = 0; j < 4; j++) {   // chunks 2j, 2j+1
             const __m512i wq = _mm512_loadu_si512((const void *)(b[ib].q + 64 * j));
             const __m512i xs = words2(xb, 2 * j, 2 * j + 1);
-            const __mmask64 neg = _mm512_movepi8_mask(wq), nz = _mm512_test_epi8_mask(wq, wq);
-            const __m512i xw = _mm512_maskz_mov_epi8(nz, _mm512_mask_sub_epi8(xs, neg, zero, xs));   // sign(x, w)
+            const __m512i xw = sign_by(xs, _mm512_movepi8_mask(wq), _mm512_test_epi8_mask(wq, wq));
             acc[j] = _mm512_fmadd_ps(dd2, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, _mm512_abs_epi8(wq), xw)), acc[j]);
         }
     }
@@ -100,6 +106,86 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
     _mm256_storeu_ps(out, sum_pairs(acc[0], acc[1], acc[2], acc[3]));
 }
 #undef PF3
+
+// dot8_*: token pairs (t, t+1) share a zmm (lanes 0-7 token t's 8 partial
+// sums, 8-15 token t+1's) against the block's 32 weights in both halves; each
+// token's lane of d_w * d_x is the AVX2 kernel's product, its chain of
+// fused multiply-adds the same, and the final sum is the AVX2 kernel's
+// hsum8x8 over the 8 accumulators.
+#define DOT8_ACC_DECL __m512 p01 = _mm512_setzero_ps(), p23 = p01, p45 = p01, p67 = p01
+// ddv: d_w * d_x[0..7]; IS(t): the int32 sums of tokens t, t+1 (t even)
+#define DOT8_STEP(ddv, IS)                                                                          \
+    do {                                                                                            \
+        const __m512 dz_ = _mm512_castps256_ps512(ddv);                                             \
+        p01 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair_idx(0), dz_), _mm512_cvtepi32_ps(IS(0)), p01); \
+        p23 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair_idx(2), dz_), _mm512_cvtepi32_ps(IS(2)), p23); \
+        p45 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair_idx(4), dz_), _mm512_cvtepi32_ps(IS(4)), p45); \
+        p67 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair_idx(6), dz_), _mm512_cvtepi32_ps(IS(6)), p67); \
+    } while (0)
+#define LO(z) _mm512_castps512_ps256(z)
+#define HI(z) _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1))
+#define DOT8_HSUM() hsum8x8(LO(p01), HI(p01), LO(p23), HI(p23), LO(p45), HI(p45), LO(p67), HI(p67))
+
+// lanes 0-7: element t, lanes 8-15: element t + 1
+static inline __m512i pair_idx(int t) {
+    return _mm512_set_epi32(t + 1, t + 1, t + 1, t + 1, t + 1, t + 1, t + 1, t + 1, t, t, t, t, t, t, t, t);
+}
+static inline __m512i both_halves(__m256i v) { return _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1); }
+static inline __m512i tokens2(const vm_q8_x8 *x, int t) { return _mm512_loadu_si512((const void *)x->q[t]); }
+
+static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_0 *b = w;
+    const __m512i zero = _mm512_setzero_si512();
+    DOT8_ACC_DECL;
+    __m256 corr = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / 32; ib++) {
+        const __m512i wq = both_halves(nibbles_u8(b[ib].qs));
+        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b[ib].d)), _mm256_loadu_ps(x[ib].d));
+        corr = _mm256_add_ps(corr, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_slli_epi32(
+                                   _mm256_loadu_si256((const __m256i *)x[ib].isum), 3))));
+#define IS(t) _mm512_dpbusd_epi32(zero, wq, tokens2(&x[ib], t))
+        DOT8_STEP(d, IS);
+#undef IS
+    }
+    _mm256_storeu_ps(out, _mm256_sub_ps(DOT8_HSUM(), corr));
+}
+
+static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q4_1 *b = w;
+    const __m512i zero = _mm512_setzero_si512();
+    DOT8_ACC_DECL;
+    __m256 msum = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / 32; ib++) {
+        const __m512i wq = both_halves(nibbles_u8(b[ib].qs));
+        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b[ib].d)), _mm256_loadu_ps(x[ib].d));
+        msum = _mm256_add_ps(msum, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b[ib].m)), _mm256_loadu_ps(x[ib].s)));
+#define IS(t) _mm512_dpbusd_epi32(zero, wq, tokens2(&x[ib], t))
+        DOT8_STEP(d, IS);
+#undef IS
+    }
+    _mm256_storeu_ps(out, _mm256_add_ps(DOT8_HSUM(), msum));
+}
+
+static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const vm_block_q8_0 *b = w;
+    const __m512i zero = _mm512_setzero_si512();
+    DOT8_ACC_DECL;
+    for (int ib = 0; ib < n / 32; ib++) {
+        const __m512i wq = both_halves(_mm256_loadu_si256((const __m256i *)b[ib].qs));
+        const __m512i aw = _mm512_abs_epi8(wq);
+        const __mmask64 neg = _mm512_movepi8_mask(wq), nz = _mm512_test_epi8_mask(wq, wq);
+        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b[ib].d)), _mm256_loadu_ps(x[ib].d));
+#define IS(t) _mm512_dpbusd_epi32(zero, aw, sign_by(tokens2(&x[ib], t), neg, nz))
+        DOT8_STEP(d, IS);
+#undef IS
+    }
+    _mm256_storeu_ps(out, DOT8_HSUM());
+}
+#undef DOT8_ACC_DECL
+#undef DOT8_STEP
+#undef DOT8_HSUM
+#undef LO
+#undef HI
 
 static vm_cpu_kernels table;
 static pthread_once_t table_once = PTHREAD_ONCE_INIT;
@@ -109,6 +195,9 @@ static void table_init(void) {
     table.gemv8_q4_0_q8 = gemv8_q4_0_q8;
     table.gemv8_q4_1_q8 = gemv8_q4_1_q8;
     table.gemv8_q8_0_q8 = gemv8_q8_0_q8;
+    table.dot8_q4_0_q8 = dot8_q4_0_q8;
+    table.dot8_q4_1_q8 = dot8_q4_1_q8;
+    table.dot8_q8_0_q8 = dot8_q8_0_q8;
 }
 
 const vm_cpu_kernels *vm_kernels_avx512(void) {
