@@ -133,38 +133,34 @@ static inline __m512i pair_idx(int t) {
 static inline __m512i both_halves(__m256i v) { return _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1); }
 static inline __m512i tokens2(const vm_q8_x8 *x, int t) { return _mm512_loadu_si512((const void *)x->q[t]); }
 
-static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
-    const vm_block_q4_0 *b = w;
+// Q4_0 (the -8 offset as corr += dd * 8 * isum) and Q4_1 (with_min: msum +=
+// m * s), as the AVX2 kernels.
+static inline void dot8_q4(int with_min, const void *w, const vm_q8_x8 *x, int n, float out[8]) {
+    const size_t bsz = with_min ? sizeof(vm_block_q4_1) : sizeof(vm_block_q4_0);
     const __m512i zero = _mm512_setzero_si512();
     DOT8_ACC_DECL;
-    __m256 corr = _mm256_setzero_ps();
+    __m256 extra = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
-        const __m512i wq = both_halves(nibbles_u8(b[ib].qs));
-        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b[ib].d)), _mm256_loadu_ps(x[ib].d));
-        corr = _mm256_add_ps(corr, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_slli_epi32(
-                                   _mm256_loadu_si256((const __m256i *)x[ib].isum), 3))));
+        const uint8_t *blk = (const uint8_t *)w + (size_t)ib * bsz;
+        uint16_t dh, mh;
+        memcpy(&dh, blk, 2);
+        const __m512i wq = both_halves(nibbles_u8(blk + (with_min ? 4 : 2)));
+        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(dh)), _mm256_loadu_ps(x[ib].d));
+        if (with_min) {
+            memcpy(&mh, blk + 2, 2);
+            extra = _mm256_add_ps(extra, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(mh)), _mm256_loadu_ps(x[ib].s)));
+        } else {
+            extra = _mm256_add_ps(extra, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_slli_epi32(
+                                         _mm256_loadu_si256((const __m256i *)x[ib].isum), 3))));
+        }
 #define IS(t) _mm512_dpbusd_epi32(zero, wq, tokens2(&x[ib], t))
         DOT8_STEP(d, IS);
 #undef IS
     }
-    _mm256_storeu_ps(out, _mm256_sub_ps(DOT8_HSUM(), corr));
+    _mm256_storeu_ps(out, with_min ? _mm256_add_ps(DOT8_HSUM(), extra) : _mm256_sub_ps(DOT8_HSUM(), extra));
 }
-
-static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
-    const vm_block_q4_1 *b = w;
-    const __m512i zero = _mm512_setzero_si512();
-    DOT8_ACC_DECL;
-    __m256 msum = _mm256_setzero_ps();
-    for (int ib = 0; ib < n / 32; ib++) {
-        const __m512i wq = both_halves(nibbles_u8(b[ib].qs));
-        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b[ib].d)), _mm256_loadu_ps(x[ib].d));
-        msum = _mm256_add_ps(msum, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b[ib].m)), _mm256_loadu_ps(x[ib].s)));
-#define IS(t) _mm512_dpbusd_epi32(zero, wq, tokens2(&x[ib], t))
-        DOT8_STEP(d, IS);
-#undef IS
-    }
-    _mm256_storeu_ps(out, _mm256_add_ps(DOT8_HSUM(), msum));
-}
+static void dot8_q4_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) { dot8_q4(0, w, x, n, out); }
+static void dot8_q4_1_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) { dot8_q4(1, w, x, n, out); }
 
 static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) {
     const vm_block_q8_0 *b = w;
