@@ -193,12 +193,9 @@ static inline __m256 dot_u8s8(__m256i u, __m256i s) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
-// Software prefetch this many bytes ahead in a weight row (rows of a matrix
-// are contiguous, so it runs on into the next rows): batch-1 decode streams
-// every weight from memory once per token.
-#ifndef VM_PF_DIST
-#define VM_PF_DIST 1024
-#endif
+// Software prefetch VM_PF_DIST (kernels_x86.h) bytes ahead in a weight row
+// (rows of a matrix are contiguous, so it runs on into the next rows): batch-1
+// decode streams every weight from memory once per token.
 #define PF(p) _mm_prefetch((const char *)(p) + VM_PF_DIST, _MM_HINT_T0)
 
 static float dot_q4_0_q8(const void *w, const vm_q8_block *x, int n) {
@@ -401,9 +398,6 @@ static inline __m256 hsum8_lanes(const __m256 a[8]) {
                      _mm256_maddubs_epi16(hi_, bcast4((xq) + 16 + 4 * (k))), ones)), acc[(k) + 4]); \
     } while (0)
 
-#define PF8(p) do { _mm_prefetch((const char *)(p) + VM_PF_DIST, _MM_HINT_T0); \
-                    _mm_prefetch((const char *)(p) + VM_PF_DIST + 64, _MM_HINT_T0); \
-                    _mm_prefetch((const char *)(p) + VM_PF_DIST + 128, _MM_HINT_T0); } while (0)
 
 // Q4_0 and Q4_1 (with_min, a constant in each caller): Q4_0's -8 offset
 // leaves as corr += dd * 8 * isum (unfused, as dot_q4_0_q8), Q4_1's min term
@@ -416,12 +410,8 @@ static inline void gemv8_q4(int with_min, const void *g, const vm_q8_block *x, i
     for (int ib = 0; ib < n / 32; ib++) {
         const uint8_t *blk = (const uint8_t *)g + (size_t)ib * bsz;
         const uint8_t *q = blk + (with_min ? 32 : 16);   // after d[8] (and m[8])
-        PF8(blk);
-        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk)), _mm256_set1_ps(x[ib].d));
-        if (with_min)
-            extra = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16))), _mm256_set1_ps(x[ib].s), extra);
-        else
-            extra = _mm256_add_ps(extra, _mm256_mul_ps(dd, _mm256_set1_ps((float)(8 * x[ib].isum))));
+        VM_PF3(blk);
+        const __m256 dd = q4x8_scales(with_min, blk, &x[ib], &extra);
         Q4X8_STEP(acc, q, x[ib].q, dd, 0);
         Q4X8_STEP(acc, q, x[ib].q, dd, 1);
         Q4X8_STEP(acc, q, x[ib].q, dd, 2);
@@ -439,7 +429,7 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
     __m256 acc[8];
     for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
-        PF8(b + ib);
+        VM_PF3(b + ib);
         _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 192, _MM_HINT_T0);
         _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 256, _MM_HINT_T0);
         const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
@@ -452,7 +442,6 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
     _mm256_storeu_ps(out, hsum8_lanes(acc));
 }
 #undef Q4X8_STEP
-#undef PF8
 
 // 4 loads of 8 lanes (32-bit words) -> 8 rows of 4 words: a 4x8 transpose;
 // row r's 16 bytes are stored at dst + r * stride

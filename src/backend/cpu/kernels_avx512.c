@@ -17,10 +17,6 @@
 #include <pthread.h>
 #include <string.h>
 
-#ifndef VM_PF_DIST
-#define VM_PF_DIST 1024
-#endif
-
 // Lanes 0-7: the 32-bit word a of the activations' 32 bytes, lanes 8-15: word b.
 static inline __m512i words2(__m512i x, int a, int b) {
     return _mm512_permutexvar_epi32(_mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a), x);
@@ -43,10 +39,6 @@ static inline __m512i x_block(const vm_q8_block *x) {
     return _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)x->q));
 }
 
-#define PF3(p) do { _mm_prefetch((const char *)(p) + VM_PF_DIST, _MM_HINT_T0); \
-                    _mm_prefetch((const char *)(p) + VM_PF_DIST + 64, _MM_HINT_T0); \
-                    _mm_prefetch((const char *)(p) + VM_PF_DIST + 128, _MM_HINT_T0); } while (0)
-
 // Q4_0 and Q4_1 (with_min): the AVX2 gemv8_q4's arithmetic, two chunks a zmm.
 static inline void gemv8_q4(int with_min, const void *g, const vm_q8_block *x, int n, float out[8]) {
     const size_t bsz = with_min ? sizeof(vm_block_q4_1x8) : sizeof(vm_block_q4_0x8);
@@ -56,12 +48,8 @@ static inline void gemv8_q4(int with_min, const void *g, const vm_q8_block *x, i
     for (int ib = 0; ib < n / 32; ib++) {
         const uint8_t *blk = (const uint8_t *)g + (size_t)ib * bsz;
         const uint8_t *q = blk + (with_min ? 32 : 16);   // after d[8] (and m[8])
-        PF3(blk);
-        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk)), _mm256_set1_ps(x[ib].d));
-        if (with_min)
-            extra = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16))), _mm256_set1_ps(x[ib].s), extra);
-        else
-            extra = _mm256_add_ps(extra, _mm256_mul_ps(dd, _mm256_set1_ps((float)(8 * x[ib].isum))));
+        VM_PF3(blk);
+        const __m256 dd = q4x8_scales(with_min, blk, &x[ib], &extra);
         const __m512 dd2 = twice(dd);
         const __m512i xb = x_block(&x[ib]);
         const __m512i c01 = _mm512_loadu_si512((const void *)q), c23 = _mm512_loadu_si512((const void *)(q + 64));
@@ -89,7 +77,7 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
     const __m512i zero = _mm512_setzero_si512();
     __m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
     for (int ib = 0; ib < n / 32; ib++) {
-        PF3(b + ib);
+        VM_PF3(b + ib);
         _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 192, _MM_HINT_T0);
         _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 256, _MM_HINT_T0);
         const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
@@ -105,7 +93,6 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
     // acc[j] = [a(2j) | a(2j+1)]
     _mm256_storeu_ps(out, sum_pairs(acc[0], acc[1], acc[2], acc[3]));
 }
-#undef PF3
 
 // dot8_*: token pairs (t, t+1) share a zmm (lanes 0-7 token t's 8 partial
 // sums, 8-15 token t+1's) against the block's 32 weights in both halves; each

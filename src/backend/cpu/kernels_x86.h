@@ -2,8 +2,20 @@
 // (both compiled with AVX2+FMA+F16C, x86-64 only).
 #ifndef VM_KERNELS_X86_H
 #define VM_KERNELS_X86_H
+#include "kernels.h"
+
 #include <immintrin.h>
 #include <stdint.h>
+
+// How far ahead of the weights being read the kernels prefetch (bytes; -D to try others).
+#ifndef VM_PF_DIST
+#define VM_PF_DIST 1024
+#endif
+// The three cache lines VM_PF_DIST past p (a repacked group's scales and
+// first quants, one block column ahead or so).
+#define VM_PF3(p) do { _mm_prefetch((const char *)(p) + VM_PF_DIST, _MM_HINT_T0);       \
+                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 64, _MM_HINT_T0);  \
+                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 128, _MM_HINT_T0); } while (0)
 
 // 32 nibbles in element order as unsigned bytes: one 16-byte load into both
 // halves, the high half shifted by 4
@@ -27,4 +39,18 @@ static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 
     __m256 h = _mm256_hadd_ps(t0, t1);
     return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
+
+// One block column of a repacked Q4_0/Q4_1 group (with_min: Q4_1): the 8
+// rows' d_w * d_x, and the block's term outside the integer dot added to
+// *extra: Q4_1's m_w * s_x (fused, as dot_q4_1_q8), Q4_0's dd * 8 * isum (the
+// -8 offset, unfused, as dot_q4_0_q8; subtracted at the end).
+static inline __m256 q4x8_scales(int with_min, const uint8_t *blk, const vm_q8_block *x, __m256 *extra) {
+    const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk)), _mm256_set1_ps(x->d));
+    if (with_min)
+        *extra = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16))), _mm256_set1_ps(x->s), *extra);
+    else
+        *extra = _mm256_add_ps(*extra, _mm256_mul_ps(dd, _mm256_set1_ps((float)(8 * x->isum))));
+    return dd;
+}
+
 #endif
