@@ -367,9 +367,15 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
         be->add(be, m->x, m->proj, (size_t)n * H);
     }
     if (b->n_logits > 0) {
-        be->buf_write(be, m->logit_rows, 0, b->logit_rows, (size_t)b->n_logits * 4);
-        be->get_rows(be, m->x, m->logit_rows, b->n_logits, H, m->xn);
-        be->rmsnorm(be, m->xn, m->final_norm, c->rms_norm_eps, b->n_logits, H, m->xn);
+        int every_row = b->n_logits == n;   // logits of rows 0..n-1 (a decode step): no gather
+        for (int i = 0; every_row && i < n; i++) every_row = b->logit_rows[i] == i;
+        if (every_row) {
+            be->rmsnorm(be, m->x, m->final_norm, c->rms_norm_eps, n, H, m->xn);
+        } else {
+            be->buf_write(be, m->logit_rows, 0, b->logit_rows, (size_t)b->n_logits * 4);
+            be->get_rows(be, m->x, m->logit_rows, b->n_logits, H, m->xn);
+            be->rmsnorm(be, m->xn, m->final_norm, c->rms_norm_eps, b->n_logits, H, m->xn);
+        }
         size_t bytes = (size_t)b->n_logits * c->vocab_size * 4;
         if (ensure_buf(be, &m->logits, &m->logits_cap, bytes, e) != 0) return -1;
         be->matmul(be, &m->lm_head, m->xn, b->n_logits, m->logits); // (n_logits, vocab)
