@@ -46,9 +46,16 @@ typedef struct vm_attn_meta {
 #define VM_SAMPLE_PARAM_WORDS 4
 #define VM_MATMULS_MAX 3
 
-// KV cache layer layout: [num_blocks][n_kv_heads][block_size][head_dim] of kv_dtype.
-// With an F16 cache, attention rounds q and the softmax weights to f16 as well
-// (the arithmetic of llama.cpp's default f16 cache, the reference for GGUF).
+// KV cache layer layout: [n_kv_heads][num_blocks][block_size][head_dim] of kv_dtype
+// (head-major: one KV head's rows of a sequence whose blocks were handed out in
+// order are one run of memory). With an F16 cache, attention rounds q and the
+// softmax weights to f16 as well (the arithmetic of llama.cpp's default f16
+// cache, the reference for GGUF).
+// num_blocks of a layer's K or V buffer of `bytes`:
+static inline size_t vm_kv_num_blocks(size_t bytes, const vm_attn_meta *m, int n_kv_heads, int head_dim) {
+    const size_t elem = m->kv_dtype == VM_DTYPE_F16 ? 2 : 4;
+    return bytes / ((size_t)n_kv_heads * (size_t)m->block_size * (size_t)head_dim * elem);
+}
 
 struct vm_backend {
     const char *name;

@@ -42,7 +42,7 @@ typedef struct vm_layer {
 } vm_layer;
 
 // A model's KV cache: per layer one K and one V buffer of
-// [num_blocks][n_kv_heads][block_size][head_dim] (f32 or f16). Block 0 is reserved.
+// [n_kv_heads][num_blocks][block_size][head_dim] (f32 or f16). Block 0 is reserved.
 typedef struct vm_kv_cache {
     int num_blocks, block_size, n_layers;
     vm_dtype dtype;            // F32 or F16 (vm_model_kv_dtype)

@@ -577,14 +577,9 @@ static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, 
 
 // ---- KV cache and paged attention ---------------------------------------------
 
-// A layer's cache is head-major, [n_kv_heads][num_blocks][block_size][head_dim]
-// (on every backend): the rows one KV head reads for a sequence whose blocks
-// were handed out in order are one run of memory, which the hardware
-// prefetchers stream; block-major, they were runs of block_size rows.
-static size_t kv_blocks(const vm_buf *cache, const vm_attn_meta *m, int n_kv_heads, int head_dim) {
-    const size_t elem = m->kv_dtype == VM_DTYPE_F16 ? 2 : 4;
-    return cache->size / ((size_t)n_kv_heads * (size_t)m->block_size * (size_t)head_dim * elem);
-}
+// A layer's cache is head-major (backend.h): the rows one KV head reads for a
+// sequence whose blocks were handed out in order are one run of memory, which
+// the hardware prefetchers stream; block-major, they were runs of block_size rows.
 
 // Element offset of row (block, off) of KV head h.
 static inline size_t kv_row(size_t n_blocks, int h, int32_t block, int off, int bs, int hd) {
@@ -626,7 +621,7 @@ static void cache_write_tokens(void *ctx, int begin, int end, int thread_index) 
 static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, const vm_attn_meta *m,
                             vm_buf *k_cache, vm_buf *v_cache, int n_kv_heads, int head_dim) {
     cache_job j = { impl_of(be)->k, k->data, v->data, m, k_cache->data, v_cache->data,
-                    kv_blocks(k_cache, m, n_kv_heads, head_dim), n_kv_heads, head_dim };
+                    vm_kv_num_blocks(k_cache->size, m, n_kv_heads, head_dim), n_kv_heads, head_dim };
     vm_parallel_for(impl_of(be)->pool, m->n_tokens, 8, cache_write_tokens, &j);
 }
 
@@ -814,7 +809,7 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
     const int32_t *starts = m->seq_start->data;
     for (int s = 0; s < m->n_seqs; s++)
         for (int t = starts[s]; t < starts[s + 1]; t++) seq_of_token[t] = s;
-    attn_job j = { c->k, m, q->data, k_cache->data, v_cache->data, kv_blocks(k_cache, m, n_kv_heads, head_dim),
+    attn_job j = { c->k, m, q->data, k_cache->data, v_cache->data, vm_kv_num_blocks(k_cache->size, m, n_kv_heads, head_dim),
                    m->positions->data, seq_of_token,
                    m->block_table->data, m->decode_from ? m->decode_from->data : NULL,
                    n_heads, n_kv_heads, head_dim, scale, scratch, per, out->data };

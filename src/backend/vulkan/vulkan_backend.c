@@ -1411,11 +1411,9 @@ static VkDeviceAddress rope_desc_addr(vk_impl *v, const struct rope_desc *d) {
     return b->addr;
 }
 
-// Blocks in a layer's cache, [n_kv_heads][n_blocks][block_size][head_dim] (the
-// CPU backend's layout too).
+// Blocks in a layer's cache (backend.h's layout), for the shaders.
 static uint32_t kv_cache_blocks(const vm_buf *cache, const vm_attn_meta *m, int n_kv_heads, int head_dim) {
-    const size_t elem = m->kv_dtype == VM_DTYPE_F16 ? 2 : 4;
-    return (uint32_t)(cache->size / ((size_t)n_kv_heads * (size_t)m->block_size * (size_t)head_dim * elem));
+    return (uint32_t)vm_kv_num_blocks(cache->size, m, n_kv_heads, head_dim);
 }
 
 // rope(q), rope(k), cache_write(k, v) for one token while the matvecs that
