@@ -493,30 +493,35 @@ typedef struct rope_job {
     int fill;
 } rope_job;
 
+// The angle of pair i at position pos; *theta carries pos * theta_scale^i
+// from pair to pair (start it at pos), the f32 products llama.cpp makes.
+static inline float rope_angle(const vm_rope *r, int32_t pos, int i, float *theta) {
+    const float angle = r->theta_scale > 0 ? *theta : (float)pos * r->inv_freq[i];
+    *theta *= r->theta_scale;
+    return angle;
+}
+
 static void rope_tokens(void *ctx, int begin, int end, int thread_index) {
     const rope_job *j = ctx;
     const vm_rope *r = j->r;
     const int half = r->rot_dim / 2;
     for (int t = begin; t < end; t++) {
         float *tab = j->cs_sn ? j->cs_sn + (size_t)t * half * 2 : NULL;
-        if (tab && j->fill) {
-            float theta = (float)j->pos[t];
+        float theta = (float)j->pos[t];
+        if (tab && j->fill)
             for (int i = 0; i < half; i++) {
-                float angle = r->theta_scale > 0 ? theta : (float)j->pos[t] * r->inv_freq[i];
-                theta *= r->theta_scale;
+                const float angle = rope_angle(r, j->pos[t], i, &theta);
                 tab[2 * i] = cosf(angle);
                 tab[2 * i + 1] = sinf(angle);
             }
-        }
-        float theta = (float)j->pos[t];
+        theta = (float)j->pos[t];
         for (int i = 0; i < half; i++) {
             float cs, sn;
             if (tab) {
                 cs = tab[2 * i];
                 sn = tab[2 * i + 1];
             } else {
-                float angle = r->theta_scale > 0 ? theta : (float)j->pos[t] * r->inv_freq[i];
-                theta *= r->theta_scale;
+                const float angle = rope_angle(r, j->pos[t], i, &theta);
                 cs = cosf(angle);
                 sn = sinf(angle);
             }
