@@ -429,9 +429,7 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
     __m256 acc[8];
     for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
     for (int ib = 0; ib < n / 32; ib++) {
-        VM_PF3(b + ib);
-        _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 192, _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 256, _MM_HINT_T0);
+        VM_PF5(b + ib);
         const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
         for (int j = 0; j < 8; j++) {
             const __m256i wq = _mm256_loadu_si256((const __m256i *)(b[ib].q + 32 * j));

@@ -22,12 +22,16 @@ static inline __m512i words2(__m512i x, int a, int b) {
     return _mm512_permutexvar_epi32(_mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a), x);
 }
 
+// The low and high 8 lanes of z.
+static inline __m256 lo8(__m512 z) { return _mm512_castps512_ps256(z); }
+static inline __m256 hi8(__m512 z) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)); }
+
 // The AVX2 kernels' final sum over their 8 vectors a[0..7], per lane
 // ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)), from zmm pairs [a0|a1], [a2|a3],
 // [a4|a5], [a6|a7].
 static inline __m256 sum_pairs(__m512 a01, __m512 a23, __m512 a45, __m512 a67) {
     const __m512 u = _mm512_add_ps(_mm512_add_ps(a01, a45), _mm512_add_ps(a23, a67));   // [t0+t2 | t1+t3]
-    return _mm256_add_ps(_mm512_castps512_ps256(u), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
+    return _mm256_add_ps(lo8(u), hi8(u));
 }
 
 // [v | v]
@@ -77,9 +81,7 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
     const __m512i zero = _mm512_setzero_si512();
     __m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
     for (int ib = 0; ib < n / 32; ib++) {
-        VM_PF3(b + ib);
-        _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 192, _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + ib) + VM_PF_DIST + 256, _MM_HINT_T0);
+        VM_PF5(b + ib);
         const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
         const __m512 dd2 = twice(dd);
         const __m512i xb = x_block(&x[ib]);
@@ -109,9 +111,7 @@ static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[
         p45 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair_idx(4), dz_), _mm512_cvtepi32_ps(IS(4)), p45); \
         p67 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair_idx(6), dz_), _mm512_cvtepi32_ps(IS(6)), p67); \
     } while (0)
-#define LO(z) _mm512_castps512_ps256(z)
-#define HI(z) _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1))
-#define DOT8_HSUM() hsum8x8(LO(p01), HI(p01), LO(p23), HI(p23), LO(p45), HI(p45), LO(p67), HI(p67))
+#define DOT8_HSUM() hsum8x8(lo8(p01), hi8(p01), lo8(p23), hi8(p23), lo8(p45), hi8(p45), lo8(p67), hi8(p67))
 
 // lanes 0-7: element t, lanes 8-15: element t + 1
 static inline __m512i pair_idx(int t) {
@@ -167,8 +167,6 @@ static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
 #undef DOT8_ACC_DECL
 #undef DOT8_STEP
 #undef DOT8_HSUM
-#undef LO
-#undef HI
 
 static vm_cpu_kernels table;
 static pthread_once_t table_once = PTHREAD_ONCE_INIT;
