@@ -405,11 +405,33 @@ Test(kernels, ggml_arithmetic_bit_identical) {
                 }
         }
     }
+    for (int hd = 5; hd <= 72; hd += 9)   // 5, 14, ... 68: with and without an 8-wide tail
+        for (int lanes = 8; lanes <= 32; lanes *= 4) {
+            static float acc[32 * 72];
+            float o1[72], o2[72];
+            for (int i = 0; i < lanes * hd; i++) acc[i] = frand() * 10;
+            simd->lanes_sum(o1, acc, lanes, hd);
+            ref->lanes_sum(o2, acc, lanes, hd);
+            int same = memcmp(o1, o2, sizeof(float) * hd) == 0;
+            for (int d = 0; d < hd && same; d++) same = o2[d] == vm_lanes_sum_at(acc, lanes, hd, d);
+            cr_expect(same, "lanes_sum hd=%d lanes=%d", hd, lanes);
+        }
     for (int n = 1; n <= 300; n += 13) {
         float x[300], y1[300], y2[300], u[300];
         for (int i = 0; i < n; i++) { x[i] = frand() * 30; u[i] = frand(); }
         x[n / 2] = -INFINITY;                                  // masked
         if (n > 3) { x[1] = -200; x[2] = 100; }                // the slow path of the exponential
+        {   // scale_max: the scaled row and its max (the same on -0 / +0 ties: lane order kept)
+            float s1x[300], s2x[300];
+            memcpy(s1x, x, sizeof(float) * n);
+            if (n > 9) { s1x[3] = 0.0f; s1x[9] = -0.0f; }
+            memcpy(s2x, s1x, sizeof(float) * n);
+            float m1 = simd->scale_max(s1x, n, 0.125f), m2 = ref->scale_max(s2x, n, 0.125f);
+            float want = -INFINITY;
+            for (int i = 0; i < n; i++) want = fmaxf(want, x[i] * 0.125f);
+            cr_expect(memcmp(&m1, &m2, 4) == 0 && memcmp(s1x, s2x, sizeof(float) * n) == 0 &&
+                      (m2 == want || (want == 0 && m2 == 0)), "scale_max n=%d", n);
+        }
         double s1 = simd->exp_sum(y1, x, 5.0f, n), s2 = ref->exp_sum(y2, x, 5.0f, n);
         cr_expect(s1 == s2 && memcmp(y1, y2, sizeof(float) * n) == 0, "exp_sum n=%d", n);
         x[n / 2] = frand();

@@ -712,20 +712,7 @@ static void attn_group_f16(const attn_job *j, const uint16_t *const *krows, cons
     }
     for (int h = 0; h < g; h++) {
         float *sc = scores + h * ss;
-        // the max in 8 independent lanes (the same value: max is exact in any order)
-        float m8[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
-        int p = 0;
-        for (; p + 8 <= n_ctx; p += 8)
-            for (int l = 0; l < 8; l++) {
-                sc[p + l] *= j->scale;
-                m8[l] = sc[p + l] > m8[l] ? sc[p + l] : m8[l];
-            }
-        for (; p < n_ctx; p++) {
-            sc[p] *= j->scale;
-            m8[0] = sc[p] > m8[0] ? sc[p] : m8[0];
-        }
-        float mx = m8[0];
-        for (int l = 1; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
+        const float mx = k->scale_max(sc, n_ctx, j->scale);   // (max is exact in any order)
         double sum = k->exp_sum(sc, sc, mx, n_ctx);
         k->round_f16(sc, sc, (float)(1.0 / sum), n_ctx);
     }
@@ -734,30 +721,9 @@ static void attn_group_f16(const attn_job *j, const uint16_t *const *krows, cons
     for (int h = 0; h < g; h++) memset(accs + h * as, 0, (size_t)used * hd * 4);
     k->axpy_lanes_f16(accs, as, scores, ss, g, lanes, 0, vrows, n_ctx, hd);
     for (int h = 0; h < g; h++) {
-        float *a = accs + h * as, *oh = o + (size_t)h * hd;
+        float *a = accs + h * as;
         if (used < lanes) memset(a + (size_t)used * hd, 0, (size_t)(lanes - used) * hd * 4);
-#define LANE(l) (a + (size_t)(l) * hd)
-        if (single) {
-            // four 8-lane vectors (lanes 0-7, 8-15, ...): (v0 + v2) + (v1 + v3), then
-            // halves added pairwise: ((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))
-            for (int l = 0; l < 8; l++) {
-                float *s0 = LANE(l);
-                const float *s1 = LANE(16 + l), *s2 = LANE(8 + l), *s3 = LANE(24 + l);
-                for (int d = 0; d < hd; d++) s0[d] = (s0[d] + s1[d]) + (s2[d] + s3[d]);
-            }
-            for (int d = 0; d < hd; d++) {
-                float t0 = LANE(0)[d] + LANE(4)[d], t1 = LANE(1)[d] + LANE(5)[d];
-                float t2 = LANE(2)[d] + LANE(6)[d], t3 = LANE(3)[d] + LANE(7)[d];
-                oh[d] = (t0 + t1) + (t2 + t3);
-            }
-        } else {
-            for (int d = 0; d < hd; d++) {                  // vm_hsum8 over the 8 lanes
-                float x0 = LANE(0)[d] + LANE(4)[d], x1 = LANE(1)[d] + LANE(5)[d];
-                float x2 = LANE(2)[d] + LANE(6)[d], x3 = LANE(3)[d] + LANE(7)[d];
-                oh[d] = (x0 + x2) + (x1 + x3);
-            }
-        }
-#undef LANE
+        k->lanes_sum(o + (size_t)h * hd, a, lanes, hd);   // the reference's order for that many partial sums
     }
 }
 

@@ -322,6 +322,23 @@ float vm_generic_dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n) {
     return (float)sum;
 }
 
+float vm_generic_scale_max(float *x, int n, float scale) {
+    float m8[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) {
+            x[i + l] *= scale;
+            m8[l] = x[i + l] > m8[l] ? x[i + l] : m8[l];
+        }
+    for (; i < n; i++) {
+        x[i] *= scale;
+        m8[0] = x[i] > m8[0] ? x[i] : m8[0];
+    }
+    float m = m8[0];
+    for (int l = 1; l < 8; l++) m = m8[l] > m ? m8[l] : m;
+    return m;
+}
+
 double vm_generic_exp_sum(float *y, const float *x, float max, int n) {
     double sum = 0;
     for (int i = 0; i < n; i += 8) {
@@ -363,13 +380,18 @@ void vm_generic_axpy_lanes_f16(float *acc, size_t astride, const float *w, size_
             axpy_f16(acc + i * astride + (size_t)((p0 + p) & (lanes - 1)) * hd, w[i * wstride + p], rows[p], hd);
 }
 
+void vm_generic_lanes_sum(float *out, const float *acc, int lanes, int hd) {
+    for (int d = 0; d < hd; d++) out[d] = vm_lanes_sum_at(acc, lanes, hd, d);
+}
+
 const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
     gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, vm_q_unpack8,
-    vdot, axpy, vm_generic_exp_sum, vm_generic_silu_mul,
+    vdot, axpy, vm_generic_scale_max, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, vm_generic_axpy_lanes_f16,
+    vm_generic_lanes_sum,
 };
 
 void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {

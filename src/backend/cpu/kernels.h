@@ -121,6 +121,10 @@ typedef struct vm_cpu_kernels {
     // llama.cpp's CPU arithmetic for GGUF models (see docs/ARCHITECTURE.md, "GGUF
     // arithmetic"). Each is bit-identical across kernel sets (fused multiply-adds
     // in a fixed order), so results do not depend on the CPU's vector width.
+    // x[i] *= scale for i < n; returns the maximum, taken in 8 lanes (lane
+    // i % 8 for i < n - n % 8, the rest in lane 0; then lanes 1..7 into lane
+    // 0), each step m = v > m ? v : m, starting from -inf
+    float (*scale_max)(float *x, int n, float scale);
     // y[i] = vm_ggml_expf(x[i] - max) for i < n; returns the sum over 8-element
     // chunks (each vm_hsum8'd, lanes past n count 0) accumulated in double
     double (*exp_sum)(float *y, const float *x, float max, int n);
@@ -142,6 +146,11 @@ typedef struct vm_cpu_kernels {
                      float *out, size_t ostride);
     void (*axpy_lanes_f16)(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
                            const uint16_t *const *rows, int n, int hd);
+    // out[d] = the sum of acc's lanes (lanes rows of hd floats; lanes 8 or 32)
+    // at d, in the order of the reference for that many partial sums: 32 (its
+    // f16 vec_dot) s_l = (a_l + a_16+l) + (a_8+l + a_24+l) for l < 8, then
+    // ((s0+s4) + (s1+s5)) + ((s2+s6) + (s3+s7)); 8 (its f16 GEMM) vm_hsum8.
+    void (*lanes_sum)(float *out, const float *acc, int lanes, int hd);
 } vm_cpu_kernels;
 
 // The exponential llama.cpp's x86/ARM vector code uses (a degree-5 polynomial
@@ -152,18 +161,32 @@ static inline float vm_hsum8(const float a[8]) {
     float x0 = a[0] + a[4], x1 = a[1] + a[5], x2 = a[2] + a[6], x3 = a[3] + a[7];
     return (x0 + x2) + (x1 + x3);
 }
+// lanes_sum at one d (the generic kernel, and the SIMD kernels' tails)
+static inline float vm_lanes_sum_at(const float *acc, int lanes, int hd, int d) {
+    float s[8];
+#define A(l) acc[(size_t)(l) * hd + d]
+    if (lanes == 32) {
+        for (int l = 0; l < 8; l++) s[l] = (A(l) + A(16 + l)) + (A(8 + l) + A(24 + l));
+        return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    }
+    for (int l = 0; l < 8; l++) s[l] = A(l);
+#undef A
+    return vm_hsum8(s);
+}
 // The two f16 dot orders of ggml: one 8-lane fused chain then vm_hsum8 (its
 // batched f16 GEMM; n % 8 == 0), and 4 x 8-lane chains over 32-element steps
 // (its f16 vec_dot). The definitions dots_f16 follows.
 float vm_generic_dot_f16_chain8(const uint16_t *a, const uint16_t *b, int n);
 float vm_generic_dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n);
 // generic versions, shared by kernel sets without their own
+float vm_generic_scale_max(float *x, int n, float scale);
 double vm_generic_exp_sum(float *y, const float *x, float max, int n);
 void vm_generic_silu_mul(float *out, const float *g, const float *u, size_t n);
 void vm_generic_to_f16(uint16_t *dst, const float *src, int n);
 void vm_generic_round_f16(float *dst, const float *src, float scale, int n);
 void vm_generic_dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int nq, int hd, int acc32,
                          float *out, size_t ostride);
+void vm_generic_lanes_sum(float *out, const float *acc, int lanes, int hd);
 void vm_generic_axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
                                const uint16_t *const *rows, int n, int hd);
 

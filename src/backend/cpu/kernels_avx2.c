@@ -547,6 +547,27 @@ static float dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n) {
     return (float)sum;
 }
 
+// _mm256_max_ps(v, m) is v > m ? v : m lane by lane: vm_generic_scale_max's steps
+static float scale_max(float *x, int n, float scale) {
+    const __m256 sv = _mm256_set1_ps(scale);
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), sv);
+        _mm256_storeu_ps(x + i, v);
+        mv = _mm256_max_ps(v, mv);
+    }
+    float m8[8];
+    _mm256_storeu_ps(m8, mv);
+    for (; i < n; i++) {
+        x[i] *= scale;
+        m8[0] = x[i] > m8[0] ? x[i] : m8[0];
+    }
+    float m = m8[0];
+    for (int l = 1; l < 8; l++) m = m8[l] > m ? m8[l] : m;
+    return m;
+}
+
 static double exp_sum(float *y, const float *x, float max, int n) {
     double sum = 0;
     const __m256 mv = _mm256_set1_ps(max);
@@ -743,11 +764,32 @@ static void axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t ws
     }
 }
 
+// vm_generic_lanes_sum, 8 values of d at a time
+static void lanes_sum(float *out, const float *acc, int lanes, int hd) {
+    int d = 0;
+#define A(l) _mm256_loadu_ps(acc + (size_t)(l) * hd + d)
+    for (; d + 8 <= hd; d += 8) {
+        __m256 s[8];
+        if (lanes == 32) {
+            for (int l = 0; l < 8; l++)
+                s[l] = _mm256_add_ps(_mm256_add_ps(A(l), A(16 + l)), _mm256_add_ps(A(8 + l), A(24 + l)));
+            _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[0], s[4]), _mm256_add_ps(s[1], s[5])),
+                                                    _mm256_add_ps(_mm256_add_ps(s[2], s[6]), _mm256_add_ps(s[3], s[7]))));
+        } else {
+            __m256 x0 = _mm256_add_ps(A(0), A(4)), x1 = _mm256_add_ps(A(1), A(5));
+            __m256 x2 = _mm256_add_ps(A(2), A(6)), x3 = _mm256_add_ps(A(3), A(7));
+            _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(x0, x2), _mm256_add_ps(x1, x3)));
+        }
+    }
+#undef A
+    for (; d < hd; d++) out[d] = vm_lanes_sum_at(acc, lanes, hd, d);
+}
+
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
     gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, unpack8,
-    vdot, axpy, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16,
+    vdot, axpy, scale_max, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16, lanes_sum,
 };
 #endif

@@ -417,8 +417,9 @@ const vm_cpu_kernels vm_kernels_neon_dotprod = {
     dot4_q4_0_q8_dp, dot4_q4_1_q8_dp, dot4_q8_0_q8_dp,
     dot8_q4_0_q8_dp, dot8_q4_1_q8_dp, dot8_q8_0_q8_dp, gemv8_q4_0_q8_dp, gemv8_q4_1_q8_dp, gemv8_q8_0_q8_dp,
     unpack8, vdot, axpy,
-    vm_generic_exp_sum, vm_generic_silu_mul,
+    vm_generic_scale_max, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
+    vm_generic_lanes_sum,
 };
 
 const vm_cpu_kernels vm_kernels_neon = {
@@ -426,8 +427,9 @@ const vm_cpu_kernels vm_kernels_neon = {
     quantize_q8, dot_q4_0_q8_mull, dot_q4_1_q8_mull, dot_q8_0_q8_mull,
     dot4_q4_0_q8_mull, dot4_q4_1_q8_mull, dot4_q8_0_q8_mull,
     dot8_q4_0_q8_mull, dot8_q4_1_q8_mull, dot8_q8_0_q8_mull, NULL, NULL, NULL, NULL, vdot, axpy,
-    vm_generic_exp_sum, vm_generic_silu_mul,
+    vm_generic_scale_max, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
+    vm_generic_lanes_sum,
 };
 
 #else // ===================== second pass: the GGUF q8 kernels =====================
