@@ -405,6 +405,18 @@ Test(kernels, ggml_arithmetic_bit_identical) {
                 }
         }
     }
+    for (int half = 1; half <= 64; half += 7)   // 1, 8, ... 64: whole heads and partial rotation
+        for (int inter = 0; inter < 2; inter++) {
+            enum { HEADS = 3, HD = 136 };
+            static float x1[HEADS * HD], x2[HEADS * HD];
+            float cs[64], sn[64];
+            const int hd = 2 * half + 8;
+            for (int i = 0; i < HEADS * hd; i++) x1[i] = x2[i] = frand() * 4;
+            for (int i = 0; i < half; i++) { cs[i] = cosf(0.37f * i + 0.1f); sn[i] = sinf(0.37f * i + 0.1f); }
+            simd->rope_rotate(x1, HEADS, hd, cs, sn, half, inter);
+            ref->rope_rotate(x2, HEADS, hd, cs, sn, half, inter);
+            cr_expect(memcmp(x1, x2, sizeof(float) * HEADS * hd) == 0, "rope_rotate half=%d interleaved=%d", half, inter);
+        }
     for (int hd = 5; hd <= 72; hd += 9)   // 5, 14, ... 68: with and without an 8-wide tail
         for (int lanes = 8; lanes <= 32; lanes *= 4) {
             static float acc[32 * 72];

@@ -484,12 +484,15 @@ static void cpu_add_bias(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n
 
 // ---- RoPE --------------------------------------------------------------------
 
+#define ROPE_LOCAL_HALF 256   // cos and sin on the stack when there is no table (rot_dim up to 512)
+
 typedef struct rope_job {
+    const vm_cpu_kernels *k;
     float *x;
     const int32_t *pos;
     int n_heads, head_dim;
     const vm_rope *r;
-    float *cs_sn;   // [n][rot_dim/2][2]: the tokens' cos and sin, made here when `fill` (NULL: no table)
+    float *cs_sn;   // [n][2][rot_dim/2]: each token's cos, then sin; made here when `fill` (NULL: no table)
     int fill;
 } rope_job;
 
@@ -505,35 +508,29 @@ static void rope_tokens(void *ctx, int begin, int end, int thread_index) {
     const rope_job *j = ctx;
     const vm_rope *r = j->r;
     const int half = r->rot_dim / 2;
+    float local[2 * ROPE_LOCAL_HALF];
     for (int t = begin; t < end; t++) {
-        float *tab = j->cs_sn ? j->cs_sn + (size_t)t * half * 2 : NULL;
-        float theta = (float)j->pos[t];
-        if (tab && j->fill)
+        if (!j->cs_sn && half > ROPE_LOCAL_HALF) {   // no table (no memory for it) and too long for the stack
+            float theta = (float)j->pos[t];
+            for (int i = 0; i < half; i++) {
+                const float angle = rope_angle(r, j->pos[t], i, &theta), c = cosf(angle), s = sinf(angle);
+                for (int h = 0; h < j->n_heads; h++)
+                    vm_generic_rope_rotate_pair(j->x + ((size_t)t * j->n_heads + h) * j->head_dim, i, half, r->interleaved, c, s);
+            }
+            continue;
+        }
+        float *cs = j->cs_sn ? j->cs_sn + (size_t)t * half * 2 : local;
+        if (!j->cs_sn || j->fill) {
+            float theta = (float)j->pos[t];
             for (int i = 0; i < half; i++) {
                 const float angle = rope_angle(r, j->pos[t], i, &theta);
-                tab[2 * i] = cosf(angle);
-                tab[2 * i + 1] = sinf(angle);
-            }
-        theta = (float)j->pos[t];
-        for (int i = 0; i < half; i++) {
-            float cs, sn;
-            if (tab) {
-                cs = tab[2 * i];
-                sn = tab[2 * i + 1];
-            } else {
-                const float angle = rope_angle(r, j->pos[t], i, &theta);
-                cs = cosf(angle);
-                sn = sinf(angle);
-            }
-            for (int h = 0; h < j->n_heads; h++) {
-                float *v = j->x + ((size_t)t * j->n_heads + h) * j->head_dim;
-                int a = r->interleaved ? 2 * i : i, b = r->interleaved ? 2 * i + 1 : i + half;
-                float x0 = v[a], x1 = v[b];
-                // the fused forms of ggml's compiled loop (checked against its output)
-                v[a] = fmaf(x0, cs, -(x1 * sn));
-                v[b] = fmaf(x0, sn, x1 * cs);
+                cs[i] = cosf(angle);
+                cs[half + i] = sinf(angle);
             }
         }
+        // the fused forms of ggml's compiled loop (checked against its output)
+        j->k->rope_rotate(j->x + (size_t)t * j->n_heads * j->head_dim, j->n_heads, j->head_dim, cs, cs + half, half,
+                          r->interleaved);
     }
 }
 
@@ -576,7 +573,7 @@ static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, 
         if (r->inv_freq) memcpy(c->rope_inv, r->inv_freq, half * 4);
         c->rope_n = n;
     }
-    rope_job j = { x->data, positions->data, n_heads, head_dim, r, table ? c->rope_tab : NULL, fill };
+    rope_job j = { c->k, x->data, positions->data, n_heads, head_dim, r, table ? c->rope_tab : NULL, fill };
     vm_parallel_for(c->pool, n, 4, rope_tokens, &j);
 }
 

@@ -384,6 +384,12 @@ void vm_generic_lanes_sum(float *out, const float *acc, int lanes, int hd) {
     for (int d = 0; d < hd; d++) out[d] = vm_lanes_sum_at(acc, lanes, hd, d);
 }
 
+void vm_generic_rope_rotate(float *x, int n_heads, int head_dim, const float *cs, const float *sn, int half,
+                            int interleaved) {
+    for (int h = 0; h < n_heads; h++)
+        for (int i = 0; i < half; i++) vm_generic_rope_rotate_pair(x + (size_t)h * head_dim, i, half, interleaved, cs[i], sn[i]);
+}
+
 const vm_cpu_kernels vm_kernels_generic = {
     "generic", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
@@ -391,7 +397,7 @@ const vm_cpu_kernels vm_kernels_generic = {
     gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, vm_q_unpack8,
     vdot, axpy, vm_generic_scale_max, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, vm_generic_axpy_lanes_f16,
-    vm_generic_lanes_sum,
+    vm_generic_rope_rotate, vm_generic_lanes_sum,
 };
 
 void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {

@@ -4,6 +4,7 @@
 #ifndef VM_CPU_KERNELS_H
 #define VM_CPU_KERNELS_H
 
+#include <math.h>
 #include "../../loader/weights.h"
 #include <string.h>
 
@@ -146,6 +147,12 @@ typedef struct vm_cpu_kernels {
                      float *out, size_t ostride);
     void (*axpy_lanes_f16)(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
                            const uint16_t *const *rows, int n, int hd);
+    // RoPE of n_heads heads of head_dim at one position: for i < half, the pair
+    // (a, b) = (2i, 2i+1) if interleaved else (i, i + half) becomes
+    // (fma(x_a, cs[i], -(x_b * sn[i])), fma(x_a, sn[i], x_b * cs[i])) (the fused
+    // forms of ggml's compiled loop); elements past 2 * half stay.
+    void (*rope_rotate)(float *x, int n_heads, int head_dim, const float *cs, const float *sn, int half,
+                        int interleaved);
     // out[d] = the sum of acc's lanes (lanes rows of hd floats; lanes 8 or 32)
     // at d, in the order of the reference for that many partial sums: 32 (its
     // f16 vec_dot) s_l = (a_l + a_16+l) + (a_8+l + a_24+l) for l < 8, then
@@ -160,6 +167,13 @@ float vm_ggml_expf(float x);
 static inline float vm_hsum8(const float a[8]) {
     float x0 = a[0] + a[4], x1 = a[1] + a[5], x2 = a[2] + a[6], x3 = a[3] + a[7];
     return (x0 + x2) + (x1 + x3);
+}
+// rope_rotate's step for pair i of one head
+static inline void vm_generic_rope_rotate_pair(float *v, int i, int half, int interleaved, float cs, float sn) {
+    const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    const float x0 = v[a], x1 = v[b];
+    v[a] = fmaf(x0, cs, -(x1 * sn));
+    v[b] = fmaf(x0, sn, x1 * cs);
 }
 // lanes_sum at one d (the generic kernel, and the SIMD kernels' tails)
 static inline float vm_lanes_sum_at(const float *acc, int lanes, int hd, int d) {
@@ -187,6 +201,8 @@ void vm_generic_round_f16(float *dst, const float *src, float scale, int n);
 void vm_generic_dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int nq, int hd, int acc32,
                          float *out, size_t ostride);
 void vm_generic_lanes_sum(float *out, const float *acc, int lanes, int hd);
+void vm_generic_rope_rotate(float *x, int n_heads, int head_dim, const float *cs, const float *sn, int half,
+                            int interleaved);
 void vm_generic_axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
                                const uint16_t *const *rows, int n, int hd);
 

@@ -764,6 +764,24 @@ static void axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t ws
     }
 }
 
+// vm_generic_rope_rotate: pairs (i, i + half) 8 at a time (the same fused
+// operations lane by lane); interleaved pairs one at a time
+static void rope_rotate(float *x, int n_heads, int head_dim, const float *cs, const float *sn, int half,
+                        int interleaved) {
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        int i = 0;
+        if (!interleaved)
+            for (; i + 8 <= half; i += 8) {
+                const __m256 x0 = _mm256_loadu_ps(v + i), x1 = _mm256_loadu_ps(v + i + half);
+                const __m256 c = _mm256_loadu_ps(cs + i), s = _mm256_loadu_ps(sn + i);
+                _mm256_storeu_ps(v + i, _mm256_fmsub_ps(x0, c, _mm256_mul_ps(x1, s)));
+                _mm256_storeu_ps(v + i + half, _mm256_fmadd_ps(x0, s, _mm256_mul_ps(x1, c)));
+            }
+        for (; i < half; i++) vm_generic_rope_rotate_pair(v, i, half, interleaved, cs[i], sn[i]);
+    }
+}
+
 // vm_generic_lanes_sum, 8 values of d at a time
 static void lanes_sum(float *out, const float *acc, int lanes, int hd) {
     int d = 0;
@@ -790,6 +808,7 @@ const vm_cpu_kernels vm_kernels_avx2 = {
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
     gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, unpack8,
-    vdot, axpy, scale_max, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16, lanes_sum,
+    vdot, axpy, scale_max, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16,
+    rope_rotate, lanes_sum,
 };
 #endif
