@@ -330,13 +330,7 @@ float vm_generic_scale_max(float *x, int n, float scale) {
             x[i + l] *= scale;
             m8[l] = x[i + l] > m8[l] ? x[i + l] : m8[l];
         }
-    for (; i < n; i++) {
-        x[i] *= scale;
-        m8[0] = x[i] > m8[0] ? x[i] : m8[0];
-    }
-    float m = m8[0];
-    for (int l = 1; l < 8; l++) m = m8[l] > m ? m8[l] : m;
-    return m;
+    return vm_scale_max_tail(x, i, n, scale, m8);
 }
 
 double vm_generic_exp_sum(float *y, const float *x, float max, int n) {

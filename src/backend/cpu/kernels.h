@@ -168,6 +168,16 @@ static inline float vm_hsum8(const float a[8]) {
     float x0 = a[0] + a[4], x1 = a[1] + a[5], x2 = a[2] + a[6], x3 = a[3] + a[7];
     return (x0 + x2) + (x1 + x3);
 }
+// scale_max's end: elements [i, n) into lane 0, then the lanes' maximum
+static inline float vm_scale_max_tail(float *x, int i, int n, float scale, float m8[8]) {
+    for (; i < n; i++) {
+        x[i] *= scale;
+        m8[0] = x[i] > m8[0] ? x[i] : m8[0];
+    }
+    float m = m8[0];
+    for (int l = 1; l < 8; l++) m = m8[l] > m ? m8[l] : m;
+    return m;
+}
 // rope_rotate's step for pair i of one head
 static inline void vm_generic_rope_rotate_pair(float *v, int i, int half, int interleaved, float cs, float sn) {
     const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;

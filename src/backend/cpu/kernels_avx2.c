@@ -559,13 +559,7 @@ static float scale_max(float *x, int n, float scale) {
     }
     float m8[8];
     _mm256_storeu_ps(m8, mv);
-    for (; i < n; i++) {
-        x[i] *= scale;
-        m8[0] = x[i] > m8[0] ? x[i] : m8[0];
-    }
-    float m = m8[0];
-    for (int l = 1; l < 8; l++) m = m8[l] > m ? m8[l] : m;
-    return m;
+    return vm_scale_max_tail(x, i, n, scale, m8);
 }
 
 static double exp_sum(float *y, const float *x, float max, int n) {
