@@ -484,8 +484,6 @@ static void cpu_add_bias(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n
 
 // ---- RoPE --------------------------------------------------------------------
 
-#define ROPE_LOCAL_HALF 256   // cos and sin on the stack when there is no table (rot_dim up to 512)
-
 typedef struct rope_job {
     const vm_cpu_kernels *k;
     float *x;
@@ -508,9 +506,8 @@ static void rope_tokens(void *ctx, int begin, int end, int thread_index) {
     const rope_job *j = ctx;
     const vm_rope *r = j->r;
     const int half = r->rot_dim / 2;
-    float local[2 * ROPE_LOCAL_HALF];
     for (int t = begin; t < end; t++) {
-        if (!j->cs_sn && half > ROPE_LOCAL_HALF) {   // no table (no memory for it) and too long for the stack
+        if (!j->cs_sn) {   // no table (no memory for it): pair by pair
             float theta = (float)j->pos[t];
             for (int i = 0; i < half; i++) {
                 const float angle = rope_angle(r, j->pos[t], i, &theta), c = cosf(angle), s = sinf(angle);
@@ -519,8 +516,8 @@ static void rope_tokens(void *ctx, int begin, int end, int thread_index) {
             }
             continue;
         }
-        float *cs = j->cs_sn ? j->cs_sn + (size_t)t * half * 2 : local;
-        if (!j->cs_sn || j->fill) {
+        float *cs = j->cs_sn + (size_t)t * half * 2;
+        if (j->fill) {
             float theta = (float)j->pos[t];
             for (int i = 0; i < half; i++) {
                 const float angle = rope_angle(r, j->pos[t], i, &theta);

@@ -4,8 +4,8 @@
 #ifndef VM_CPU_KERNELS_H
 #define VM_CPU_KERNELS_H
 
-#include <math.h>
 #include "../../loader/weights.h"
+#include <math.h>
 #include <string.h>
 
 // Per-activation-row precomputation shared by all output rows of a matmul:
