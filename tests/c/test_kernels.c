@@ -438,9 +438,9 @@ Test(kernels, ggml_arithmetic_bit_identical) {
             memcpy(s1x, x, sizeof(float) * n);
             if (n > 9) { s1x[3] = 0.0f; s1x[9] = -0.0f; }
             memcpy(s2x, s1x, sizeof(float) * n);
-            float m1 = simd->scale_max(s1x, n, 0.125f), m2 = ref->scale_max(s2x, n, 0.125f);
             float want = -INFINITY;
-            for (int i = 0; i < n; i++) want = fmaxf(want, x[i] * 0.125f);
+            for (int i = 0; i < n; i++) want = fmaxf(want, s1x[i] * 0.125f);
+            float m1 = simd->scale_max(s1x, n, 0.125f), m2 = ref->scale_max(s2x, n, 0.125f);
             cr_expect(memcmp(&m1, &m2, 4) == 0 && memcmp(s1x, s2x, sizeof(float) * n) == 0 &&
                       (m2 == want || (want == 0 && m2 == 0)), "scale_max n=%d", n);
         }
