@@ -75,5 +75,6 @@ clean:
 -include mk/install.mk
 .PHONY: install
 -include mk/vulkan.mk
+-include mk/blas.mk
 -include mk/arm64.mk
 -include mk/bench.mk

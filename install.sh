@@ -42,8 +42,8 @@ say() { printf 'install.sh: %s\n' "$*"; }
 
 # ------------------------------------------------------------------ dependencies
 DEB_PACKAGES="build-essential pkg-config python3 libjansson-dev libpcre2-dev libutf8proc-dev
-libmicrohttpd-dev libcurl4-openssl-dev"
-BREW_PACKAGES="pkg-config jansson pcre2 utf8proc libmicrohttpd curl"
+libmicrohttpd-dev libcurl4-openssl-dev libopenblas-dev"
+BREW_PACKAGES="pkg-config jansson pcre2 utf8proc libmicrohttpd curl openblas"
 
 deps_debian() {
     local missing=""
@@ -69,18 +69,20 @@ deps_macos() {
     xcode-select -p >/dev/null 2>&1 || { echo "install.sh: run 'xcode-select --install' first" >&2; exit 1; }
     local missing=""
     for p in $BREW_PACKAGES; do brew list --versions "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-    if [ -z "$missing" ]; then say "dependencies: all present"; return 0; fi
-    say "brew install$missing"
-    brew install $missing
-    # keg-only formulae (curl) need their pkg-config folders
-    export PKG_CONFIG_PATH="$(brew --prefix curl)/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+    if [ -z "$missing" ]; then say "dependencies: all present"
+    else
+        say "brew install$missing"
+        brew install $missing
+    fi
+    # keg-only formulae (curl, openblas) need their pkg-config folders, installed now or before
+    export PKG_CONFIG_PATH="$(brew --prefix curl)/lib/pkgconfig:$(brew --prefix openblas)/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 }
 
 if [ "$DEPS" = 1 ]; then
     case "$(uname -s)" in
         Linux)
             if command -v dpkg >/dev/null && command -v apt-get >/dev/null; then deps_debian
-            else say "not a Debian system: make sure a C11 compiler, pkg-config, jansson, pcre2, utf8proc, libmicrohttpd and libcurl (with headers) are installed"
+            else say "not a Debian system: make sure a C11 compiler, pkg-config, jansson, pcre2, utf8proc, libmicrohttpd and libcurl (with headers) are installed (OpenBLAS optional: faster prefill)"
             fi ;;
         Darwin) deps_macos ;;
         *) say "unknown system $(uname -s): skipping dependencies" ;;

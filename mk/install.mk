@@ -11,7 +11,8 @@ PYTHON ?= python3
 VM_VERSION := $(shell sed -n 's/^\#define VLLM_METAL_VERSION_STRING "\(.*\)"/\1/p' include/vllm_metal.h)
 # <prefix>/lib/pythonX.Y/site-packages (posix_prefix: also right for ~/.local)
 PY_SITE = $(shell $(PYTHON) -c 'import sysconfig,sys; print(sysconfig.get_path("purelib", "posix_prefix", vars={"base": sys.argv[1], "platbase": sys.argv[1]}))' "$(PREFIX)" 2>/dev/null)
-PC_REQUIRES := $(shell for p in jansson libpcre2-8 libmicrohttpd libcurl; do pkg-config --exists $$p 2>/dev/null && printf '%s ' $$p; done)
+# (expanded in the recipe: mk/blas.mk and mk/vulkan.mk, read later, say whether the build uses openblas and vulkan)
+PC_REQUIRES = $(shell for p in jansson libpcre2-8 libmicrohttpd libcurl; do pkg-config --exists $$p 2>/dev/null && printf '%s ' $$p; done)$(if $(filter 1,$(BLAS_OK)),openblas )$(if $(filter 1,$(VK_OK)),vulkan)
 
 install: $(BUILD)/vllm-metal $(BUILD)/libvllm_metal.so $(BUILD)/libvllm_metal.a
 	@test -n "$(PY_SITE)" || { echo "install: $(PYTHON) not found (set PYTHON=...)" >&2; exit 1; }

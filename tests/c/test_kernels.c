@@ -253,6 +253,89 @@ static void expect_same(vm_backend *be, vm_buf *a, vm_buf *b, size_t n, const ch
     cr_expect(memcmp(x, y, n * 4) == 0, "%s, %d tokens: matmuls differ from matmul", what, tokens);
     free(x); free(y);
 }
+// matmul_tile (dense weights against several tokens, register-blocked) gives
+// each (row, token) exactly the bits of the table's dot for that pair: odd
+// row and token counts (every tile shape), lengths with and without a tail.
+static void check_matmul_tile(const vm_cpu_kernels *k, vm_dtype t) {
+    if (!k->matmul_tile) return;
+    const int shapes[][3] = { { 5, 7, 48 }, { 4, 6, 37 }, { 3, 13, 16 }, { 1, 1, 9 }, { 9, 2, 583 } };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int rows = shapes[s][0], tokens = shapes[s][1], cols = shapes[s][2];
+        vm_weight w;
+        void *mem = random_rows(t, rows, cols, &w, 0, 0);
+        const size_t xs = (size_t)cols + 3, os = (size_t)rows + 2;   // strides past the row ends
+        float *x = malloc(sizeof(float) * xs * tokens), *out = malloc(sizeof(float) * os * tokens);
+        for (size_t i = 0; i < xs * tokens; i++) x[i] = frand();
+        k->matmul_tile(t, w.data, vm_weight_row_bytes(&w), rows, x, xs, tokens, cols, out, os);
+        for (int tk = 0; tk < tokens; tk++)
+            for (int r = 0; r < rows; r++) {
+                vm_xrow xr = { x + (size_t)tk * xs, NULL };
+                const float want = ref_dot(k, &w, r, &xr), got = out[(size_t)tk * os + r];
+                cr_expect(memcmp(&want, &got, 4) == 0, "%s %s %dx%d (%d cols): row %d token %d: %.9g, dot %.9g",
+                          k->name, vm_dtype_name(t), rows, tokens, cols, r, tk, got, want);
+            }
+        free(x); free(out); free(mem);
+    }
+}
+
+Test(kernels, matmul_tile_bit_identical) {
+    const vm_dtype types[] = { VM_DTYPE_F32, VM_DTYPE_F16, VM_DTYPE_BF16 };
+    for (int i = 0; i < 3; i++) {
+        check_matmul_tile(vm_cpu_kernels_select(), types[i]);
+        check_matmul_tile(&vm_kernels_generic, types[i]);
+    }
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        for (int i = 0; i < 3; i++) check_matmul_tile(&vm_kernels_avx2, types[i]);
+#endif
+}
+
+// The CPU backend's dense matmuls by step size: up to 64 tokens every token's
+// row is bit-identical to that token alone (the tiles); beyond (OpenBLAS
+// where built with it) within f32 rounding of it.
+Test(cpu_backend, dense_matmul_by_step_size) {
+    vm_err e = {{0}};
+    vm_backend *be = vm_backend_cpu_create(2, &e);
+    cr_assert(be, "%s", e.msg);
+    const vm_dtype types[] = { VM_DTYPE_F32, VM_DTYPE_F16, VM_DTYPE_BF16, VM_DTYPE_MLX_AFFINE };
+    const int rows = 136, cols = 192, ns[] = { 2, 7, 64, 65, 150 };
+    for (int ti = 0; ti < 4; ti++) {
+        vm_weight w;
+        void *mem = random_rows(types[ti], rows, cols, &w, 4, 64);
+        cr_assert(be->weight_prepare(be, &w, &e) == 0, "%s", e.msg);
+        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+            const int n = ns[k];
+            float *xs = malloc(sizeof(float) * n * cols), *got = malloc(sizeof(float) * n * rows), one[136];
+            for (int i = 0; i < n * cols; i++) xs[i] = frand();
+            vm_buf *x = buf_of(be, xs, (size_t)n * cols), *o = buf_of(be, NULL, (size_t)n * rows);
+            vm_buf *x1 = buf_of(be, NULL, cols), *o1 = buf_of(be, NULL, rows);
+            be->matmul(be, &w, x, n, o);
+            be->buf_read(be, o, 0, got, sizeof(float) * n * rows);
+            for (int t = 0; t < n; t++) {
+                be->buf_write(be, x1, 0, xs + (size_t)t * cols, sizeof(float) * cols);
+                be->matmul(be, &w, x1, 1, o1);
+                be->buf_read(be, o1, 0, one, sizeof(float) * rows);
+                for (int r = 0; r < rows; r++) {
+                    const float a = got[(size_t)t * rows + r], b = one[r];
+                    if (n <= 64)
+                        cr_expect(memcmp(&a, &b, 4) == 0, "%s, %d tokens: token %d row %d: %.9g alone %.9g",
+                                  vm_dtype_name(types[ti]), n, t, r, a, b);
+                    else   // |x| < 1, |w| < 1 (MLX: scale 0.1 * q <= 15, bias < 1): 1e-5 of 192 terms' scale
+                        cr_expect(fabsf(a - b) <= 1e-5f * (types[ti] == VM_DTYPE_MLX_AFFINE ? 3000.0f : 192.0f),
+                                  "%s, %d tokens: token %d row %d: %.9g alone %.9g", vm_dtype_name(types[ti]), n,
+                                  t, r, a, b);
+                }
+            }
+            be->buf_free(be, x); be->buf_free(be, o); be->buf_free(be, x1); be->buf_free(be, o1);
+            free(xs); free(got);
+        }
+        if (types[ti] == VM_DTYPE_MLX_AFFINE) { free((void *)w.scales); free((void *)w.biases); }
+        free(mem);
+    }
+    be->destroy(be);
+}
+
 Test(cpu_backend, matmuls_bit_identical) {
     vm_err e = {{0}};
     vm_backend *be = vm_backend_cpu_create(2, &e);

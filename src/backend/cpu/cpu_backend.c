@@ -6,6 +6,9 @@
 
 #include <math.h>
 #include <stdlib.h>
+#ifdef VM_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
 #include <string.h>
 #include <unistd.h>
 
@@ -25,6 +28,11 @@ typedef struct cpu_impl {
     size_t x8_blocks;
     int q8_activations;    // 1: GGUF matmuls on 8-bit activations (as llama.cpp); 0: f32
     int repack;            // GGUF weights repacked 8 rows at a time (VLLM_METAL_CPU_REPACK=0: off)
+    int tile;              // dense prefill through matmul_tile (VLLM_METAL_CPU_TILE=0: pair by pair)
+    int blas;              // steps of more than 64 tokens through OpenBLAS (VLLM_METAL_CPU_BLAS=0: not)
+    float **wtile;         // per thread (n_wtile): a block of weight rows as f32 for sgemm
+    int n_wtile;
+    size_t wtile_floats;
     // The repacked copies (vm_weight.device points into them), freed with the
     // backend: carved in load order out of large arenas, so that a decode
     // step streams them through few (huge) pages.
@@ -355,6 +363,72 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
     }
 }
 
+// Dense weights against several tokens (prefill): items are blocks of
+// TILE_ROWS rows, each run against the tokens in blocks that stay in L2
+// (about 256 KiB of activations), through the kernel set's register-blocked
+// matmul_tile (the same bits as row_dot, pair by pair).
+#define TILE_ROWS 32
+static void matmul_tiles(void *ctx, int begin, int end, int thread_index) {
+    const matmul_job *j = ctx;
+    const int64_t cols = j->w->cols, rows = j->w->rows;
+    const size_t rb = vm_weight_row_bytes(j->w);
+    int tb = (int)(((size_t)256 << 10) / ((size_t)cols * 4)) & ~1;
+    tb = VM_MAX(2, VM_MIN(tb, j->n));
+    const int r0 = begin * TILE_ROWS, r1 = (int)VM_MIN((int64_t)end * TILE_ROWS, rows);
+    for (int t0 = 0; t0 < j->n; t0 += tb)
+        j->k->matmul_tile(j->w->dtype, (const uint8_t *)j->w->data + (size_t)r0 * rb, rb, r1 - r0,
+                          j->x + (size_t)t0 * cols, (size_t)cols, VM_MIN(tb, j->n - t0), (int)cols,
+                          j->out + (size_t)t0 * rows + r0, (size_t)rows);
+}
+
+#ifdef VM_HAVE_OPENBLAS
+// Steps of more than 64 tokens (prefill chunks) through OpenBLAS's sgemm, one
+// thread of it per item of ours: items are blocks of weight rows (blas_rows);
+// f16, bf16 and MLX affine rows are widened to f32 first (each thread's
+// wtile), which costs 1/(2n) of the block's multiply-adds. Its sums run in
+// another order than the dot kernels', so a token's last bits differ between
+// steps of more and of at most 64 tokens, as on the Vulkan backend's GEMM;
+// steps of at most 64 tokens (decode batches) stay bit-identical to one token
+// alone.
+#define BLAS_MIN_TOKENS 65
+// rows an item: about two items a thread (sgemm packs x again for every item)
+static int blas_rows(const cpu_impl *c, int64_t rows) {
+    int64_t per = rows / (2 * vm_thread_pool_size(c->pool));
+    return (int)VM_MAX(64, (per + 15) / 16 * 16);
+}
+static int blas_tiles_ready(cpu_impl *c, size_t floats) {
+    if (floats <= c->wtile_floats) return 1;
+    for (int i = 0; i < c->n_wtile; i++) {
+        float *p = realloc(c->wtile[i], floats * sizeof(float));
+        if (!p) return 0;   // the old (smaller) buffers stay valid
+        c->wtile[i] = p;
+    }
+    c->wtile_floats = floats;
+    return 1;
+}
+typedef struct { const matmul_job *j; cpu_impl *c; int block; } blas_job;
+static void matmul_blas(void *ctx, int begin, int end, int thread_index) {
+    const matmul_job *j = ((const blas_job *)ctx)->j;
+    cpu_impl *c = ((const blas_job *)ctx)->c;
+    const int block = ((const blas_job *)ctx)->block;
+    const int64_t cols = j->w->cols, rows = j->w->rows;
+    for (int item = begin; item < end; item++) {
+        const int r0 = item * block, nr = (int)VM_MIN((int64_t)block, rows - r0);
+        const float *wf;
+        if (j->w->dtype == VM_DTYPE_F32) {
+            wf = (const float *)j->w->data + (size_t)r0 * cols;
+        } else {
+            float *t = c->wtile[thread_index];
+            for (int r = 0; r < nr; r++) vm_dequant_row(j->w, r0 + r, t + (size_t)r * cols);
+            wf = t;
+        }
+        // out (n x rows, this block's columns) = x (n x cols) . wf (nr x cols)^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, nr, (int)cols, 1.0f, j->x, (int)cols, wf,
+                    (int)cols, 0.0f, j->out + r0, (int)rows);
+    }
+}
+#endif
+
 static int is_gguf_block(vm_dtype t) { return t == VM_DTYPE_Q4_0 || t == VM_DTYPE_Q4_1 || t == VM_DTYPE_Q8_0; }
 
 // Quantizes j's n activation rows of w->cols for the integer dots: j->xq,
@@ -395,6 +469,23 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
             return;
         }
         vm_parallel_for(c->pool, (int)w->rows, 16, matmul_rows, &j);
+        return;
+    }
+#ifdef VM_HAVE_OPENBLAS
+    if (n > BLAS_MIN_TOKENS - 1 && c->blas && c->wtile &&
+        (w->dtype == VM_DTYPE_F32 || w->dtype == VM_DTYPE_F16 || w->dtype == VM_DTYPE_BF16 ||
+         w->dtype == VM_DTYPE_MLX_AFFINE)) {
+        const int block = blas_rows(c, w->rows);
+        if (w->dtype == VM_DTYPE_F32 || blas_tiles_ready(c, (size_t)block * (size_t)w->cols)) {
+            blas_job bj = { &j, c, block };
+            vm_parallel_for(c->pool, (int)((w->rows + block - 1) / block), 1, matmul_blas, &bj);
+            return;
+        }
+    }
+#endif
+    if (n >= 2 && c->tile && c->k->matmul_tile &&
+        (w->dtype == VM_DTYPE_F32 || w->dtype == VM_DTYPE_F16 || w->dtype == VM_DTYPE_BF16)) {
+        vm_parallel_for(c->pool, (int)((w->rows + TILE_ROWS - 1) / TILE_ROWS), 1, matmul_tiles, &j);
         return;
     }
     int group = 0;
@@ -860,6 +951,8 @@ static void cpu_destroy(vm_backend *be) {
         free(c->rope_pos);
         free(c->rope_inv);
         free(c->rope_tab);
+        for (int i = 0; i < c->n_wtile; i++) free(c->wtile[i]);
+        free(c->wtile);
         free(c);
     }
     free(be);
@@ -880,6 +973,16 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     c->q8_activations = !(q8 && strcmp(q8, "0") == 0);
     const char *rp = getenv("VLLM_METAL_CPU_REPACK");
     c->repack = !(rp && strcmp(rp, "0") == 0);
+    const char *tl = getenv("VLLM_METAL_CPU_TILE");
+    c->tile = !(tl && strcmp(tl, "0") == 0);
+#ifdef VM_HAVE_OPENBLAS
+    // our pool splits the rows; each of its threads runs sgemm on its own
+    openblas_set_num_threads(1);
+    const char *bl = getenv("VLLM_METAL_CPU_BLAS");
+    c->blas = !(bl && strcmp(bl, "0") == 0);
+    c->wtile = calloc((size_t)vm_thread_pool_size(c->pool), sizeof *c->wtile);
+    c->n_wtile = c->wtile ? vm_thread_pool_size(c->pool) : 0;
+#endif
     be->name = "cpu";
     be->impl = c;
     be->buf_alloc = cpu_buf_alloc;

@@ -158,6 +158,14 @@ typedef struct vm_cpu_kernels {
     // f16 vec_dot) s_l = (a_l + a_16+l) + (a_8+l + a_24+l) for l < 8, then
     // ((s0+s4) + (s1+s5)) + ((s2+s6) + (s3+s7)); 8 (its f16 GEMM) vm_hsum8.
     void (*lanes_sum)(float *out, const float *acc, int lanes, int hd);
+    // Dense weights against several tokens (prefill): out[t * ostride + r] =
+    // dot_f32/f16/bf16 (by t) of weight row r (w + r * wstride bytes) with x +
+    // t * xstride, for r < rows and t < tokens, n elements each, bit-identical
+    // to this table's dot of that one pair; register-blocked, so that each
+    // weight chunk is loaded (and converted) once for two tokens and each x
+    // chunk once for two rows. NULL: the backend calls the dots pair by pair.
+    void (*matmul_tile)(vm_dtype t, const void *w, size_t wstride, int rows, const float *x, size_t xstride,
+                        int tokens, int n, float *out, size_t ostride);
 } vm_cpu_kernels;
 
 // The exponential llama.cpp's x86/ARM vector code uses (a degree-5 polynomial

@@ -797,12 +797,88 @@ static void lanes_sum(float *out, const float *acc, int lanes, int hd) {
     for (; d < hd; d++) out[d] = vm_lanes_sum_at(acc, lanes, hd, d);
 }
 
+// ---- matmul_tile: dense rows x tokens, register-blocked ----
+// The R x T pairs of a tile (R, T <= 2; constants after inlining) each keep
+// dot_f32/f16/bf16's two accumulators (elements i..i+7 and i+8..i+15 of each
+// 16) and tail, so every pair's sum is that dot's, step for step.
+
+static inline __attribute__((always_inline)) __m256 dense8(vm_dtype t, const uint8_t *p, int i) {
+    if (t == VM_DTYPE_F32) return _mm256_loadu_ps((const float *)(const void *)p + i);
+    if (t == VM_DTYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
+    return bf16x8_to_f32(p + 2 * i);
+}
+
+static inline __attribute__((always_inline)) float dense1(vm_dtype t, const uint8_t *p, int i) {
+    if (t == VM_DTYPE_F32) { float v; memcpy(&v, p + 4 * (size_t)i, 4); return v; }
+    if (t == VM_DTYPE_F16) return vm_f16_to_f32(vm_load_u16(p + 2 * i));
+    return vm_bf16_to_f32(vm_load_u16(p + 2 * i));
+}
+
+static inline __attribute__((always_inline)) void tile_rt(vm_dtype t, const int R, const int T, const uint8_t *w,
+                                                          size_t ws, const float *x, size_t xs, int n, float *out,
+                                                          size_t os) {
+    __m256 a[2][6][2];   // [row][token][accumulator]
+    _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)
+        _Pragma("GCC unroll 6") for (int k = 0; k < T; k++) a[r][k][0] = a[r][k][1] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 w0[2], w1[2];
+        _Pragma("GCC unroll 2") for (int r = 0; r < R; r++) {
+            w0[r] = dense8(t, w + (size_t)r * ws, i);
+            w1[r] = dense8(t, w + (size_t)r * ws, i + 8);
+        }
+        _Pragma("GCC unroll 6") for (int k = 0; k < T; k++) {
+            const __m256 x0 = _mm256_loadu_ps(x + (size_t)k * xs + i), x1 = _mm256_loadu_ps(x + (size_t)k * xs + i + 8);
+            _Pragma("GCC unroll 2") for (int r = 0; r < R; r++) {
+                a[r][k][0] = _mm256_fmadd_ps(w0[r], x0, a[r][k][0]);
+                a[r][k][1] = _mm256_fmadd_ps(w1[r], x1, a[r][k][1]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)
+        _Pragma("GCC unroll 6") for (int k = 0; k < T; k++) {
+            float s = hsum8(_mm256_add_ps(a[r][k][0], a[r][k][1]));
+            for (int j = i; j < n; j++) s += dense1(t, w + (size_t)r * ws, j) * x[(size_t)k * xs + j];
+            out[(size_t)k * os + r] = s;
+        }
+}
+
+// One dtype's tile loop: one row at a time (its chunks in registers), TT
+// tokens at a time against it.
+#ifndef TT
+#define TT 6
+#endif
+static inline __attribute__((always_inline)) void matmul_tile_t(vm_dtype t, const uint8_t *w, size_t ws, int rows,
+                                                                const float *x, size_t xs, int tokens, int n,
+                                                                float *out, size_t os) {
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *wr = w + (size_t)r * ws;
+        int k = 0;
+        for (; k + TT <= tokens; k += TT) tile_rt(t, 1, TT, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os);
+        switch (tokens - k) {
+        case 5: tile_rt(t, 1, 5, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
+        case 4: tile_rt(t, 1, 4, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
+        case 3: tile_rt(t, 1, 3, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
+        case 2: tile_rt(t, 1, 2, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
+        case 1: tile_rt(t, 1, 1, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
+        default: break;
+        }
+    }
+}
+
+static void matmul_tile(vm_dtype t, const void *w, size_t wstride, int rows, const float *x, size_t xstride,
+                        int tokens, int n, float *out, size_t ostride) {
+    if (t == VM_DTYPE_F32) matmul_tile_t(VM_DTYPE_F32, w, wstride, rows, x, xstride, tokens, n, out, ostride);
+    else if (t == VM_DTYPE_F16) matmul_tile_t(VM_DTYPE_F16, w, wstride, rows, x, xstride, tokens, n, out, ostride);
+    else if (t == VM_DTYPE_BF16) matmul_tile_t(VM_DTYPE_BF16, w, wstride, rows, x, xstride, tokens, n, out, ostride);
+}
+
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
     gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, unpack8,
     vdot, axpy, scale_max, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16,
-    rope_rotate, lanes_sum,
+    rope_rotate, lanes_sum, matmul_tile,
 };
 #endif
