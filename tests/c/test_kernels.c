@@ -278,6 +278,44 @@ static void check_matmul_tile(const vm_cpu_kernels *k, vm_dtype t) {
     }
 }
 
+// matmul_tile_mlx: every (row, token) the bits of dot_mlx for that pair
+// (4 and 8 bits; 2 bits through its fallback), rows from an offset, token
+// counts across the 8-token blocks and every tail.
+static void check_matmul_tile_mlx(const vm_cpu_kernels *k, int bits, int gs) {
+    if (!k->matmul_tile_mlx) return;
+    const int rows = 7, cols = 4 * gs, r0 = 2, nr = 5, xs = cols + 5;
+    vm_weight w;
+    void *mem = random_rows(VM_DTYPE_MLX_AFFINE, rows, cols, &w, bits, gs);
+    for (int tokens = 1; tokens <= 19; tokens += 3) {
+        const int groups = cols / gs;
+        float *x = malloc(sizeof(float) * (size_t)xs * tokens), *gsum = malloc(sizeof(float) * (size_t)groups * tokens);
+        float *out = malloc(sizeof(float) * (size_t)(nr + 1) * tokens);
+        for (int i = 0; i < xs * tokens; i++) x[i] = frand();
+        for (int t = 0; t < tokens; t++)
+            for (int g = 0; g < groups; g++) {
+                float s = 0;
+                for (int i = 0; i < gs; i++) s += x[(size_t)t * xs + g * gs + i];
+                gsum[(size_t)t * groups + g] = s;
+            }
+        k->matmul_tile_mlx(&w, r0, nr, x, (size_t)xs, gsum, (size_t)groups, tokens, out, (size_t)nr + 1);
+        for (int t = 0; t < tokens; t++)
+            for (int r = 0; r < nr; r++) {
+                vm_xrow xr = { x + (size_t)t * xs, gsum + (size_t)t * groups };
+                const float want = k->dot_mlx(&w, r0 + r, &xr), got = out[(size_t)t * (nr + 1) + r];
+                cr_expect(memcmp(&want, &got, 4) == 0, "%s mlx %d-bit g%d, %d tokens: row %d token %d: %.9g, dot %.9g",
+                          k->name, bits, gs, tokens, r0 + r, t, got, want);
+            }
+        free(x); free(gsum); free(out);
+    }
+    free((void *)w.scales); free((void *)w.biases); free(mem);
+}
+
+Test(kernels, matmul_tile_mlx_bit_identical) {
+    const int cases[][2] = { { 4, 32 }, { 4, 64 }, { 4, 128 }, { 8, 32 }, { 8, 64 }, { 2, 64 } };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_matmul_tile_mlx(vm_cpu_kernels_select(), cases[i][0], cases[i][1]);
+}
+
 Test(kernels, matmul_tile_bit_identical) {
     const vm_dtype types[] = { VM_DTYPE_F32, VM_DTYPE_F16, VM_DTYPE_BF16 };
     for (int i = 0; i < 3; i++) {

@@ -363,10 +363,11 @@ static void matmul_rows(void *ctx, int begin, int end, int thread_index) {
     }
 }
 
-// Dense weights against several tokens (prefill): items are blocks of
-// TILE_ROWS rows, each run against the tokens in blocks that stay in L2
-// (about 256 KiB of activations), through the kernel set's register-blocked
-// matmul_tile (the same bits as row_dot, pair by pair).
+// Dense and MLX affine weights against several tokens (prefill, decode
+// batches): items are blocks of TILE_ROWS rows, each run against the tokens
+// in blocks that stay in L2 (about 256 KiB of activations), through the
+// kernel set's register-blocked matmul_tile / matmul_tile_mlx (the same bits
+// as row_dot, pair by pair).
 #define TILE_ROWS 32
 static void matmul_tiles(void *ctx, int begin, int end, int thread_index) {
     const matmul_job *j = ctx;
@@ -375,10 +376,16 @@ static void matmul_tiles(void *ctx, int begin, int end, int thread_index) {
     int tb = (int)(((size_t)256 << 10) / ((size_t)cols * 4)) & ~1;
     tb = VM_MAX(2, VM_MIN(tb, j->n));
     const int r0 = begin * TILE_ROWS, r1 = (int)VM_MIN((int64_t)end * TILE_ROWS, rows);
-    for (int t0 = 0; t0 < j->n; t0 += tb)
-        j->k->matmul_tile(j->w->dtype, (const uint8_t *)j->w->data + (size_t)r0 * rb, rb, r1 - r0,
-                          j->x + (size_t)t0 * cols, (size_t)cols, VM_MIN(tb, j->n - t0), (int)cols,
-                          j->out + (size_t)t0 * rows + r0, (size_t)rows);
+    for (int t0 = 0; t0 < j->n; t0 += tb) {
+        if (j->w->dtype == VM_DTYPE_MLX_AFFINE)
+            j->k->matmul_tile_mlx(j->w, r0, r1 - r0, j->x + (size_t)t0 * cols, (size_t)cols,
+                                  j->gsum + (size_t)t0 * j->groups, (size_t)j->groups, VM_MIN(tb, j->n - t0),
+                                  j->out + (size_t)t0 * rows + r0, (size_t)rows);
+        else
+            j->k->matmul_tile(j->w->dtype, (const uint8_t *)j->w->data + (size_t)r0 * rb, rb, r1 - r0,
+                              j->x + (size_t)t0 * cols, (size_t)cols, VM_MIN(tb, j->n - t0), (int)cols,
+                              j->out + (size_t)t0 * rows + r0, (size_t)rows);
+    }
 }
 
 #ifdef VM_HAVE_OPENBLAS
@@ -504,6 +511,10 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
             }
         }
         j.gsum = gs;
+    }
+    if (n >= 2 && c->tile && c->k->matmul_tile_mlx && w->dtype == VM_DTYPE_MLX_AFFINE) {
+        vm_parallel_for(c->pool, (int)((w->rows + TILE_ROWS - 1) / TILE_ROWS), 1, matmul_tiles, &j);
+        return;
     }
     vm_parallel_for(c->pool, (int)w->rows, 16, matmul_rows, &j);
 }

@@ -391,7 +391,7 @@ const vm_cpu_kernels vm_kernels_generic = {
     gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, vm_q_unpack8,
     vdot, axpy, vm_generic_scale_max, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, vm_generic_axpy_lanes_f16,
-    vm_generic_rope_rotate, vm_generic_lanes_sum, NULL,
+    vm_generic_rope_rotate, vm_generic_lanes_sum, NULL, NULL,
 };
 
 void vm_dequant_row(const vm_weight *w, int64_t row, float *out) {

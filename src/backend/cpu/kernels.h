@@ -166,6 +166,11 @@ typedef struct vm_cpu_kernels {
     // chunk once for two rows. NULL: the backend calls the dots pair by pair.
     void (*matmul_tile)(vm_dtype t, const void *w, size_t wstride, int rows, const float *x, size_t xstride,
                         int tokens, int n, float *out, size_t ostride);
+    // The same for MLX affine rows r0 .. r0 + rows - 1 of w: out[t * ostride +
+    // r - r0] = dot_mlx(w, r, x + t * xstride with gsum + t * gstride), each
+    // group's codes widened once for all the tokens. NULL: pair by pair.
+    void (*matmul_tile_mlx)(const vm_weight *w, int64_t r0, int rows, const float *x, size_t xstride,
+                            const float *gsum, size_t gstride, int tokens, float *out, size_t ostride);
 } vm_cpu_kernels;
 
 // The exponential llama.cpp's x86/ARM vector code uses (a degree-5 polynomial

@@ -873,12 +873,91 @@ static void matmul_tile(vm_dtype t, const void *w, size_t wstride, int rows, con
     else if (t == VM_DTYPE_BF16) matmul_tile_t(VM_DTYPE_BF16, w, wstride, rows, x, xstride, tokens, n, out, ostride);
 }
 
+// MLX affine 4/8-bit: one row against T tokens (a constant after inlining),
+// each group's 8-code chunks widened once and fused into every token's
+// accumulator; per token the group's sum and bias term as dot_mlx adds them.
+static inline __attribute__((always_inline)) void mlx_row_tokens(const int T, const int bits, const uint8_t *rowp,
+                                                                 const vm_weight *w, int64_t row, const float *x,
+                                                                 size_t xs, const float *gsum, size_t gstride,
+                                                                 float *out, size_t os) {
+    const int gs = w->group_size;
+    const int64_t groups = w->cols / gs;
+    float s[8];
+    _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) s[k] = 0;
+    for (int64_t g = 0; g < groups; g++) {
+        __m256 acc[8];
+        _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) acc[k] = _mm256_setzero_ps();
+        for (int64_t i = g * gs; i < (g + 1) * gs; i += 8) {
+            __m256i v;
+            if (bits == 4) {
+                uint32_t word = vm_load_u32(rowp + (size_t)i / 2);
+                __m256i wv = _mm256_set1_epi32((int)word);
+                v = _mm256_and_si256(_mm256_srlv_epi32(wv, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                     _mm256_set1_epi32(0xf));
+            } else {
+                v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rowp + (size_t)i)));
+            }
+            const __m256 vf = _mm256_cvtepi32_ps(v);
+            _Pragma("GCC unroll 8") for (int k = 0; k < T; k++)
+                acc[k] = _mm256_fmadd_ps(vf, _mm256_loadu_ps(x + (size_t)k * xs + i), acc[k]);
+        }
+        float sc = vm_load_scale(w->scale_dtype, w->scales, row * groups + g);
+        float bi = vm_load_scale(w->scale_dtype, w->biases, row * groups + g);
+        _Pragma("GCC unroll 8") for (int k = 0; k < T; k++)
+            s[k] += sc * hsum8(acc[k]) + bi * gsum[(size_t)k * gstride + g];
+    }
+    _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) out[(size_t)k * os] = s[k];
+}
+
+static inline __attribute__((always_inline)) void mlx_tile_bits(const int bits, const vm_weight *w, int64_t r0,
+                                                                int rows, const float *x, size_t xs,
+                                                                const float *gsum, size_t gstride, int tokens,
+                                                                float *out, size_t os) {
+    const size_t rb = (size_t)(w->cols * bits / 8);
+    for (int r = 0; r < rows; r++) {
+        const int64_t row = r0 + r;
+        const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row * rb;
+        int k = 0;
+        for (; k + 8 <= tokens; k += 8)
+            mlx_row_tokens(8, bits, rowp, w, row, x + (size_t)k * xs, xs, gsum + (size_t)k * gstride, gstride,
+                           out + (size_t)k * os + r, os);
+#define MLX_TAIL(T) mlx_row_tokens(T, bits, rowp, w, row, x + (size_t)k * xs, xs, gsum + (size_t)k * gstride, gstride, \
+                                   out + (size_t)k * os + r, os)
+        switch (tokens - k) {
+        case 7: MLX_TAIL(7); break;
+        case 6: MLX_TAIL(6); break;
+        case 5: MLX_TAIL(5); break;
+        case 4: MLX_TAIL(4); break;
+        case 3: MLX_TAIL(3); break;
+        case 2: MLX_TAIL(2); break;
+        case 1: MLX_TAIL(1); break;
+        default: break;
+        }
+#undef MLX_TAIL
+    }
+}
+
+static void matmul_tile_mlx(const vm_weight *w, int64_t r0, int rows, const float *x, size_t xstride,
+                            const float *gsum, size_t gstride, int tokens, float *out, size_t ostride) {
+    if (w->bits == 4 && w->group_size % 32 == 0) {
+        mlx_tile_bits(4, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
+    } else if (w->bits == 8 && w->group_size % 32 == 0) {
+        mlx_tile_bits(8, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
+    } else {   // dot_mlx's own fallback (the generic kernel), pair by pair
+        for (int k = 0; k < tokens; k++)
+            for (int r = 0; r < rows; r++) {
+                vm_xrow xr = { x + (size_t)k * xstride, gsum + (size_t)k * gstride };
+                out[(size_t)k * ostride + r] = dot_mlx(w, r0 + r, &xr);
+            }
+    }
+}
+
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8,
     dot4_q4_0_q8, dot4_q4_1_q8, dot4_q8_0_q8, dot8_q4_0_q8, dot8_q4_1_q8, dot8_q8_0_q8,
     gemv8_q4_0_q8, gemv8_q4_1_q8, gemv8_q8_0_q8, unpack8,
     vdot, axpy, scale_max, exp_sum, silu_mul, to_f16, round_f16, dots_f16, axpy_lanes_f16,
-    rope_rotate, lanes_sum, matmul_tile,
+    rope_rotate, lanes_sum, matmul_tile, matmul_tile_mlx,
 };
 #endif

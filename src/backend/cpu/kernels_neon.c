@@ -419,7 +419,7 @@ const vm_cpu_kernels vm_kernels_neon_dotprod = {
     unpack8, vdot, axpy,
     vm_generic_scale_max, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
-    vm_generic_rope_rotate, vm_generic_lanes_sum, NULL,
+    vm_generic_rope_rotate, vm_generic_lanes_sum, NULL, NULL,
 };
 
 const vm_cpu_kernels vm_kernels_neon = {
@@ -429,7 +429,7 @@ const vm_cpu_kernels vm_kernels_neon = {
     dot8_q4_0_q8_mull, dot8_q4_1_q8_mull, dot8_q8_0_q8_mull, NULL, NULL, NULL, NULL, vdot, axpy,
     vm_generic_scale_max, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
-    vm_generic_rope_rotate, vm_generic_lanes_sum, NULL,
+    vm_generic_rope_rotate, vm_generic_lanes_sum, NULL, NULL,
 };
 
 #else // ===================== second pass: the GGUF q8 kernels =====================
