@@ -398,10 +398,14 @@ static void matmul_tiles(void *ctx, int begin, int end, int thread_index) {
 // steps of at most 64 tokens (decode batches) stay bit-identical to one token
 // alone.
 #define BLAS_MIN_TOKENS 65
-// rows an item: about two items a thread (sgemm packs x again for every item)
-static int blas_rows(const cpu_impl *c, int64_t rows) {
-    int64_t per = rows / (2 * vm_thread_pool_size(c->pool));
-    return (int)VM_MAX(64, (per + 15) / 16 * 16);
+// rows an item: about two items a thread (sgemm packs x again for every
+// item); rows widened to f32 first at most about 4 MiB of them (a large
+// vocabulary's lm_head would otherwise want hundreds of MiB a thread)
+static int blas_rows(const cpu_impl *c, const vm_weight *w) {
+    int64_t per = w->rows / (2 * vm_thread_pool_size(c->pool));
+    per = VM_MAX(64, (per + 15) / 16 * 16);
+    if (w->dtype != VM_DTYPE_F32) per = VM_MIN(per, VM_MAX(64, ((int64_t)4 << 20) / (w->cols * 4) / 16 * 16));
+    return (int)per;
 }
 static int blas_tiles_ready(cpu_impl *c, size_t floats) {
     if (floats <= c->wtile_floats) return 1;
@@ -482,7 +486,7 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
     if (n > BLAS_MIN_TOKENS - 1 && c->blas && c->wtile &&
         (w->dtype == VM_DTYPE_F32 || w->dtype == VM_DTYPE_F16 || w->dtype == VM_DTYPE_BF16 ||
          w->dtype == VM_DTYPE_MLX_AFFINE)) {
-        const int block = blas_rows(c, w->rows);
+        const int block = blas_rows(c, w);
         if (w->dtype == VM_DTYPE_F32 || blas_tiles_ready(c, (size_t)block * (size_t)w->cols)) {
             blas_job bj = { &j, c, block };
             vm_parallel_for(c->pool, (int)((w->rows + block - 1) / block), 1, matmul_blas, &bj);
