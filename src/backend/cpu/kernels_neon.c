@@ -411,6 +411,220 @@ static void unpack8(vm_dtype t, const void *group, int64_t cols, void *rows) {
     vm_q_unpack8_by(t, group, cols, rows, words4x8);
 }
 
+// ---- matmul_tile: dense rows x tokens, register-blocked ----
+// One row against T tokens (T <= 4, a constant after inlining: 16
+// accumulators and the chunk's 4 vectors stay in NEON's 32 registers): each 16-element
+// weight chunk is loaded and converted once for the T tokens, and every token
+// keeps dot_f32/f16/bf16's four accumulators, 4-element loop (f32 and f16
+// only) and scalar tail, so each (row, token) sum is that dot's, step for step.
+
+// weight elements i..i+15 as four float32x4 (the dots' a0..a3 operands)
+static inline __attribute__((always_inline)) void dense16(vm_dtype t, const uint8_t *p, int i, float32x4_t v[4]) {
+    if (t == VM_DTYPE_F32) {
+        const uint8_t *q = p + 4 * (size_t)i;
+        for (int j = 0; j < 4; j++) v[j] = vreinterpretq_f32_u8(vld1q_u8(q + 16 * j));
+    } else if (t == VM_DTYPE_F16) {
+        const uint8_t *q = p + 2 * (size_t)i;
+        for (int j = 0; j < 4; j++) v[j] = f16x4_load(q + 8 * j);
+    } else {
+        uint16x8_t v0 = vreinterpretq_u16_u8(vld1q_u8(p + 2 * (size_t)i));
+        uint16x8_t v1 = vreinterpretq_u16_u8(vld1q_u8(p + 2 * (size_t)i + 16));
+        v[0] = bf16_lo(v0); v[1] = bf16_hi(v0); v[2] = bf16_lo(v1); v[3] = bf16_hi(v1);
+    }
+}
+
+// the tails' weight element i, converted as the dots convert it
+static inline __attribute__((always_inline)) float dense1(vm_dtype t, const uint8_t *p, int i) {
+    if (t == VM_DTYPE_F32) { float v; memcpy(&v, p + 4 * (size_t)i, 4); return v; }
+    if (t == VM_DTYPE_F16) return h2f(vm_load_u16(p + 2 * (size_t)i));
+    return vm_bf16_to_f32(vm_load_u16(p + 2 * (size_t)i));
+}
+
+static inline __attribute__((always_inline)) void tile_rt(vm_dtype t, const int T, const uint8_t *w, const float *x,
+                                                          size_t xs, int n, float *out, size_t os) {
+    float32x4_t a[4][4];   // [token][a0..a3]
+    _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) a[k][0] = a[k][1] = a[k][2] = a[k][3] = vdupq_n_f32(0);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        float32x4_t v[4];
+        dense16(t, w, i, v);
+        _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+            const float *xk = x + (size_t)k * xs + i;
+            a[k][0] = vfmaq_f32(a[k][0], v[0], vld1q_f32(xk));
+            a[k][1] = vfmaq_f32(a[k][1], v[1], vld1q_f32(xk + 4));
+            a[k][2] = vfmaq_f32(a[k][2], v[2], vld1q_f32(xk + 8));
+            a[k][3] = vfmaq_f32(a[k][3], v[3], vld1q_f32(xk + 12));
+        }
+    }
+    if (t != VM_DTYPE_BF16)   // dot_bf16 has no 4-element loop
+        for (; i + 4 <= n; i += 4) {
+            const float32x4_t v = t == VM_DTYPE_F32 ? vreinterpretq_f32_u8(vld1q_u8(w + 4 * (size_t)i))
+                                                    : f16x4_load(w + 2 * (size_t)i);
+            _Pragma("GCC unroll 4") for (int k = 0; k < T; k++)
+                a[k][0] = vfmaq_f32(a[k][0], v, vld1q_f32(x + (size_t)k * xs + i));
+        }
+    _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+        const float *xv = x + (size_t)k * xs;
+        float s = vaddvq_f32(vaddq_f32(vaddq_f32(a[k][0], a[k][1]), vaddq_f32(a[k][2], a[k][3])));
+        for (int j = i; j < n; j++) s += dense1(t, w, j) * xv[j];
+        out[(size_t)k * os] = s;
+    }
+}
+
+// One dtype's tile loop: one row at a time, TT tokens at a time against it.
+#define TT 4
+static inline __attribute__((always_inline)) void matmul_tile_t(vm_dtype t, const uint8_t *w, size_t ws, int rows,
+                                                                const float *x, size_t xs, int tokens, int n,
+                                                                float *out, size_t os) {
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *wr = w + (size_t)r * ws;
+        int k = 0;
+        for (; k + TT <= tokens; k += TT) tile_rt(t, TT, wr, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os);
+#define TILE_TAIL(T) tile_rt(t, T, wr, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os)
+        switch (tokens - k) {
+        case 3: TILE_TAIL(3); break;
+        case 2: TILE_TAIL(2); break;
+        case 1: TILE_TAIL(1); break;
+        default: break;
+        }
+#undef TILE_TAIL
+    }
+}
+#undef TT
+
+static void matmul_tile(vm_dtype t, const void *w, size_t wstride, int rows, const float *x, size_t xstride,
+                        int tokens, int n, float *out, size_t ostride) {
+    if (t == VM_DTYPE_F32) matmul_tile_t(VM_DTYPE_F32, w, wstride, rows, x, xstride, tokens, n, out, ostride);
+    else if (t == VM_DTYPE_F16) matmul_tile_t(VM_DTYPE_F16, w, wstride, rows, x, xstride, tokens, n, out, ostride);
+    else if (t == VM_DTYPE_BF16) matmul_tile_t(VM_DTYPE_BF16, w, wstride, rows, x, xstride, tokens, n, out, ostride);
+}
+
+// ---- matmul_tile_mlx: MLX affine rows x tokens ----
+// One row against T tokens (T <= 4, a constant after inlining, so that the
+// accumulators, totals and widened codes stay in registers). Each group's
+// codes are widened once, 4 at a time, and fused into every token's acc0 /
+// acc1 in the order mlx4_group / mlx8_group / mlx2_group feed them (each
+// accumulator's chain is unchanged: the two are independent, so interleaving
+// them across tokens changes nothing); then per token dot_mlx's steps:
+// total = vfmaq_n_f32(total, acc0 + acc1, sc), bsum += bi * gsum[g], and
+// vaddvq_f32(total) + bsum.
+static inline __attribute__((always_inline)) void mlx_row_tokens(const int T, const int bits, const uint8_t *rowp,
+                                                                 const vm_weight *w, int64_t row, const float *x,
+                                                                 size_t xs, const float *gsum, size_t gstride,
+                                                                 float *out, size_t os) {
+    const int gs = w->group_size;
+    const int64_t groups = w->cols / gs;
+    const size_t gbytes = (size_t)gs * (size_t)bits / 8;
+    float32x4_t total[4];
+    float bsum[4];
+    _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) { total[k] = vdupq_n_f32(0); bsum[k] = 0; }
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *q = rowp + (size_t)g * gbytes;
+        const float *xg = x + g * gs;
+        float32x4_t acc0[4], acc1[4];
+        _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) acc0[k] = acc1[k] = vdupq_n_f32(0);
+        if (bits == 4) {   // mlx4_group: e_j with the even x of elements 8j.., o_j with the odd
+            const uint8x16_t m4 = vdupq_n_u8(0x0f);
+            for (int i = 0; i < gs; i += 32, q += 16) {
+                const uint8x16_t b = vld1q_u8(q);
+                const uint8x16_t ev = vandq_u8(b, m4), od = vshrq_n_u8(b, 4);
+                _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {   // e_2h, e_2h+1 and o_2h, o_2h+1
+                    float32x4_t e[2], o[2];
+                    u8x8_to_f32(h ? vget_high_u8(ev) : vget_low_u8(ev), &e[0], &e[1]);
+                    u8x8_to_f32(h ? vget_high_u8(od) : vget_low_u8(od), &o[0], &o[1]);
+                    _Pragma("GCC unroll 2") for (int j = 0; j < 2; j++)
+                        _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+                            const float32x4x2_t xv = vld2q_f32(xg + (size_t)k * xs + i + 16 * h + 8 * j);
+                            acc0[k] = vfmaq_f32(acc0[k], e[j], xv.val[0]);
+                            acc1[k] = vfmaq_f32(acc1[k], o[j], xv.val[1]);
+                        }
+                }
+            }
+        } else if (bits == 8) {   // mlx8_group: elements 0-3, 8-11 to acc0; 4-7, 12-15 to acc1
+            for (int i = 0; i < gs; i += 16, q += 16) {
+                const uint8x16_t b = vld1q_u8(q);
+                float32x4_t c[4];
+                u8x8_to_f32(vget_low_u8(b), &c[0], &c[1]);
+                u8x8_to_f32(vget_high_u8(b), &c[2], &c[3]);
+                _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+                    const float *xk = xg + (size_t)k * xs + i;
+                    acc0[k] = vfmaq_f32(acc0[k], c[0], vld1q_f32(xk));
+                    acc1[k] = vfmaq_f32(acc1[k], c[1], vld1q_f32(xk + 4));
+                    acc0[k] = vfmaq_f32(acc0[k], c[2], vld1q_f32(xk + 8));
+                    acc1[k] = vfmaq_f32(acc1[k], c[3], vld1q_f32(xk + 12));
+                }
+            }
+        } else {   // mlx2_group: field f of bytes 0-7 against lane set f of x 0-15 (acc0), 16-31 (acc1)
+            const uint8x8_t m2 = vdup_n_u8(3);
+            for (int i = 0; i < gs; i += 32, q += 8) {
+                const uint8x8_t b = vld1_u8(q);
+                const uint8x8_t f[4] = { vand_u8(b, m2), vand_u8(vshr_n_u8(b, 2), m2), vand_u8(vshr_n_u8(b, 4), m2),
+                                         vshr_n_u8(b, 6) };
+                float32x4_t lo[4], hi[4];
+                _Pragma("GCC unroll 4") for (int f4 = 0; f4 < 4; f4++) u8x8_to_f32(f[f4], &lo[f4], &hi[f4]);
+                _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+                    const float *xk = xg + (size_t)k * xs + i;
+                    const float32x4x4_t x0 = vld4q_f32(xk);
+                    _Pragma("GCC unroll 4") for (int f4 = 0; f4 < 4; f4++)
+                        acc0[k] = vfmaq_f32(acc0[k], lo[f4], x0.val[f4]);
+                    const float32x4x4_t x1 = vld4q_f32(xk + 16);
+                    _Pragma("GCC unroll 4") for (int f4 = 0; f4 < 4; f4++)
+                        acc1[k] = vfmaq_f32(acc1[k], hi[f4], x1.val[f4]);
+                }
+            }
+        }
+        const float sc = vm_load_scale(w->scale_dtype, w->scales, row * groups + g);
+        const float bi = vm_load_scale(w->scale_dtype, w->biases, row * groups + g);
+        _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+            total[k] = vfmaq_n_f32(total[k], vaddq_f32(acc0[k], acc1[k]), sc);
+            bsum[k] += bi * gsum[(size_t)k * gstride + g];
+        }
+    }
+    _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) out[(size_t)k * os] = vaddvq_f32(total[k]) + bsum[k];
+}
+
+static inline __attribute__((always_inline)) void mlx_tile_bits(const int bits, const vm_weight *w, int64_t r0,
+                                                                int rows, const float *x, size_t xs,
+                                                                const float *gsum, size_t gstride, int tokens,
+                                                                float *out, size_t os) {
+    const size_t rb = (size_t)(w->cols * bits / 8);
+    for (int r = 0; r < rows; r++) {
+        const int64_t row = r0 + r;
+        const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row * rb;
+        int k = 0;
+        for (; k + 4 <= tokens; k += 4)
+            mlx_row_tokens(4, bits, rowp, w, row, x + (size_t)k * xs, xs, gsum + (size_t)k * gstride, gstride,
+                           out + (size_t)k * os + r, os);
+#define MLX_TAIL(T) mlx_row_tokens(T, bits, rowp, w, row, x + (size_t)k * xs, xs, gsum + (size_t)k * gstride, gstride, \
+                                   out + (size_t)k * os + r, os)
+        switch (tokens - k) {
+        case 3: MLX_TAIL(3); break;
+        case 2: MLX_TAIL(2); break;
+        case 1: MLX_TAIL(1); break;
+        default: break;
+        }
+#undef MLX_TAIL
+    }
+}
+
+static void matmul_tile_mlx(const vm_weight *w, int64_t r0, int rows, const float *x, size_t xstride,
+                            const float *gsum, size_t gstride, int tokens, float *out, size_t ostride) {
+    const int bits = w->bits, gs = w->group_size;
+    if (gs > 0 && gs % 32 == 0 && bits == 4) {
+        mlx_tile_bits(4, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
+    } else if (gs > 0 && gs % 32 == 0 && bits == 8) {
+        mlx_tile_bits(8, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
+    } else if (gs > 0 && gs % 32 == 0 && bits == 2) {
+        mlx_tile_bits(2, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
+    } else {   // dot_mlx's own fallback (the generic kernel), pair by pair
+        for (int k = 0; k < tokens; k++)
+            for (int r = 0; r < rows; r++) {
+                vm_xrow xr = { x + (size_t)k * xstride, gsum + (size_t)k * gstride };
+                out[(size_t)k * ostride + r] = dot_mlx(w, r0 + r, &xr);
+            }
+    }
+}
+
 const vm_cpu_kernels vm_kernels_neon_dotprod = {
     "neon_dotprod", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
     quantize_q8, dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp,
@@ -419,7 +633,7 @@ const vm_cpu_kernels vm_kernels_neon_dotprod = {
     unpack8, vdot, axpy,
     vm_generic_scale_max, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
-    vm_generic_rope_rotate, vm_generic_lanes_sum, NULL, NULL,
+    vm_generic_rope_rotate, vm_generic_lanes_sum, matmul_tile, matmul_tile_mlx,
 };
 
 const vm_cpu_kernels vm_kernels_neon = {
@@ -429,7 +643,7 @@ const vm_cpu_kernels vm_kernels_neon = {
     dot8_q4_0_q8_mull, dot8_q4_1_q8_mull, dot8_q8_0_q8_mull, NULL, NULL, NULL, NULL, vdot, axpy,
     vm_generic_scale_max, vm_generic_exp_sum, vm_generic_silu_mul,
     vm_generic_to_f16, vm_generic_round_f16, vm_generic_dots_f16, axpy_lanes_f16,
-    vm_generic_rope_rotate, vm_generic_lanes_sum, NULL, NULL,
+    vm_generic_rope_rotate, vm_generic_lanes_sum, matmul_tile, matmul_tile_mlx,
 };
 
 #else // ===================== second pass: the GGUF q8 kernels =====================
