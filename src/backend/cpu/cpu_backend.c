@@ -483,7 +483,7 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
         return;
     }
 #ifdef VM_HAVE_OPENBLAS
-    if (n > BLAS_MIN_TOKENS - 1 && c->blas && c->wtile &&
+    if (n >= BLAS_MIN_TOKENS && c->blas && c->wtile &&
         (w->dtype == VM_DTYPE_F32 || w->dtype == VM_DTYPE_F16 || w->dtype == VM_DTYPE_BF16 ||
          w->dtype == VM_DTYPE_MLX_AFFINE)) {
         const int block = blas_rows(c, w);
