@@ -258,7 +258,9 @@ static void expect_same(vm_backend *be, vm_buf *a, vm_buf *b, size_t n, const ch
 // row and token counts (every tile shape), lengths with and without a tail.
 static void check_matmul_tile(const vm_cpu_kernels *k, vm_dtype t) {
     if (!k->matmul_tile) return;
-    const int shapes[][3] = { { 5, 7, 48 }, { 4, 6, 37 }, { 3, 13, 16 }, { 1, 1, 9 }, { 9, 2, 583 } };
+    // (rows, tokens, cols): tokens past full blocks of 6 (4) in every mix of the 4-, 2- and 1-token blocks
+    const int shapes[][3] = { { 5, 11, 48 }, { 4, 5, 37 }, { 3, 13, 16 }, { 1, 3, 9 }, { 9, 2, 583 },
+                              { 2, 9, 40 }, { 3, 7, 33 }, { 2, 6, 20 } };
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int rows = shapes[s][0], tokens = shapes[s][1], cols = shapes[s][2];
         vm_weight w;

@@ -252,6 +252,19 @@ void vm_dequant_row(const vm_weight *w, int64_t row, float *out);
 // Unaligned little-endian loads (MLX files need not be aligned).
 static inline uint16_t vm_load_u16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t vm_load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+// The token blocks of a tile kernel (matmul_tile, matmul_tile_mlx): tokens
+// [0, n) as blocks of `big` (at least 4), then at most one block each of 4, 2
+// and 1; BLOCK(k, T) runs tokens k .. k + T - 1 with T a constant, so that
+// every block size gets its own register-allocated copy.
+#define VM_TOKEN_BLOCKS(n, big, BLOCK)                                \
+    do {                                                              \
+        int k_ = 0;                                                   \
+        for (; k_ + (big) <= (n); k_ += (big)) BLOCK(k_, big);       \
+        if (k_ + 4 <= (n)) { BLOCK(k_, 4); k_ += 4; }                 \
+        if (k_ + 2 <= (n)) { BLOCK(k_, 2); k_ += 2; }                 \
+        if (k_ < (n)) BLOCK(k_, 1);                                   \
+    } while (0)
 static inline float vm_load_scale(vm_dtype t, const void *base, int64_t i) {
     const uint8_t *p = base;
     if (t == VM_DTYPE_F32) { float f; memcpy(&f, p + i * 4, 4); return f; }

@@ -124,6 +124,21 @@ static float dot_q8_0(const void *w, const vm_xrow *x, int n) {
     return hsum8(total);
 }
 
+// MLX affine codes i..i+7 of a row (4 or 8 bits) as floats
+static inline __m256 mlx_codes8(int bits, const uint8_t *rowp, int64_t i) {
+    __m256i v;
+    if (bits == 4) {
+        // 8 nibbles in one u32, element k at bits 4k..4k+3
+        uint32_t word = vm_load_u32(rowp + (size_t)i / 2);
+        __m256i wv = _mm256_set1_epi32((int)word);
+        v = _mm256_and_si256(_mm256_srlv_epi32(wv, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                             _mm256_set1_epi32(0xf));
+    } else {
+        v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rowp + (size_t)i)));
+    }
+    return _mm256_cvtepi32_ps(v);
+}
+
 // MLX affine 4- and 8-bit; other widths fall back to the generic kernel.
 static float dot_mlx(const vm_weight *w, int64_t row, const vm_xrow *x) {
     const int bits = w->bits, gs = w->group_size;
@@ -134,17 +149,7 @@ static float dot_mlx(const vm_weight *w, int64_t row, const vm_xrow *x) {
     for (int64_t g = 0; g < groups; g++) {
         __m256 acc = _mm256_setzero_ps();
         for (int64_t i = g * gs; i < (g + 1) * gs; i += 8) {
-            __m256i v;
-            if (bits == 4) {
-                // 8 nibbles in one u32, element k at bits 4k..4k+3
-                uint32_t word = vm_load_u32(rowp + (size_t)i / 2);
-                __m256i wv = _mm256_set1_epi32((int)word);
-                v = _mm256_and_si256(_mm256_srlv_epi32(wv, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
-                                     _mm256_set1_epi32(0xf));
-            } else {
-                v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rowp + (size_t)i)));
-            }
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(x->x + i), acc);
+            acc = _mm256_fmadd_ps(mlx_codes8(bits, rowp, i), _mm256_loadu_ps(x->x + i), acc);
         }
         float sc = vm_load_scale(w->scale_dtype, w->scales, row * groups + g);
         float bi = vm_load_scale(w->scale_dtype, w->biases, row * groups + g);
@@ -798,9 +803,11 @@ static void lanes_sum(float *out, const float *acc, int lanes, int hd) {
 }
 
 // ---- matmul_tile: dense rows x tokens, register-blocked ----
-// The R x T pairs of a tile (R, T <= 2; constants after inlining) each keep
-// dot_f32/f16/bf16's two accumulators (elements i..i+7 and i+8..i+15 of each
-// 16) and tail, so every pair's sum is that dot's, step for step.
+// One row against T tokens (T <= 6, a constant after inlining): each
+// 16-element weight chunk is loaded (and converted) once for the T tokens,
+// and every token keeps dot_f32/f16/bf16's two accumulators (elements
+// i..i+7 and i+8..i+15 of each 16) and tail, so each sum is that dot's,
+// step for step.
 
 static inline __attribute__((always_inline)) __m256 dense8(vm_dtype t, const uint8_t *p, int i) {
     if (t == VM_DTYPE_F32) return _mm256_loadu_ps((const float *)(const void *)p + i);
@@ -814,63 +821,23 @@ static inline __attribute__((always_inline)) float dense1(vm_dtype t, const uint
     return vm_bf16_to_f32(vm_load_u16(p + 2 * i));
 }
 
-static inline __attribute__((always_inline)) void tile_rt(vm_dtype t, const int R, const int T, const uint8_t *w,
-                                                          size_t ws, const float *x, size_t xs, int n, float *out,
-                                                          size_t os) {
-    __m256 a[2][6][2];   // [row][token][accumulator]
-    _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)
-        _Pragma("GCC unroll 6") for (int k = 0; k < T; k++) a[r][k][0] = a[r][k][1] = _mm256_setzero_ps();
+static inline __attribute__((always_inline)) void tile_rt(vm_dtype t, const int T, const uint8_t *w, const float *x,
+                                                          size_t xs, int n, float *out, size_t os) {
+    __m256 a[6][2];   // [token][accumulator]
+    _Pragma("GCC unroll 6") for (int k = 0; k < T; k++) a[k][0] = a[k][1] = _mm256_setzero_ps();
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        __m256 w0[2], w1[2];
-        _Pragma("GCC unroll 2") for (int r = 0; r < R; r++) {
-            w0[r] = dense8(t, w + (size_t)r * ws, i);
-            w1[r] = dense8(t, w + (size_t)r * ws, i + 8);
-        }
+        const __m256 w0 = dense8(t, w, i), w1 = dense8(t, w, i + 8);
         _Pragma("GCC unroll 6") for (int k = 0; k < T; k++) {
-            const __m256 x0 = _mm256_loadu_ps(x + (size_t)k * xs + i), x1 = _mm256_loadu_ps(x + (size_t)k * xs + i + 8);
-            _Pragma("GCC unroll 2") for (int r = 0; r < R; r++) {
-                a[r][k][0] = _mm256_fmadd_ps(w0[r], x0, a[r][k][0]);
-                a[r][k][1] = _mm256_fmadd_ps(w1[r], x1, a[r][k][1]);
-            }
+            a[k][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)k * xs + i), a[k][0]);
+            a[k][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + (size_t)k * xs + i + 8), a[k][1]);
         }
     }
-    _Pragma("GCC unroll 2") for (int r = 0; r < R; r++)
-        _Pragma("GCC unroll 6") for (int k = 0; k < T; k++) {
-            float s = hsum8(_mm256_add_ps(a[r][k][0], a[r][k][1]));
-            for (int j = i; j < n; j++) s += dense1(t, w + (size_t)r * ws, j) * x[(size_t)k * xs + j];
-            out[(size_t)k * os + r] = s;
-        }
-}
-
-// One dtype's tile loop: one row at a time (its chunks in registers), TT
-// tokens at a time against it.
-#ifndef TT
-#define TT 6
-#endif
-static inline __attribute__((always_inline)) void matmul_tile_t(vm_dtype t, const uint8_t *w, size_t ws, int rows,
-                                                                const float *x, size_t xs, int tokens, int n,
-                                                                float *out, size_t os) {
-    for (int r = 0; r < rows; r++) {
-        const uint8_t *wr = w + (size_t)r * ws;
-        int k = 0;
-        for (; k + TT <= tokens; k += TT) tile_rt(t, 1, TT, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os);
-        switch (tokens - k) {
-        case 5: tile_rt(t, 1, 5, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
-        case 4: tile_rt(t, 1, 4, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
-        case 3: tile_rt(t, 1, 3, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
-        case 2: tile_rt(t, 1, 2, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
-        case 1: tile_rt(t, 1, 1, wr, ws, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os); break;
-        default: break;
-        }
+    _Pragma("GCC unroll 6") for (int k = 0; k < T; k++) {
+        float s = hsum8(_mm256_add_ps(a[k][0], a[k][1]));
+        for (int j = i; j < n; j++) s += dense1(t, w, j) * x[(size_t)k * xs + j];
+        out[(size_t)k * os] = s;
     }
-}
-
-static void matmul_tile(vm_dtype t, const void *w, size_t wstride, int rows, const float *x, size_t xstride,
-                        int tokens, int n, float *out, size_t ostride) {
-    if (t == VM_DTYPE_F32) matmul_tile_t(VM_DTYPE_F32, w, wstride, rows, x, xstride, tokens, n, out, ostride);
-    else if (t == VM_DTYPE_F16) matmul_tile_t(VM_DTYPE_F16, w, wstride, rows, x, xstride, tokens, n, out, ostride);
-    else if (t == VM_DTYPE_BF16) matmul_tile_t(VM_DTYPE_BF16, w, wstride, rows, x, xstride, tokens, n, out, ostride);
 }
 
 // MLX affine 4/8-bit: one row against T tokens (a constant after inlining),
@@ -888,16 +855,7 @@ static inline __attribute__((always_inline)) void mlx_row_tokens(const int T, co
         __m256 acc[8];
         _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) acc[k] = _mm256_setzero_ps();
         for (int64_t i = g * gs; i < (g + 1) * gs; i += 8) {
-            __m256i v;
-            if (bits == 4) {
-                uint32_t word = vm_load_u32(rowp + (size_t)i / 2);
-                __m256i wv = _mm256_set1_epi32((int)word);
-                v = _mm256_and_si256(_mm256_srlv_epi32(wv, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
-                                     _mm256_set1_epi32(0xf));
-            } else {
-                v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(rowp + (size_t)i)));
-            }
-            const __m256 vf = _mm256_cvtepi32_ps(v);
+            const __m256 vf = mlx_codes8(bits, rowp, i);
             _Pragma("GCC unroll 8") for (int k = 0; k < T; k++)
                 acc[k] = _mm256_fmadd_ps(vf, _mm256_loadu_ps(x + (size_t)k * xs + i), acc[k]);
         }
@@ -909,48 +867,10 @@ static inline __attribute__((always_inline)) void mlx_row_tokens(const int T, co
     _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) out[(size_t)k * os] = s[k];
 }
 
-static inline __attribute__((always_inline)) void mlx_tile_bits(const int bits, const vm_weight *w, int64_t r0,
-                                                                int rows, const float *x, size_t xs,
-                                                                const float *gsum, size_t gstride, int tokens,
-                                                                float *out, size_t os) {
-    const size_t rb = (size_t)(w->cols * bits / 8);
-    for (int r = 0; r < rows; r++) {
-        const int64_t row = r0 + r;
-        const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row * rb;
-        int k = 0;
-        for (; k + 8 <= tokens; k += 8)
-            mlx_row_tokens(8, bits, rowp, w, row, x + (size_t)k * xs, xs, gsum + (size_t)k * gstride, gstride,
-                           out + (size_t)k * os + r, os);
-#define MLX_TAIL(T) mlx_row_tokens(T, bits, rowp, w, row, x + (size_t)k * xs, xs, gsum + (size_t)k * gstride, gstride, \
-                                   out + (size_t)k * os + r, os)
-        switch (tokens - k) {
-        case 7: MLX_TAIL(7); break;
-        case 6: MLX_TAIL(6); break;
-        case 5: MLX_TAIL(5); break;
-        case 4: MLX_TAIL(4); break;
-        case 3: MLX_TAIL(3); break;
-        case 2: MLX_TAIL(2); break;
-        case 1: MLX_TAIL(1); break;
-        default: break;
-        }
-#undef MLX_TAIL
-    }
-}
-
-static void matmul_tile_mlx(const vm_weight *w, int64_t r0, int rows, const float *x, size_t xstride,
-                            const float *gsum, size_t gstride, int tokens, float *out, size_t ostride) {
-    if (w->bits == 4 && w->group_size % 32 == 0) {
-        mlx_tile_bits(4, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
-    } else if (w->bits == 8 && w->group_size % 32 == 0) {
-        mlx_tile_bits(8, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
-    } else {   // dot_mlx's own fallback (the generic kernel), pair by pair
-        for (int k = 0; k < tokens; k++)
-            for (int r = 0; r < rows; r++) {
-                vm_xrow xr = { x + (size_t)k * xstride, gsum + (size_t)k * gstride };
-                out[(size_t)k * ostride + r] = dot_mlx(w, r0 + r, &xr);
-            }
-    }
-}
+#define VM_TILE_TOKENS 6
+#define VM_MLX_TOKENS 8
+#define VM_MLX_TILE_2BIT 0
+#include "kernels_tile.h"
 
 const vm_cpu_kernels vm_kernels_avx2 = {
     "avx2", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,

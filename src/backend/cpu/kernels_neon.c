@@ -471,34 +471,6 @@ static inline __attribute__((always_inline)) void tile_rt(vm_dtype t, const int 
     }
 }
 
-// One dtype's tile loop: one row at a time, TT tokens at a time against it.
-#define TT 4
-static inline __attribute__((always_inline)) void matmul_tile_t(vm_dtype t, const uint8_t *w, size_t ws, int rows,
-                                                                const float *x, size_t xs, int tokens, int n,
-                                                                float *out, size_t os) {
-    for (int r = 0; r < rows; r++) {
-        const uint8_t *wr = w + (size_t)r * ws;
-        int k = 0;
-        for (; k + TT <= tokens; k += TT) tile_rt(t, TT, wr, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os);
-#define TILE_TAIL(T) tile_rt(t, T, wr, x + (size_t)k * xs, xs, n, out + (size_t)k * os + r, os)
-        switch (tokens - k) {
-        case 3: TILE_TAIL(3); break;
-        case 2: TILE_TAIL(2); break;
-        case 1: TILE_TAIL(1); break;
-        default: break;
-        }
-#undef TILE_TAIL
-    }
-}
-#undef TT
-
-static void matmul_tile(vm_dtype t, const void *w, size_t wstride, int rows, const float *x, size_t xstride,
-                        int tokens, int n, float *out, size_t ostride) {
-    if (t == VM_DTYPE_F32) matmul_tile_t(VM_DTYPE_F32, w, wstride, rows, x, xstride, tokens, n, out, ostride);
-    else if (t == VM_DTYPE_F16) matmul_tile_t(VM_DTYPE_F16, w, wstride, rows, x, xstride, tokens, n, out, ostride);
-    else if (t == VM_DTYPE_BF16) matmul_tile_t(VM_DTYPE_BF16, w, wstride, rows, x, xstride, tokens, n, out, ostride);
-}
-
 // ---- matmul_tile_mlx: MLX affine rows x tokens ----
 // One row against T tokens (T <= 4, a constant after inlining, so that the
 // accumulators, totals and widened codes stay in registers). Each group's
@@ -583,47 +555,10 @@ static inline __attribute__((always_inline)) void mlx_row_tokens(const int T, co
     _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) out[(size_t)k * os] = vaddvq_f32(total[k]) + bsum[k];
 }
 
-static inline __attribute__((always_inline)) void mlx_tile_bits(const int bits, const vm_weight *w, int64_t r0,
-                                                                int rows, const float *x, size_t xs,
-                                                                const float *gsum, size_t gstride, int tokens,
-                                                                float *out, size_t os) {
-    const size_t rb = (size_t)(w->cols * bits / 8);
-    for (int r = 0; r < rows; r++) {
-        const int64_t row = r0 + r;
-        const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row * rb;
-        int k = 0;
-        for (; k + 4 <= tokens; k += 4)
-            mlx_row_tokens(4, bits, rowp, w, row, x + (size_t)k * xs, xs, gsum + (size_t)k * gstride, gstride,
-                           out + (size_t)k * os + r, os);
-#define MLX_TAIL(T) mlx_row_tokens(T, bits, rowp, w, row, x + (size_t)k * xs, xs, gsum + (size_t)k * gstride, gstride, \
-                                   out + (size_t)k * os + r, os)
-        switch (tokens - k) {
-        case 3: MLX_TAIL(3); break;
-        case 2: MLX_TAIL(2); break;
-        case 1: MLX_TAIL(1); break;
-        default: break;
-        }
-#undef MLX_TAIL
-    }
-}
-
-static void matmul_tile_mlx(const vm_weight *w, int64_t r0, int rows, const float *x, size_t xstride,
-                            const float *gsum, size_t gstride, int tokens, float *out, size_t ostride) {
-    const int bits = w->bits, gs = w->group_size;
-    if (gs > 0 && gs % 32 == 0 && bits == 4) {
-        mlx_tile_bits(4, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
-    } else if (gs > 0 && gs % 32 == 0 && bits == 8) {
-        mlx_tile_bits(8, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
-    } else if (gs > 0 && gs % 32 == 0 && bits == 2) {
-        mlx_tile_bits(2, w, r0, rows, x, xstride, gsum, gstride, tokens, out, ostride);
-    } else {   // dot_mlx's own fallback (the generic kernel), pair by pair
-        for (int k = 0; k < tokens; k++)
-            for (int r = 0; r < rows; r++) {
-                vm_xrow xr = { x + (size_t)k * xstride, gsum + (size_t)k * gstride };
-                out[(size_t)k * ostride + r] = dot_mlx(w, r0 + r, &xr);
-            }
-    }
-}
+#define VM_TILE_TOKENS 4
+#define VM_MLX_TOKENS 4
+#define VM_MLX_TILE_2BIT 1
+#include "kernels_tile.h"
 
 const vm_cpu_kernels vm_kernels_neon_dotprod = {
     "neon_dotprod", dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q8_0, dot_mlx,
