@@ -746,8 +746,8 @@ typedef struct attn_job {
 
 // Per-thread scratch for one item (the `group` query heads of a KV head, one
 // token): per head its scores (padded to 8), q as f16, and 32 partial-sum
-// rows of head_dim; then (from attn_rows_at floats on) the K and V row
-// pointers of each position (f16 cache).
+// rows of head_dim (f16 cache); then (from attn_rows_at floats on) the K and
+// V row pointers of each position.
 static size_t attn_score_stride(int max_ctx_len) { return ((size_t)max_ctx_len + 8 + 7) & ~(size_t)7; }
 static size_t attn_rows_at(int max_ctx_len, int head_dim, int group) {
     return ((size_t)group * (attn_score_stride(max_ctx_len) + (size_t)head_dim + 32 * (size_t)head_dim) + 15) &
@@ -757,26 +757,27 @@ static size_t attn_scratch_floats(int max_ctx_len, int head_dim, int group) {
     return attn_rows_at(max_ctx_len, head_dim, group) + 2 * (size_t)max_ctx_len * (sizeof(void *) / sizeof(float));
 }
 
-// f32 cache: scores over the sequence's cached positions [0, pos], softmax,
-// weighted sum of V.
-static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *q, int n_ctx, int kvh,
-                         float *sc, float *o) {
-    const vm_attn_meta *m = j->m;
-    const int hd = j->head_dim, bs = m->block_size;
-    float mx = -INFINITY;
-    for (int p = 0; p < n_ctx; p++) {
-        size_t off = kv_row(j->n_blocks, kvh, blocks[p / bs], p % bs, bs, hd);
-        sc[p] = j->k->vdot(q, (const float *)j->kc + off, hd) * j->scale;
-        if (sc[p] > mx) mx = sc[p];
+// f32 cache: the g query heads that share a KV head over the sequence's
+// cached positions (row p at krows[p] / vrows[p]): scores (each K row read
+// once for all of them), the softmax through the kernel set's scale_max and
+// exp_sum (its exponential, summed in f64), then weights.V, each V row read
+// once for all of them.
+static void attn_group_f32(const attn_job *j, const float *const *krows, const float *const *vrows, const float *q,
+                           int g, int n_ctx, float *scratch, float *o) {
+    const vm_cpu_kernels *k = j->k;
+    const int hd = j->head_dim;
+    const size_t ss = attn_score_stride(j->m->max_ctx_len);
+    float *scores = scratch, *inv = scratch + (size_t)g * ss;   // (inv: in the f16 path's q room)
+    for (int p = 0; p < n_ctx; p++)
+        for (int h = 0; h < g; h++) scores[h * ss + p] = k->vdot(q + (size_t)h * hd, krows[p], hd);
+    for (int h = 0; h < g; h++) {
+        float *sc = scores + h * ss;
+        const float mx = k->scale_max(sc, n_ctx, j->scale);
+        inv[h] = (float)(1.0 / k->exp_sum(sc, sc, mx, n_ctx));
     }
-    double sum = 0;
-    for (int p = 0; p < n_ctx; p++) { sc[p] = expf(sc[p] - mx); sum += sc[p]; }
-    float inv = (float)(1.0 / sum);
-    memset(o, 0, (size_t)hd * 4);
-    for (int p = 0; p < n_ctx; p++) {
-        size_t off = kv_row(j->n_blocks, kvh, blocks[p / bs], p % bs, bs, hd);
-        j->k->axpy(o, sc[p] * inv, (const float *)j->vc + off, hd);
-    }
+    memset(o, 0, (size_t)g * hd * 4);
+    for (int p = 0; p < n_ctx; p++)
+        for (int h = 0; h < g; h++) k->axpy(o + (size_t)h * hd, scores[h * ss + p] * inv[h], vrows[p], hd);
 }
 
 // f16 cache: llama.cpp's CPU attention without flash attention, rounding for
@@ -789,7 +790,6 @@ static void attn_one_f32(const attn_job *j, const int32_t *blocks, const float *
 // picks the second. Positions past the context count as masked zeros, which
 // leave every partial sum unchanged.
 #define ATTN_V_AHEAD 32   // (a multiple of 8: dots_f16's row groups stay as they were)
-
 static void attn_group_f16(const attn_job *j, const uint16_t *const *krows, const uint16_t *const *vrows,
                            const float *q, int g, int n_ctx, int single, float *scratch, float *o) {
     const vm_cpu_kernels *k = j->k;
@@ -836,8 +836,9 @@ static void attn_items(void *ctx, int begin, int end, int thread_index) {
     const vm_attn_meta *m = j->m;
     const int hd = j->head_dim, group = j->n_heads / j->n_kv_heads, bs = m->block_size;
     float *scratch = j->scores + (size_t)thread_index * j->per_thread;
-    const uint16_t **krows = (const uint16_t **)(scratch + attn_rows_at(m->max_ctx_len, hd, group));
-    const uint16_t **vrows = krows + m->max_ctx_len;
+    const void **krows = (const void **)(scratch + attn_rows_at(m->max_ctx_len, hd, group));
+    const void **vrows = krows + m->max_ctx_len;
+    const size_t es = m->kv_dtype == VM_DTYPE_F16 ? 2 : 4;   // bytes an element
     int built_seq = -1, built_kvh = -1, built = 0;   // krows/vrows hold positions [0, built) of these
     for (int item = begin; item < end; item++) {
         int kvh = item / m->n_tokens, t = item % m->n_tokens;
@@ -846,23 +847,23 @@ static void attn_items(void *ctx, int begin, int end, int thread_index) {
         const float *q = j->q + ((size_t)t * j->n_heads + (size_t)kvh * group) * hd;
         float *o = j->out + ((size_t)t * j->n_heads + (size_t)kvh * group) * hd;
         int n_ctx = j->pos[t] + 1;
-        if (m->kv_dtype == VM_DTYPE_F16) {
-            if (s != built_seq || kvh != built_kvh) { built_seq = s; built_kvh = kvh; built = 0; }
-            while (built < n_ctx) {   // a block at a time: its rows are hd apart
-                const int off0 = built % bs, n = VM_MIN(bs - off0, n_ctx - built);
-                const uint16_t *kb = (const uint16_t *)j->kc + kv_row(j->n_blocks, kvh, blocks[built / bs], off0, bs, hd);
-                const uint16_t *vb = (const uint16_t *)j->vc + (kb - (const uint16_t *)j->kc);
-                for (int r = 0; r < n; r++) {
-                    krows[built + r] = kb + (size_t)r * hd;
-                    vrows[built + r] = vb + (size_t)r * hd;
-                }
-                built += n;
+        if (s != built_seq || kvh != built_kvh) { built_seq = s; built_kvh = kvh; built = 0; }
+        while (built < n_ctx) {   // a block at a time: its rows are hd apart
+            const int off0 = built % bs, n = VM_MIN(bs - off0, n_ctx - built);
+            const size_t row = kv_row(j->n_blocks, kvh, blocks[built / bs], off0, bs, hd);
+            const char *kb = (const char *)j->kc + row * es, *vb = (const char *)j->vc + row * es;
+            for (int r = 0; r < n; r++) {
+                krows[built + r] = kb + (size_t)r * hd * es;
+                vrows[built + r] = vb + (size_t)r * hd * es;
             }
+            built += n;
+        }
+        if (m->kv_dtype == VM_DTYPE_F16) {
             int single = j->decode_from && j->pos[t] >= j->decode_from[s];
-            attn_group_f16(j, krows, vrows, q, group, n_ctx, single, scratch, o);
+            attn_group_f16(j, (const uint16_t *const *)krows, (const uint16_t *const *)vrows, q, group, n_ctx,
+                           single, scratch, o);
         } else {
-            for (int h = 0; h < group; h++)
-                attn_one_f32(j, blocks, q + (size_t)h * hd, n_ctx, kvh, scratch, o + (size_t)h * hd);
+            attn_group_f32(j, (const float *const *)krows, (const float *const *)vrows, q, group, n_ctx, scratch, o);
         }
     }
 }
