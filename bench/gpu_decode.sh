@@ -56,6 +56,6 @@ int main(int argc, char **argv) {
 }
 C
     ${CC:-cc} -O2 -std=c11 -Isrc -o "$BIN" "$BIN.c" "$BUILD/libvllm_metal.a" \
-        $(pkg-config --libs jansson libpcre2-8 libmicrohttpd libcurl vulkan 2>/dev/null) -lutf8proc -lm -pthread
+        $(pkg-config --libs jansson libpcre2-8 libmicrohttpd libcurl vulkan openblas 2>/dev/null) -lutf8proc -lm -pthread
 fi
 "$BIN" "$MODEL" "$BACKEND" "$N"
