@@ -516,7 +516,7 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
         }
         j.gsum = gs;
     }
-    if (n >= 2 && c->tile && c->k->matmul_tile_mlx && w->dtype == VM_DTYPE_MLX_AFFINE) {
+    if (c->tile && c->k->matmul_tile_mlx && w->dtype == VM_DTYPE_MLX_AFFINE) {   // (one token too: rows side by side)
         vm_parallel_for(c->pool, (int)((w->rows + TILE_ROWS - 1) / TILE_ROWS), 1, matmul_tiles, &j);
         return;
     }

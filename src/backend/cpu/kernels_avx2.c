@@ -867,6 +867,36 @@ static inline __attribute__((always_inline)) void mlx_row_tokens(const int T, co
     _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) out[(size_t)k * os] = s[k];
 }
 
+// MLX affine 4/8-bit rows row0 .. row0 + R - 1 against one token: each row
+// as dot_mlx sums it (one chain a group, then its scale and bias terms), R
+// chains side by side.
+static inline __attribute__((always_inline)) void mlx_rows_token(const int R, const int bits, const vm_weight *w,
+                                                                 int64_t row0, const float *x, const float *gsum,
+                                                                 float *out) {
+    const int gs = w->group_size;
+    const int64_t groups = w->cols / gs;
+    const size_t rb = (size_t)(w->cols * bits / 8);
+    const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row0 * rb;
+    float s[4];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) s[r] = 0;
+    for (int64_t g = 0; g < groups; g++) {
+        __m256 acc[4];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+        for (int64_t i = g * gs; i < (g + 1) * gs; i += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + i);
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+                acc[r] = _mm256_fmadd_ps(mlx_codes8(bits, rowp + (size_t)r * rb, i), xv, acc[r]);
+        }
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+            float sc = vm_load_scale(w->scale_dtype, w->scales, (row0 + r) * groups + g);
+            float bi = vm_load_scale(w->scale_dtype, w->biases, (row0 + r) * groups + g);
+            s[r] += sc * hsum8(acc[r]) + bi * gsum[g];
+        }
+    }
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) out[r] = s[r];
+}
+
+#define VM_MLX_ROWS 4
 #define VM_TILE_TOKENS 6
 #define VM_MLX_TOKENS 8
 #define VM_MLX_TILE_2BIT 0
