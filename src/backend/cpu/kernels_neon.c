@@ -555,6 +555,91 @@ static inline __attribute__((always_inline)) void mlx_row_tokens(const int T, co
     _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) out[(size_t)k * os] = vaddvq_f32(total[k]) + bsum[k];
 }
 
+// MLX affine 2/4/8-bit rows row0 .. row0 + R - 1 (R <= 4, a constant after
+// inlining) against one token: out[r] = dot_mlx of row row0 + r, the R rows'
+// chains side by side (a one-token matvec is otherwise bound by the latency
+// of one row's FMA chain). Each row keeps dot_mlx's order: per group its own
+// acc0 / acc1, fed the products in the order mlx4_group / mlx8_group /
+// mlx2_group feed them (the x vectors are loaded once and shared by the rows;
+// interleaving independent chains changes nothing), then
+// total = vfmaq_n_f32(total, acc0 + acc1, sc), bsum += bi * gsum[g], and
+// vaddvq_f32(total) + bsum.
+static inline __attribute__((always_inline)) void mlx_rows_token(const int R, const int bits, const vm_weight *w,
+                                                                 int64_t row0, const float *x, const float *gsum,
+                                                                 float *out) {
+    const int gs = w->group_size;
+    const int64_t groups = w->cols / gs;
+    const size_t gbytes = (size_t)gs * (size_t)bits / 8;
+    const size_t rb = (size_t)(w->cols * bits / 8);
+    const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row0 * rb;
+    float32x4_t total[4];
+    float bsum[4];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) { total[r] = vdupq_n_f32(0); bsum[r] = 0; }
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *q = rowp + (size_t)g * gbytes;
+        const float *xg = x + g * gs;
+        float32x4_t acc0[4], acc1[4];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc0[r] = acc1[r] = vdupq_n_f32(0);
+        if (bits == 4) {   // mlx4_group: e_j with the even x of elements 8j.., o_j with the odd
+            const uint8x16_t m4 = vdupq_n_u8(0x0f);
+            for (int i = 0; i < gs; i += 32, q += 16) {
+                uint8x16_t b[4];
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) b[r] = vld1q_u8(q + (size_t)r * rb);
+                _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {   // e_2h, e_2h+1 and o_2h, o_2h+1
+                    const float32x4x2_t x0 = vld2q_f32(xg + i + 16 * h), x1 = vld2q_f32(xg + i + 16 * h + 8);
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                        const uint8x16_t ev = vandq_u8(b[r], m4), od = vshrq_n_u8(b[r], 4);
+                        float32x4_t e0, e1, o0, o1;
+                        u8x8_to_f32(h ? vget_high_u8(ev) : vget_low_u8(ev), &e0, &e1);
+                        u8x8_to_f32(h ? vget_high_u8(od) : vget_low_u8(od), &o0, &o1);
+                        acc0[r] = vfmaq_f32(acc0[r], e0, x0.val[0]); acc1[r] = vfmaq_f32(acc1[r], o0, x0.val[1]);
+                        acc0[r] = vfmaq_f32(acc0[r], e1, x1.val[0]); acc1[r] = vfmaq_f32(acc1[r], o1, x1.val[1]);
+                    }
+                }
+            }
+        } else if (bits == 8) {   // mlx8_group: elements 0-3, 8-11 to acc0; 4-7, 12-15 to acc1
+            for (int i = 0; i < gs; i += 16, q += 16) {
+                const float32x4_t xa = vld1q_f32(xg + i), xb = vld1q_f32(xg + i + 4);
+                const float32x4_t xc = vld1q_f32(xg + i + 8), xd = vld1q_f32(xg + i + 12);
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                    const uint8x16_t b = vld1q_u8(q + (size_t)r * rb);
+                    float32x4_t c0, c1, c2, c3;
+                    u8x8_to_f32(vget_low_u8(b), &c0, &c1);
+                    u8x8_to_f32(vget_high_u8(b), &c2, &c3);
+                    acc0[r] = vfmaq_f32(acc0[r], c0, xa);
+                    acc1[r] = vfmaq_f32(acc1[r], c1, xb);
+                    acc0[r] = vfmaq_f32(acc0[r], c2, xc);
+                    acc1[r] = vfmaq_f32(acc1[r], c3, xd);
+                }
+            }
+        } else {   // mlx2_group: field f of bytes 0-7 against lane set f of x 0-15 (acc0), 16-31 (acc1)
+            const uint8x8_t m2 = vdup_n_u8(3);
+            for (int i = 0; i < gs; i += 32, q += 8) {
+                const float32x4x4_t x0 = vld4q_f32(xg + i), x1 = vld4q_f32(xg + i + 16);
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                    const uint8x8_t b = vld1_u8(q + (size_t)r * rb);
+                    const uint8x8_t f[4] = { vand_u8(b, m2), vand_u8(vshr_n_u8(b, 2), m2),
+                                             vand_u8(vshr_n_u8(b, 4), m2), vshr_n_u8(b, 6) };
+                    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+                        float32x4_t lo, hi;
+                        u8x8_to_f32(f[k], &lo, &hi);
+                        acc0[r] = vfmaq_f32(acc0[r], lo, x0.val[k]);
+                        acc1[r] = vfmaq_f32(acc1[r], hi, x1.val[k]);
+                    }
+                }
+            }
+        }
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+            const float sc = vm_load_scale(w->scale_dtype, w->scales, (row0 + r) * groups + g);
+            const float bi = vm_load_scale(w->scale_dtype, w->biases, (row0 + r) * groups + g);
+            total[r] = vfmaq_n_f32(total[r], vaddq_f32(acc0[r], acc1[r]), sc);
+            bsum[r] += bi * gsum[g];
+        }
+    }
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) out[r] = vaddvq_f32(total[r]) + bsum[r];
+}
+
+#define VM_MLX_ROWS 4
 #define VM_TILE_TOKENS 4
 #define VM_MLX_TOKENS 4
 #define VM_MLX_TILE_2BIT 1
