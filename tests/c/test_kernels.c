@@ -292,7 +292,8 @@ static void check_matmul_tile_mlx(const vm_cpu_kernels *k, int bits, int gs) {
         const int groups = cols / gs;
         float *x = malloc(sizeof(float) * (size_t)xs * tokens), *gsum = malloc(sizeof(float) * (size_t)groups * tokens);
         float *out = malloc(sizeof(float) * (size_t)(nr + 1) * tokens);
-        for (int i = 0; i < xs * tokens; i++) x[i] = frand();
+        // magnitudes a million apart, so that a sum in another order rounds differently
+        for (int i = 0; i < xs * tokens; i++) x[i] = frand() * (i % 3 == 0 ? 1e3f : i % 3 == 1 ? 1.0f : 1e-3f);
         for (int t = 0; t < tokens; t++)
             for (int g = 0; g < groups; g++) {
                 float s = 0;
