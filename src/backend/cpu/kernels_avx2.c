@@ -840,60 +840,44 @@ static inline __attribute__((always_inline)) void tile_rt(vm_dtype t, const int 
     }
 }
 
-// MLX affine 4/8-bit: one row against T tokens (a constant after inlining),
-// each group's 8-code chunks widened once and fused into every token's
-// accumulator; per token the group's sum and bias term as dot_mlx adds them.
-static inline __attribute__((always_inline)) void mlx_row_tokens(const int T, const int bits, const uint8_t *rowp,
-                                                                 const vm_weight *w, int64_t row, const float *x,
-                                                                 size_t xs, const float *gsum, size_t gstride,
-                                                                 float *out, size_t os) {
-    const int gs = w->group_size;
-    const int64_t groups = w->cols / gs;
-    float s[8];
-    _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) s[k] = 0;
-    for (int64_t g = 0; g < groups; g++) {
-        __m256 acc[8];
-        _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) acc[k] = _mm256_setzero_ps();
-        for (int64_t i = g * gs; i < (g + 1) * gs; i += 8) {
-            const __m256 vf = mlx_codes8(bits, rowp, i);
-            _Pragma("GCC unroll 8") for (int k = 0; k < T; k++)
-                acc[k] = _mm256_fmadd_ps(vf, _mm256_loadu_ps(x + (size_t)k * xs + i), acc[k]);
-        }
-        float sc = vm_load_scale(w->scale_dtype, w->scales, row * groups + g);
-        float bi = vm_load_scale(w->scale_dtype, w->biases, row * groups + g);
-        _Pragma("GCC unroll 8") for (int k = 0; k < T; k++)
-            s[k] += sc * hsum8(acc[k]) + bi * gsum[(size_t)k * gstride + g];
-    }
-    _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) out[(size_t)k * os] = s[k];
-}
-
-// MLX affine 4/8-bit rows row0 .. row0 + R - 1 against one token: each row
-// as dot_mlx sums it (one chain a group, then its scale and bias terms), R
-// chains side by side.
-static inline __attribute__((always_inline)) void mlx_rows_token(const int R, const int bits, const vm_weight *w,
-                                                                 int64_t row0, const float *x, const float *gsum,
-                                                                 float *out) {
+// MLX affine 4/8-bit rows row0 .. row0 + R - 1 against T tokens (R and T
+// constants after inlining, R * T <= 8): out[t * os + r] = dot_mlx of that
+// row and token. Each 8-code chunk of a row is widened once for the T
+// tokens and each x chunk loaded once for the R rows; every pair keeps
+// dot_mlx's own chain (one accumulator a group, then its scale and bias
+// terms), the R * T chains side by side.
+static inline __attribute__((always_inline)) void mlx_tile_rt(const int R, const int T, const int bits,
+                                                              const vm_weight *w, int64_t row0, const float *x,
+                                                              size_t xs, const float *gsum, size_t gstride,
+                                                              float *out, size_t os) {
     const int gs = w->group_size;
     const int64_t groups = w->cols / gs;
     const size_t rb = (size_t)(w->cols * bits / 8);
     const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row0 * rb;
-    float s[4];
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) s[r] = 0;
+    float s[4][8];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+        _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) s[r][k] = 0;
     for (int64_t g = 0; g < groups; g++) {
-        __m256 acc[4];
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+        __m256 acc[4][8];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+            _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) acc[r][k] = _mm256_setzero_ps();
         for (int64_t i = g * gs; i < (g + 1) * gs; i += 8) {
-            const __m256 xv = _mm256_loadu_ps(x + i);
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
-                acc[r] = _mm256_fmadd_ps(mlx_codes8(bits, rowp + (size_t)r * rb, i), xv, acc[r]);
+            __m256 vf[4];
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) vf[r] = mlx_codes8(bits, rowp + (size_t)r * rb, i);
+            _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) {
+                const __m256 xv = _mm256_loadu_ps(x + (size_t)k * xs + i);
+                _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc[r][k] = _mm256_fmadd_ps(vf[r], xv, acc[r][k]);
+            }
         }
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
             float sc = vm_load_scale(w->scale_dtype, w->scales, (row0 + r) * groups + g);
             float bi = vm_load_scale(w->scale_dtype, w->biases, (row0 + r) * groups + g);
-            s[r] += sc * hsum8(acc[r]) + bi * gsum[g];
+            _Pragma("GCC unroll 8") for (int k = 0; k < T; k++)
+                s[r][k] += sc * hsum8(acc[r][k]) + bi * gsum[(size_t)k * gstride + g];
         }
     }
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) out[r] = s[r];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+        _Pragma("GCC unroll 8") for (int k = 0; k < T; k++) out[(size_t)k * os + r] = s[r][k];
 }
 
 #define VM_MLX_ROWS 4

@@ -472,171 +472,112 @@ static inline __attribute__((always_inline)) void tile_rt(vm_dtype t, const int 
 }
 
 // ---- matmul_tile_mlx: MLX affine rows x tokens ----
-// One row against T tokens (T <= 4, a constant after inlining, so that the
-// accumulators, totals and widened codes stay in registers). Each group's
-// codes are widened once, 4 at a time, and fused into every token's acc0 /
-// acc1 in the order mlx4_group / mlx8_group / mlx2_group feed them (each
-// accumulator's chain is unchanged: the two are independent, so interleaving
-// them across tokens changes nothing); then per token dot_mlx's steps:
+// Rows row0 .. row0 + R - 1 against T tokens (R and T constants after
+// inlining: 4 x 1 or 1 x up to 4): out[t * os + r] = dot_mlx of that row and
+// token. Each chunk of a row's codes is widened once for the T tokens and
+// each x chunk loaded once for the R rows; every pair keeps dot_mlx's order:
+// per group its own acc0 / acc1, fed the products in the order mlx4_group /
+// mlx8_group / mlx2_group feed them (the pairs' chains are independent, so
+// running them side by side changes nothing), then
 // total = vfmaq_n_f32(total, acc0 + acc1, sc), bsum += bi * gsum[g], and
 // vaddvq_f32(total) + bsum.
-static inline __attribute__((always_inline)) void mlx_row_tokens(const int T, const int bits, const uint8_t *rowp,
-                                                                 const vm_weight *w, int64_t row, const float *x,
-                                                                 size_t xs, const float *gsum, size_t gstride,
-                                                                 float *out, size_t os) {
-    const int gs = w->group_size;
-    const int64_t groups = w->cols / gs;
-    const size_t gbytes = (size_t)gs * (size_t)bits / 8;
-    float32x4_t total[4];
-    float bsum[4];
-    _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) { total[k] = vdupq_n_f32(0); bsum[k] = 0; }
-    for (int64_t g = 0; g < groups; g++) {
-        const uint8_t *q = rowp + (size_t)g * gbytes;
-        const float *xg = x + g * gs;
-        float32x4_t acc0[4], acc1[4];
-        _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) acc0[k] = acc1[k] = vdupq_n_f32(0);
-        if (bits == 4) {   // mlx4_group: e_j with the even x of elements 8j.., o_j with the odd
-            const uint8x16_t m4 = vdupq_n_u8(0x0f);
-            for (int i = 0; i < gs; i += 32, q += 16) {
-                const uint8x16_t b = vld1q_u8(q);
-                const uint8x16_t ev = vandq_u8(b, m4), od = vshrq_n_u8(b, 4);
-                _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {   // e_2h, e_2h+1 and o_2h, o_2h+1
-                    float32x4_t e[2], o[2];
-                    u8x8_to_f32(h ? vget_high_u8(ev) : vget_low_u8(ev), &e[0], &e[1]);
-                    u8x8_to_f32(h ? vget_high_u8(od) : vget_low_u8(od), &o[0], &o[1]);
-                    _Pragma("GCC unroll 2") for (int j = 0; j < 2; j++)
-                        _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
-                            const float32x4x2_t xv = vld2q_f32(xg + (size_t)k * xs + i + 16 * h + 8 * j);
-                            acc0[k] = vfmaq_f32(acc0[k], e[j], xv.val[0]);
-                            acc1[k] = vfmaq_f32(acc1[k], o[j], xv.val[1]);
-                        }
-                }
-            }
-        } else if (bits == 8) {   // mlx8_group: elements 0-3, 8-11 to acc0; 4-7, 12-15 to acc1
-            for (int i = 0; i < gs; i += 16, q += 16) {
-                const uint8x16_t b = vld1q_u8(q);
-                float32x4_t c[4];
-                u8x8_to_f32(vget_low_u8(b), &c[0], &c[1]);
-                u8x8_to_f32(vget_high_u8(b), &c[2], &c[3]);
-                _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
-                    const float *xk = xg + (size_t)k * xs + i;
-                    acc0[k] = vfmaq_f32(acc0[k], c[0], vld1q_f32(xk));
-                    acc1[k] = vfmaq_f32(acc1[k], c[1], vld1q_f32(xk + 4));
-                    acc0[k] = vfmaq_f32(acc0[k], c[2], vld1q_f32(xk + 8));
-                    acc1[k] = vfmaq_f32(acc1[k], c[3], vld1q_f32(xk + 12));
-                }
-            }
-        } else {   // mlx2_group: field f of bytes 0-7 against lane set f of x 0-15 (acc0), 16-31 (acc1)
-            const uint8x8_t m2 = vdup_n_u8(3);
-            for (int i = 0; i < gs; i += 32, q += 8) {
-                const uint8x8_t b = vld1_u8(q);
-                const uint8x8_t f[4] = { vand_u8(b, m2), vand_u8(vshr_n_u8(b, 2), m2), vand_u8(vshr_n_u8(b, 4), m2),
-                                         vshr_n_u8(b, 6) };
-                float32x4_t lo[4], hi[4];
-                _Pragma("GCC unroll 4") for (int f4 = 0; f4 < 4; f4++) u8x8_to_f32(f[f4], &lo[f4], &hi[f4]);
-                _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
-                    const float *xk = xg + (size_t)k * xs + i;
-                    const float32x4x4_t x0 = vld4q_f32(xk);
-                    _Pragma("GCC unroll 4") for (int f4 = 0; f4 < 4; f4++)
-                        acc0[k] = vfmaq_f32(acc0[k], lo[f4], x0.val[f4]);
-                    const float32x4x4_t x1 = vld4q_f32(xk + 16);
-                    _Pragma("GCC unroll 4") for (int f4 = 0; f4 < 4; f4++)
-                        acc1[k] = vfmaq_f32(acc1[k], hi[f4], x1.val[f4]);
-                }
-            }
-        }
-        const float sc = vm_load_scale(w->scale_dtype, w->scales, row * groups + g);
-        const float bi = vm_load_scale(w->scale_dtype, w->biases, row * groups + g);
-        _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
-            total[k] = vfmaq_n_f32(total[k], vaddq_f32(acc0[k], acc1[k]), sc);
-            bsum[k] += bi * gsum[(size_t)k * gstride + g];
-        }
-    }
-    _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) out[(size_t)k * os] = vaddvq_f32(total[k]) + bsum[k];
-}
-
-// MLX affine 2/4/8-bit rows row0 .. row0 + R - 1 (R <= 4, a constant after
-// inlining) against one token: out[r] = dot_mlx of row row0 + r, the R rows'
-// chains side by side (a one-token matvec is otherwise bound by the latency
-// of one row's FMA chain). Each row keeps dot_mlx's order: per group its own
-// acc0 / acc1, fed the products in the order mlx4_group / mlx8_group /
-// mlx2_group feed them (the x vectors are loaded once and shared by the rows;
-// interleaving independent chains changes nothing), then
-// total = vfmaq_n_f32(total, acc0 + acc1, sc), bsum += bi * gsum[g], and
-// vaddvq_f32(total) + bsum.
-static inline __attribute__((always_inline)) void mlx_rows_token(const int R, const int bits, const vm_weight *w,
-                                                                 int64_t row0, const float *x, const float *gsum,
-                                                                 float *out) {
+static inline __attribute__((always_inline)) void mlx_tile_rt(const int R, const int T, const int bits,
+                                                              const vm_weight *w, int64_t row0, const float *x,
+                                                              size_t xs, const float *gsum, size_t gstride,
+                                                              float *out, size_t os) {
     const int gs = w->group_size;
     const int64_t groups = w->cols / gs;
     const size_t gbytes = (size_t)gs * (size_t)bits / 8;
     const size_t rb = (size_t)(w->cols * bits / 8);
     const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row0 * rb;
-    float32x4_t total[4];
-    float bsum[4];
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) { total[r] = vdupq_n_f32(0); bsum[r] = 0; }
+    float32x4_t total[4][4];
+    float bsum[4][4];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+        _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) { total[r][k] = vdupq_n_f32(0); bsum[r][k] = 0; }
     for (int64_t g = 0; g < groups; g++) {
         const uint8_t *q = rowp + (size_t)g * gbytes;
         const float *xg = x + g * gs;
-        float32x4_t acc0[4], acc1[4];
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) acc0[r] = acc1[r] = vdupq_n_f32(0);
+        float32x4_t acc0[4][4], acc1[4][4];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+            _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) acc0[r][k] = acc1[r][k] = vdupq_n_f32(0);
         if (bits == 4) {   // mlx4_group: e_j with the even x of elements 8j.., o_j with the odd
             const uint8x16_t m4 = vdupq_n_u8(0x0f);
             for (int i = 0; i < gs; i += 32, q += 16) {
                 uint8x16_t b[4];
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) b[r] = vld1q_u8(q + (size_t)r * rb);
                 _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {   // e_2h, e_2h+1 and o_2h, o_2h+1
-                    const float32x4x2_t x0 = vld2q_f32(xg + i + 16 * h), x1 = vld2q_f32(xg + i + 16 * h + 8);
+                    float32x4_t e0[4], e1[4], o0[4], o1[4];
                     _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                         const uint8x16_t ev = vandq_u8(b[r], m4), od = vshrq_n_u8(b[r], 4);
-                        float32x4_t e0, e1, o0, o1;
-                        u8x8_to_f32(h ? vget_high_u8(ev) : vget_low_u8(ev), &e0, &e1);
-                        u8x8_to_f32(h ? vget_high_u8(od) : vget_low_u8(od), &o0, &o1);
-                        acc0[r] = vfmaq_f32(acc0[r], e0, x0.val[0]); acc1[r] = vfmaq_f32(acc1[r], o0, x0.val[1]);
-                        acc0[r] = vfmaq_f32(acc0[r], e1, x1.val[0]); acc1[r] = vfmaq_f32(acc1[r], o1, x1.val[1]);
+                        u8x8_to_f32(h ? vget_high_u8(ev) : vget_low_u8(ev), &e0[r], &e1[r]);
+                        u8x8_to_f32(h ? vget_high_u8(od) : vget_low_u8(od), &o0[r], &o1[r]);
+                    }
+                    _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+                        const float *xk = xg + (size_t)k * xs + i + 16 * h;
+                        const float32x4x2_t x0 = vld2q_f32(xk), x1 = vld2q_f32(xk + 8);
+                        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                            acc0[r][k] = vfmaq_f32(acc0[r][k], e0[r], x0.val[0]);
+                            acc1[r][k] = vfmaq_f32(acc1[r][k], o0[r], x0.val[1]);
+                            acc0[r][k] = vfmaq_f32(acc0[r][k], e1[r], x1.val[0]);
+                            acc1[r][k] = vfmaq_f32(acc1[r][k], o1[r], x1.val[1]);
+                        }
                     }
                 }
             }
         } else if (bits == 8) {   // mlx8_group: elements 0-3, 8-11 to acc0; 4-7, 12-15 to acc1
             for (int i = 0; i < gs; i += 16, q += 16) {
-                const float32x4_t xa = vld1q_f32(xg + i), xb = vld1q_f32(xg + i + 4);
-                const float32x4_t xc = vld1q_f32(xg + i + 8), xd = vld1q_f32(xg + i + 12);
+                float32x4_t c0[4], c1[4], c2[4], c3[4];
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                     const uint8x16_t b = vld1q_u8(q + (size_t)r * rb);
-                    float32x4_t c0, c1, c2, c3;
-                    u8x8_to_f32(vget_low_u8(b), &c0, &c1);
-                    u8x8_to_f32(vget_high_u8(b), &c2, &c3);
-                    acc0[r] = vfmaq_f32(acc0[r], c0, xa);
-                    acc1[r] = vfmaq_f32(acc1[r], c1, xb);
-                    acc0[r] = vfmaq_f32(acc0[r], c2, xc);
-                    acc1[r] = vfmaq_f32(acc1[r], c3, xd);
+                    u8x8_to_f32(vget_low_u8(b), &c0[r], &c1[r]);
+                    u8x8_to_f32(vget_high_u8(b), &c2[r], &c3[r]);
+                }
+                _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+                    const float *xk = xg + (size_t)k * xs + i;
+                    const float32x4_t xa = vld1q_f32(xk), xb = vld1q_f32(xk + 4);
+                    const float32x4_t xc = vld1q_f32(xk + 8), xd = vld1q_f32(xk + 12);
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                        acc0[r][k] = vfmaq_f32(acc0[r][k], c0[r], xa);
+                        acc1[r][k] = vfmaq_f32(acc1[r][k], c1[r], xb);
+                        acc0[r][k] = vfmaq_f32(acc0[r][k], c2[r], xc);
+                        acc1[r][k] = vfmaq_f32(acc1[r][k], c3[r], xd);
+                    }
                 }
             }
         } else {   // mlx2_group: field f of bytes 0-7 against lane set f of x 0-15 (acc0), 16-31 (acc1)
             const uint8x8_t m2 = vdup_n_u8(3);
             for (int i = 0; i < gs; i += 32, q += 8) {
-                const float32x4x4_t x0 = vld4q_f32(xg + i), x1 = vld4q_f32(xg + i + 16);
+                uint8x8_t f[4][4];   // [row][field]
                 _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                     const uint8x8_t b = vld1_u8(q + (size_t)r * rb);
-                    const uint8x8_t f[4] = { vand_u8(b, m2), vand_u8(vshr_n_u8(b, 2), m2),
-                                             vand_u8(vshr_n_u8(b, 4), m2), vshr_n_u8(b, 6) };
-                    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
-                        float32x4_t lo, hi;
-                        u8x8_to_f32(f[k], &lo, &hi);
-                        acc0[r] = vfmaq_f32(acc0[r], lo, x0.val[k]);
-                        acc1[r] = vfmaq_f32(acc1[r], hi, x1.val[k]);
-                    }
+                    f[r][0] = vand_u8(b, m2);
+                    f[r][1] = vand_u8(vshr_n_u8(b, 2), m2);
+                    f[r][2] = vand_u8(vshr_n_u8(b, 4), m2);
+                    f[r][3] = vshr_n_u8(b, 6);
+                }
+                _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+                    const float32x4x4_t x0 = vld4q_f32(xg + (size_t)k * xs + i), x1 = vld4q_f32(xg + (size_t)k * xs + i + 16);
+                    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+                        _Pragma("GCC unroll 4") for (int fi = 0; fi < 4; fi++) {
+                            float32x4_t lo, hi;
+                            u8x8_to_f32(f[r][fi], &lo, &hi);
+                            acc0[r][k] = vfmaq_f32(acc0[r][k], lo, x0.val[fi]);
+                            acc1[r][k] = vfmaq_f32(acc1[r][k], hi, x1.val[fi]);
+                        }
                 }
             }
         }
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
             const float sc = vm_load_scale(w->scale_dtype, w->scales, (row0 + r) * groups + g);
             const float bi = vm_load_scale(w->scale_dtype, w->biases, (row0 + r) * groups + g);
-            total[r] = vfmaq_n_f32(total[r], vaddq_f32(acc0[r], acc1[r]), sc);
-            bsum[r] += bi * gsum[g];
+            _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) {
+                total[r][k] = vfmaq_n_f32(total[r][k], vaddq_f32(acc0[r][k], acc1[r][k]), sc);
+                bsum[r][k] += bi * gsum[(size_t)k * gstride + g];
+            }
         }
     }
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) out[r] = vaddvq_f32(total[r]) + bsum[r];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++)
+        _Pragma("GCC unroll 4") for (int k = 0; k < T; k++) out[(size_t)k * os + r] = vaddvq_f32(total[r][k]) + bsum[r][k];
 }
 
 #define VM_MLX_ROWS 4

@@ -3,15 +3,14 @@
 //   tile_rt(t, T, w, x, xs, n, out, os): dense weight row w (dtype t, n
 //     elements) against tokens x, x + xs, ... (T of them, a constant) into
 //     out, out + os, ...: each sum the file's dot_* of that pair;
-//   mlx_row_tokens(T, bits, rowp, w, row, x, xs, gsum, gstride, out, os):
-//     the same for MLX affine row `row` (codes at rowp) and dot_mlx;
+//   mlx_tile_rt(R, T, bits, w, row0, x, xs, gsum, gstride, out, os): MLX
+//     affine rows row0 .. row0 + R - 1 against T tokens (R and T constants:
+//     1 x VM_MLX_TOKENS and smaller, VM_MLX_ROWS x 1), out[t * os + r] =
+//     dot_mlx of that pair, the pairs' chains side by side (a one-token
+//     matvec is otherwise bound by the latency of one row's chain);
 //   dot_mlx, VM_TILE_TOKENS and VM_MLX_TOKENS (the tokens of a full block,
-//     at least 4), and VM_MLX_TILE_2BIT (1 where mlx_row_tokens takes 2 bits);
-//   VM_MLX_ROWS (0: none) and, where not 0, mlx_rows_token(R, bits, w, row0,
-//     x, gsum, out): MLX affine rows row0 .. row0 + R - 1 (R a constant, at
-//     most VM_MLX_ROWS) against one token, out[r] = dot_mlx of row row0 + r,
-//     the rows' chains interleaved (a one-token matvec is otherwise bound by
-//     the latency of one row's chain).
+//     at least 4), VM_MLX_ROWS, and VM_MLX_TILE_2BIT (1 where mlx_tile_rt
+//     takes 2 bits).
 // Only the kernel files include it; each gets its own static copies.
 #ifndef VM_KERNELS_TILE_H
 #define VM_KERNELS_TILE_H
@@ -40,20 +39,16 @@ static inline __attribute__((always_inline)) void mlx_tile_bits(const int bits, 
                                                                 int rows, const float *x, size_t xs,
                                                                 const float *gsum, size_t gstride, int tokens,
                                                                 float *out, size_t os) {
-    const size_t rb = (size_t)(w->cols * bits / 8);
-#if VM_MLX_ROWS
     if (tokens == 1) {   // rows side by side
         int r = 0;
-        for (; r + VM_MLX_ROWS <= rows; r += VM_MLX_ROWS) mlx_rows_token(VM_MLX_ROWS, bits, w, r0 + r, x, gsum, out + r);
-        for (; r < rows; r++) mlx_rows_token(1, bits, w, r0 + r, x, gsum, out + r);
+        for (; r + VM_MLX_ROWS <= rows; r += VM_MLX_ROWS)
+            mlx_tile_rt(VM_MLX_ROWS, 1, bits, w, r0 + r, x, xs, gsum, gstride, out + r, os);
+        for (; r < rows; r++) mlx_tile_rt(1, 1, bits, w, r0 + r, x, xs, gsum, gstride, out + r, os);
         return;
     }
-#endif
     for (int r = 0; r < rows; r++) {
-        const int64_t row = r0 + r;
-        const uint8_t *rowp = (const uint8_t *)w->data + (size_t)row * rb;
-#define MLX_BLOCK(k, T) mlx_row_tokens(T, bits, rowp, w, row, x + (size_t)(k) * xs, xs, gsum + (size_t)(k) * gstride, \
-                                      gstride, out + (size_t)(k) * os + r, os)
+#define MLX_BLOCK(k, T) mlx_tile_rt(1, T, bits, w, r0 + r, x + (size_t)(k) * xs, xs, gsum + (size_t)(k) * gstride, \
+                                   gstride, out + (size_t)(k) * os + r, os)
         VM_TOKEN_BLOCKS(tokens, VM_MLX_TOKENS, MLX_BLOCK);
 #undef MLX_BLOCK
     }
