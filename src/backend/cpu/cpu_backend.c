@@ -28,7 +28,7 @@ typedef struct cpu_impl {
     size_t x8_blocks;
     int q8_activations;    // 1: GGUF matmuls on 8-bit activations (as llama.cpp); 0: f32
     int repack;            // GGUF weights repacked 8 rows at a time (VLLM_METAL_CPU_REPACK=0: off)
-    int tile;              // dense prefill through matmul_tile (VLLM_METAL_CPU_TILE=0: pair by pair)
+    int tile;              // dense and MLX weights through the tile kernels (VLLM_METAL_CPU_TILE=0: pair by pair)
     int blas;              // steps of more than 64 tokens through OpenBLAS (VLLM_METAL_CPU_BLAS=0: not)
     float **wtile;         // per thread (n_wtile): a block of weight rows as f32 for sgemm
     int n_wtile;

@@ -158,17 +158,18 @@ typedef struct vm_cpu_kernels {
     // f16 vec_dot) s_l = (a_l + a_16+l) + (a_8+l + a_24+l) for l < 8, then
     // ((s0+s4) + (s1+s5)) + ((s2+s6) + (s3+s7)); 8 (its f16 GEMM) vm_hsum8.
     void (*lanes_sum)(float *out, const float *acc, int lanes, int hd);
-    // Dense weights against several tokens (prefill): out[t * ostride + r] =
-    // dot_f32/f16/bf16 (by t) of weight row r (w + r * wstride bytes) with x +
-    // t * xstride, for r < rows and t < tokens, n elements each, bit-identical
-    // to this table's dot of that one pair; register-blocked, so that each
-    // weight chunk is loaded (and converted) once for two tokens and each x
-    // chunk once for two rows. NULL: the backend calls the dots pair by pair.
+    // Dense weights against several tokens (prefill, decode batches):
+    // out[t * ostride + r] = dot_f32/f16/bf16 (by t) of weight row r (w + r *
+    // wstride bytes) with x + t * xstride, for r < rows and t < tokens, n
+    // elements each, bit-identical to this table's dot of that one pair;
+    // register-blocked, so that each weight chunk is loaded (and converted)
+    // once for a block of tokens. NULL: the backend calls the dots pair by pair.
     void (*matmul_tile)(vm_dtype t, const void *w, size_t wstride, int rows, const float *x, size_t xstride,
                         int tokens, int n, float *out, size_t ostride);
     // The same for MLX affine rows r0 .. r0 + rows - 1 of w: out[t * ostride +
     // r - r0] = dot_mlx(w, r, x + t * xstride with gsum + t * gstride), each
-    // group's codes widened once for all the tokens. NULL: pair by pair.
+    // chunk of codes widened once for a block of tokens; one token takes
+    // several rows side by side instead. NULL: pair by pair.
     void (*matmul_tile_mlx)(const vm_weight *w, int64_t r0, int rows, const float *x, size_t xstride,
                             const float *gsum, size_t gstride, int tokens, float *out, size_t ostride);
 } vm_cpu_kernels;
@@ -252,19 +253,6 @@ void vm_dequant_row(const vm_weight *w, int64_t row, float *out);
 // Unaligned little-endian loads (MLX files need not be aligned).
 static inline uint16_t vm_load_u16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t vm_load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-
-// The token blocks of a tile kernel (matmul_tile, matmul_tile_mlx): tokens
-// [0, n) as blocks of `big` (at least 4), then at most one block each of 4, 2
-// and 1; BLOCK(k, T) runs tokens k .. k + T - 1 with T a constant, so that
-// every block size gets its own register-allocated copy.
-#define VM_TOKEN_BLOCKS(n, big, BLOCK)                                \
-    do {                                                              \
-        int k_ = 0;                                                   \
-        for (; k_ + (big) <= (n); k_ += (big)) BLOCK(k_, big);       \
-        if (k_ + 4 <= (n)) { BLOCK(k_, 4); k_ += 4; }                 \
-        if (k_ + 2 <= (n)) { BLOCK(k_, 2); k_ += 2; }                 \
-        if (k_ < (n)) BLOCK(k_, 1);                                   \
-    } while (0)
 static inline float vm_load_scale(vm_dtype t, const void *base, int64_t i) {
     const uint8_t *p = base;
     if (t == VM_DTYPE_F32) { float f; memcpy(&f, p + i * 4, 4); return f; }

@@ -15,6 +15,19 @@
 #ifndef VM_KERNELS_TILE_H
 #define VM_KERNELS_TILE_H
 
+// The token blocks of a tile kernel (matmul_tile, matmul_tile_mlx): tokens
+// [0, n) as blocks of `big` (at least 4), then at most one block each of 4, 2
+// and 1; BLOCK(k, T) runs tokens k .. k + T - 1 with T a constant, so that
+// every block size gets its own register-allocated copy.
+#define VM_TOKEN_BLOCKS(n, big, BLOCK)                                \
+    do {                                                              \
+        int k_ = 0;                                                   \
+        for (; k_ + (big) <= (n); k_ += (big)) BLOCK(k_, big);       \
+        if (k_ + 4 <= (n)) { BLOCK(k_, 4); k_ += 4; }                 \
+        if (k_ + 2 <= (n)) { BLOCK(k_, 2); k_ += 2; }                 \
+        if (k_ < (n)) BLOCK(k_, 1);                                   \
+    } while (0)
+
 // One dtype's tile loop: one row at a time (its chunks in registers),
 // VM_TILE_TOKENS tokens at a time against it.
 static inline __attribute__((always_inline)) void matmul_tile_t(vm_dtype t, const uint8_t *w, size_t ws, int rows,
