@@ -322,35 +322,41 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
     for (int l = 0; l < c->n_layers; l++) {
         const vm_layer *L = &m->layers[l];
         be->rmsnorm(be, m->x, L->attn_norm, c->rms_norm_eps, n, H, m->xn);
-        if (be->matmuls) {                                        // q (n, heads*hd), k and v (n, kv_heads*hd)
+        if (be->qkv_attention && !L->q_bias && !L->q_norm && !mrope_pos) {   // the attention block in one op
             const vm_weight *ws[3] = { &L->q, &L->k, &L->v };
-            vm_buf *outs[3] = { m->q, m->k, m->v };
-            be->matmuls(be, 3, ws, m->xn, n, outs, NULL);
+            be->qkv_attention(be, ws, m->xn, n, m->q, m->k, m->v, &m->rope, &meta, kv->k[l], kv->v[l], c->n_heads,
+                              c->n_kv_heads, hd, scale, m->attn);
         } else {
-            be->matmul(be, &L->q, m->xn, n, m->q);
-            be->matmul(be, &L->k, m->xn, n, m->k);
-            be->matmul(be, &L->v, m->xn, n, m->v);
-        }
-        if (L->q_bias) {
-            be->add_bias(be, m->q, L->q_bias, n, qd);
-            be->add_bias(be, m->k, L->k_bias, n, kvd);
-            be->add_bias(be, m->v, L->v_bias, n, kvd);
-        }
-        if (L->q_norm) {                                          // per-head RMSNorm (Qwen3)
-            be->rmsnorm(be, m->q, L->q_norm, c->rms_norm_eps, n * c->n_heads, hd, m->q);
-            be->rmsnorm(be, m->k, L->k_norm, c->rms_norm_eps, n * c->n_kv_heads, hd, m->k);
-        }
-        if (mrope_pos) {
-            for (int a = 0; a < 3; a++) {
-                be->rope(be, m->q, m->mrope_pos[a], n, c->n_heads, hd, &m->mrope[a]);
-                be->rope(be, m->k, m->mrope_pos[a], n, c->n_kv_heads, hd, &m->mrope[a]);
+            if (be->matmuls) {                                        // q (n, heads*hd), k and v (n, kv_heads*hd)
+                const vm_weight *ws[3] = { &L->q, &L->k, &L->v };
+                vm_buf *outs[3] = { m->q, m->k, m->v };
+                be->matmuls(be, 3, ws, m->xn, n, outs, NULL);
+            } else {
+                be->matmul(be, &L->q, m->xn, n, m->q);
+                be->matmul(be, &L->k, m->xn, n, m->k);
+                be->matmul(be, &L->v, m->xn, n, m->v);
             }
-        } else {
-            be->rope(be, m->q, m->positions, n, c->n_heads, hd, &m->rope);
-            be->rope(be, m->k, m->positions, n, c->n_kv_heads, hd, &m->rope);
+            if (L->q_bias) {
+                be->add_bias(be, m->q, L->q_bias, n, qd);
+                be->add_bias(be, m->k, L->k_bias, n, kvd);
+                be->add_bias(be, m->v, L->v_bias, n, kvd);
+            }
+            if (L->q_norm) {                                          // per-head RMSNorm (Qwen3)
+                be->rmsnorm(be, m->q, L->q_norm, c->rms_norm_eps, n * c->n_heads, hd, m->q);
+                be->rmsnorm(be, m->k, L->k_norm, c->rms_norm_eps, n * c->n_kv_heads, hd, m->k);
+            }
+            if (mrope_pos) {
+                for (int a = 0; a < 3; a++) {
+                    be->rope(be, m->q, m->mrope_pos[a], n, c->n_heads, hd, &m->mrope[a]);
+                    be->rope(be, m->k, m->mrope_pos[a], n, c->n_kv_heads, hd, &m->mrope[a]);
+                }
+            } else {
+                be->rope(be, m->q, m->positions, n, c->n_heads, hd, &m->rope);
+                be->rope(be, m->k, m->positions, n, c->n_kv_heads, hd, &m->rope);
+            }
+            be->cache_write(be, m->k, m->v, &meta, kv->k[l], kv->v[l], c->n_kv_heads, hd);
+            be->attention(be, m->q, kv->k[l], kv->v[l], &meta, c->n_heads, c->n_kv_heads, hd, scale, m->attn);
         }
-        be->cache_write(be, m->k, m->v, &meta, kv->k[l], kv->v[l], c->n_kv_heads, hd);
-        be->attention(be, m->q, kv->k[l], kv->v[l], &meta, c->n_heads, c->n_kv_heads, hd, scale, m->attn);
         be->matmul(be, &L->o, m->attn, n, m->proj);               // (n, H)
         be->add(be, m->x, m->proj, (size_t)n * H);
         be->rmsnorm(be, m->x, L->mlp_norm, c->rms_norm_eps, n, H, m->xn);

@@ -235,3 +235,58 @@ Test(smollm2, dequantized_f32_matches_transformers, .timeout = 600) {
     cr_expect(a.worst_logit_rel <= 1e-4, "last-position logits differ by %.3g of max", a.worst_logit_rel);
     cr_expect(a.prompts_equal == a.prompts, "greedy differs on %d prompts", a.prompts - a.prompts_equal);
 }
+
+// The CPU backend's attention block in one job (qkv_attention: q/k/v, RoPE,
+// cache write and attention of a one-token step) against the separate ops
+// (VLLM_METAL_CPU_FUSE_ATTN=0): the same logits, bit for bit, over one-token
+// steps between steps of 2 and 3 tokens (those run the separate ops either
+// way), on 2 and 4 threads, with the f16 and the f32 cache.
+Test(smollm2, cpu_fused_attention_block_bit_identical, .timeout = 600) {
+    if (access(model_path(), R_OK) != 0) cr_skip_test("model %s absent", model_path());
+    if (on_gpu()) cr_skip_test("CPU backend only");
+    setenv("VLLM_METAL_Q8_ACTIVATIONS", "1", 1);
+    enum { NP = 40, STEPS = 9 };
+    const int chunk[STEPS] = { 1, 2, 1, 3, 1, 1, 2, 1, 1 };
+    int32_t ids[NP + 16];
+    for (int i = 0; i < NP + 16; i++) ids[i] = 100 + (i * 7919 + 104729) % 40000;
+    for (int kv = 0; kv < 2; kv++)
+        for (int threads = 2; threads <= 4; threads += 2) {
+            setenv("VLLM_METAL_KV_CACHE_DTYPE", kv ? "f32" : "f16", 1);
+            float *lg[2] = { NULL, NULL };
+            int vocab = 0;
+            for (int fused = 0; fused < 2; fused++) {
+                setenv("VLLM_METAL_CPU_FUSE_ATTN", fused ? "1" : "0", 1);
+                vm_err e = {{0}};
+                vm_backend *be = vm_backend_cpu_create(threads, &e);
+                cr_assert(be, "%s", e.msg);
+                vm_model *m = vm_model_create(model_path(), be, 512, &e);
+                cr_assert(m, "%s", e.msg);
+                vocab = vm_model_get_config(m)->vocab_size;
+                vm_session *s = vm_session_create(m, NP + 32, 16, &e);
+                cr_assert(s, "%s", e.msg);
+                lg[fused] = malloc(sizeof(float) * vocab * 3 * (STEPS + 1));
+                float *o = lg[fused];
+                cr_assert(vm_session_eval(s, ids, NP, 0, o, &e) == 0, "%s", e.msg);
+                int at = NP;
+                for (int k = 0; k < STEPS; k++) {
+                    o += vocab * 3;
+                    cr_assert(vm_session_eval(s, ids + at, chunk[k], 1, o, &e) == 0, "%s", e.msg);
+                    at += chunk[k];
+                }
+                vm_session_free(s);
+                vm_model_free(m);
+                be->destroy(be);
+            }
+            for (int k = 0; k <= STEPS; k++) {
+                const size_t n = (size_t)vocab * (k ? chunk[k - 1] : 1);
+                cr_expect(memcmp(lg[0] + (size_t)k * vocab * 3, lg[1] + (size_t)k * vocab * 3, n * sizeof(float)) == 0,
+                          "%s cache, %d threads: step %d's logits differ with the fused block", kv ? "f32" : "f16",
+                          threads, k);
+            }
+            free(lg[0]);
+            free(lg[1]);
+        }
+    unsetenv("VLLM_METAL_CPU_FUSE_ATTN");
+    unsetenv("VLLM_METAL_KV_CACHE_DTYPE");
+    unsetenv("VLLM_METAL_Q8_ACTIVATIONS");
+}

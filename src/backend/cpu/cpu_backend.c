@@ -5,6 +5,8 @@
 #include "thread_pool.h"
 
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #ifdef VM_HAVE_OPENBLAS
 #include <cblas.h>
@@ -30,6 +32,7 @@ typedef struct cpu_impl {
     int repack;            // GGUF weights repacked 8 rows at a time (VLLM_METAL_CPU_REPACK=0: off)
     int tile;              // dense and MLX weights through the tile kernels (VLLM_METAL_CPU_TILE=0: pair by pair)
     int blas;              // steps of more than 64 tokens through OpenBLAS (VLLM_METAL_CPU_BLAS=0: not)
+    int fuse_attn;         // q/k/v, RoPE, cache write and attention in one job (VLLM_METAL_CPU_FUSE_ATTN=0: not)
     float **wtile;         // per thread (n_wtile): a block of weight rows as f32 for sgemm
     int n_wtile;
     size_t wtile_floats;
@@ -649,12 +652,13 @@ static int rope_table_holds(const cpu_impl *c, const vm_rope *r, const int32_t *
 
 // The cos/sin table of the last call's positions is kept: a forward pass
 // ropes q and k of every layer at the same positions, so it is made once.
-static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads,
-                     int head_dim, const vm_rope *r) {
-    cpu_impl *c = impl_of(be);
+// The cos/sin table for these positions: c->rope_tab, kept from the last
+// call when it holds them (*fill 0), else to be filled (*fill 1); NULL where
+// there is no memory for it (pair by pair then).
+static float *rope_table(cpu_impl *c, const vm_rope *r, const int32_t *pos, int n, int *fill) {
     const size_t half = (size_t)(r->rot_dim / 2), floats = (size_t)n * half * 2;
-    const int fill = !rope_table_holds(c, r, positions->data, n);
-    if (fill) {
+    *fill = !rope_table_holds(c, r, pos, n);
+    if (*fill) {
         c->rope_n = 0;
         if (half > c->rope_inv_cap) {
             float *f = realloc(c->rope_inv, half * 4);
@@ -670,13 +674,23 @@ static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, 
         }
     }
     const int table = (size_t)n <= c->rope_pos_cap && floats <= c->rope_tab_cap && half <= c->rope_inv_cap;
-    if (fill && table) {
-        memcpy(c->rope_pos, positions->data, (size_t)n * 4);
+    if (*fill && table) {
+        memcpy(c->rope_pos, pos, (size_t)n * 4);
         c->rope_key = *r;
         if (r->inv_freq) memcpy(c->rope_inv, r->inv_freq, half * 4);
         c->rope_n = n;
     }
-    rope_job j = { c->k, x->data, positions->data, n_heads, head_dim, r, table ? c->rope_tab : NULL, fill };
+    return table ? c->rope_tab : NULL;
+}
+
+// The cos/sin table of the last call's positions is kept: a forward pass
+// ropes q and k of every layer at the same positions, so it is made once.
+static void cpu_rope(vm_backend *be, vm_buf *x, const vm_buf *positions, int n, int n_heads,
+                     int head_dim, const vm_rope *r) {
+    cpu_impl *c = impl_of(be);
+    int fill;
+    float *tab = rope_table(c, r, positions->data, n, &fill);
+    rope_job j = { c->k, x->data, positions->data, n_heads, head_dim, r, tab, fill };
     vm_parallel_for(c->pool, n, 4, rope_tokens, &j);
 }
 
@@ -700,27 +714,27 @@ typedef struct cache_job {
     int n_kv_heads, head_dim;
 } cache_job;
 
+// token t's k and v rows of KV head h into the caches at its slot
+static void cache_write_row(const cache_job *j, int t, int h) {
+    const int32_t slot = ((const int32_t *)j->m->slot_mapping->data)[t];
+    if (slot < 0) return;
+    const int bs = j->m->block_size, hd = j->head_dim;
+    const size_t dst = kv_row(j->n_blocks, h, slot / bs, slot % bs, bs, hd);
+    const float *ks = j->kx + ((size_t)t * j->n_kv_heads + h) * hd;
+    const float *vs = j->vx + ((size_t)t * j->n_kv_heads + h) * hd;
+    if (j->m->kv_dtype == VM_DTYPE_F16) {
+        j->k->to_f16((uint16_t *)j->kc + dst, ks, hd);
+        j->k->to_f16((uint16_t *)j->vc + dst, vs, hd);
+    } else {
+        memcpy((float *)j->kc + dst, ks, (size_t)hd * 4);
+        memcpy((float *)j->vc + dst, vs, (size_t)hd * 4);
+    }
+}
+
 static void cache_write_tokens(void *ctx, int begin, int end, int thread_index) {
     const cache_job *j = ctx;
-    const int32_t *slots = j->m->slot_mapping->data;
-    const int bs = j->m->block_size, hd = j->head_dim;
-    for (int t = begin; t < end; t++) {
-        int32_t slot = slots[t];
-        if (slot < 0) continue;
-        int block = slot / bs, off = slot % bs;
-        for (int h = 0; h < j->n_kv_heads; h++) {
-            size_t dst = kv_row(j->n_blocks, h, block, off, bs, hd);
-            const float *ks = j->kx + ((size_t)t * j->n_kv_heads + h) * hd;
-            const float *vs = j->vx + ((size_t)t * j->n_kv_heads + h) * hd;
-            if (j->m->kv_dtype == VM_DTYPE_F16) {
-                j->k->to_f16((uint16_t *)j->kc + dst, ks, hd);
-                j->k->to_f16((uint16_t *)j->vc + dst, vs, hd);
-            } else {
-                memcpy((float *)j->kc + dst, ks, (size_t)hd * 4);
-                memcpy((float *)j->vc + dst, vs, (size_t)hd * 4);
-            }
-        }
-    }
+    for (int t = begin; t < end; t++)
+        for (int h = 0; h < j->n_kv_heads; h++) cache_write_row(j, t, h);
 }
 
 static void cpu_cache_write(vm_backend *be, const vm_buf *k, const vm_buf *v, const vm_attn_meta *m,
@@ -868,24 +882,150 @@ static void attn_items(void *ctx, int begin, int end, int thread_index) {
     }
 }
 
-static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache, const vm_buf *v_cache,
-                          const vm_attn_meta *m, int n_heads, int n_kv_heads, int head_dim, float scale,
-                          vm_buf *out) {
-    cpu_impl *c = impl_of(be);
+// An attention job over the scratch memory (-1: none to be had).
+static int attn_setup(cpu_impl *c, const vm_buf *q, const vm_buf *k_cache, const vm_buf *v_cache,
+                      const vm_attn_meta *m, int n_heads, int n_kv_heads, int head_dim, float scale, vm_buf *out,
+                      attn_job *j) {
     int nt = vm_thread_pool_size(c->pool);
     size_t per = attn_scratch_floats(m->max_ctx_len, head_dim, n_heads / n_kv_heads);
     size_t need = (size_t)nt * per + (size_t)m->n_tokens;
     float *scratch = scratch_get(c, need);
-    if (!scratch) { memset(out->data, 0, (size_t)m->n_tokens * n_heads * head_dim * 4); return; }
+    if (!scratch) return -1;
     int32_t *seq_of_token = (int32_t *)(scratch + (size_t)nt * per);
     const int32_t *starts = m->seq_start->data;
     for (int s = 0; s < m->n_seqs; s++)
         for (int t = starts[s]; t < starts[s + 1]; t++) seq_of_token[t] = s;
-    attn_job j = { c->k, m, q->data, k_cache->data, v_cache->data, vm_kv_num_blocks(k_cache->size, m, n_kv_heads, head_dim),
-                   m->positions->data, seq_of_token,
-                   m->block_table->data, m->decode_from ? m->decode_from->data : NULL,
-                   n_heads, n_kv_heads, head_dim, scale, scratch, per, out->data };
+    *j = (attn_job){ c->k, m, q->data, k_cache->data, v_cache->data, vm_kv_num_blocks(k_cache->size, m, n_kv_heads, head_dim),
+                     m->positions->data, seq_of_token,
+                     m->block_table->data, m->decode_from ? m->decode_from->data : NULL,
+                     n_heads, n_kv_heads, head_dim, scale, scratch, per, out->data };
+    return 0;
+}
+
+static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache, const vm_buf *v_cache,
+                          const vm_attn_meta *m, int n_heads, int n_kv_heads, int head_dim, float scale,
+                          vm_buf *out) {
+    cpu_impl *c = impl_of(be);
+    attn_job j;
+    if (attn_setup(c, q, k_cache, v_cache, m, n_heads, n_kv_heads, head_dim, scale, out, &j) != 0) {
+        memset(out->data, 0, (size_t)m->n_tokens * n_heads * head_dim * 4);
+        return;
+    }
     vm_parallel_for(c->pool, m->n_tokens * n_kv_heads, 1, attn_items, &j);
+}
+
+// ---- q/k/v, RoPE, cache write and attention in one job ------------------------
+//
+// A decode step of one sequence has few attention items (3 KV heads on 2
+// threads: one thread takes two, the other waits), and each op of the
+// attention block is a job that ends when its slowest thread does. Here
+// they are one job of units claimed in order: for each KV head g, the
+// 8-row groups of its q heads', k's and v's rows (a few chunks), and per
+// KV head an item: RoPE of its q heads and k, the cache write of its k and
+// v, then its attention. Head 0's item comes right after head
+// 0's chunks, the others after all chunks: with 3 heads on 2 threads one
+// thread takes items 0 and 2, the other the remaining chunks and item 1.
+// An item waits (only for chunks claimed before it) until its head's rows
+// are done. Every number is the one the separate ops make.
+#define FUSE_CHUNK 8   // 8-row groups a matmul unit
+#define FUSE_MAX_KV_HEADS 64
+#define FUSE_MAX_UNITS 1024
+
+typedef struct fused_job {
+    multi_job mm;                  // q, k, v (parts 0, 1, 2)
+    attn_job at;
+    cache_job cw;
+    const vm_cpu_kernels *k;
+    const vm_rope *rope;
+    const float *rope_tab;         // [n][2][half]: cos, then sin
+    float *q, *kx;
+    int n_heads, n_kv_heads, head_dim, group;
+    int n_units;
+    struct fused_unit { int16_t kind, part, g; int lo, hi; } *units;   // kind 0: matmul groups [lo, hi) of part; 1: item g
+    _Atomic int *done;             // [n_kv_heads]: 8-row groups finished
+    int want;                      // groups of one KV head: (group + 2) * head_dim / 8
+} fused_job;
+
+static void fused_units(void *ctx, int begin, int end, int thread_index) {
+    fused_job *f = ctx;
+    for (int u = begin; u < end; u++) {
+        const struct fused_unit *un = &f->units[u];
+        if (un->kind == 0) {
+            matmul_groups_r8((void *)&f->mm.part[un->part], un->lo, un->hi, thread_index);
+            atomic_fetch_add_explicit(&f->done[un->g], un->hi - un->lo, memory_order_release);
+            continue;
+        }
+        const int g = un->g, hd = f->head_dim, G = f->group, half = f->rope->rot_dim / 2;
+        for (int spin = 1; atomic_load_explicit(&f->done[g], memory_order_acquire) < f->want; spin++)
+            if (spin % 256 == 0) sched_yield(); else vm_cpu_relax();
+        const float *cs = f->rope_tab;   // (one token)
+        f->k->rope_rotate(f->q + (size_t)g * G * hd, G, hd, cs, cs + half, half, f->rope->interleaved);
+        f->k->rope_rotate(f->kx + (size_t)g * hd, 1, hd, cs, cs + half, half, f->rope->interleaved);
+        cache_write_row(&f->cw, 0, g);
+        attn_items(&f->at, g, g + 1, thread_index);
+    }
+}
+
+static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], const vm_buf *x, int n, vm_buf *q,
+                              vm_buf *k, vm_buf *v, const vm_rope *rope, const vm_attn_meta *m, vm_buf *k_cache,
+                              vm_buf *v_cache, int n_heads, int n_kv_heads, int head_dim, float scale, vm_buf *out) {
+    cpu_impl *c = impl_of(be);
+    const int nt = vm_thread_pool_size(c->pool), G = n_heads / n_kv_heads;
+    const int qg = G * head_dim / 8, kg = head_dim / 8;   // 8-row groups of a KV head's q rows, of its k (and v) rows
+    int fuse = c->fuse_attn && nt > 1 && c->q8_activations && n == 1 && m->n_tokens == 1 &&
+               n_kv_heads < 2 * nt && n_heads == G * n_kv_heads && head_dim % 8 == 0 &&
+               rope->rot_dim <= head_dim && n_kv_heads <= FUSE_MAX_KV_HEADS &&
+               n_kv_heads * ((qg + FUSE_CHUNK - 1) / FUSE_CHUNK + 2 * ((kg + FUSE_CHUNK - 1) / FUSE_CHUNK) + 1) <= FUSE_MAX_UNITS;
+    for (int i = 0; i < 3 && fuse; i++)
+        fuse = is_gguf_block(ws[i]->dtype) && ws[i]->device && ws[i]->cols == ws[0]->cols &&
+               ws[i]->rows == (int64_t)(i ? n_kv_heads : n_heads) * head_dim;
+    int fill = 0;
+    float *tab = fuse ? rope_table(c, rope, m->positions->data, n, &fill) : NULL;
+    if (tab && fill) {   // the table's rows (no heads to rotate)
+        rope_job rj = { c->k, q->data, m->positions->data, 0, head_dim, rope, tab, 1 };
+        rope_tokens(&rj, 0, n, 0);
+    }
+    attn_job at;
+    matmul_job j = { c->k, ws[0], x->data, NULL, NULL, NULL, n, 0, NULL, NULL };
+    if (!tab || attn_setup(c, q, k_cache, v_cache, m, n_heads, n_kv_heads, head_dim, scale, out, &at) != 0 ||
+        q8_prepare(c, &j, ws[0], n) != 0) {
+        vm_buf *outs[3] = { q, k, v };
+        cpu_matmuls(be, 3, ws, x, n, outs, NULL);
+        cpu_rope(be, q, m->positions, n, n_heads, head_dim, rope);
+        cpu_rope(be, k, m->positions, n, n_kv_heads, head_dim, rope);
+        cpu_cache_write(be, k, v, m, k_cache, v_cache, n_kv_heads, head_dim);
+        cpu_attention(be, q, k_cache, v_cache, m, n_heads, n_kv_heads, head_dim, scale, out);
+        return;
+    }
+    fused_job f = { .at = at, .k = c->k, .rope = rope, .rope_tab = tab, .q = q->data, .kx = k->data,
+                    .n_heads = n_heads, .n_kv_heads = n_kv_heads, .head_dim = head_dim, .group = G,
+                    .want = (G + 2) * head_dim / 8 };
+    f.cw = (cache_job){ c->k, k->data, v->data, m, k_cache->data, v_cache->data,
+                        vm_kv_num_blocks(k_cache->size, m, n_kv_heads, head_dim), n_kv_heads, head_dim };
+    vm_buf *outs[3] = { q, k, v };
+    for (int i = 0; i < 3; i++) {
+        f.mm.part[i] = j;
+        f.mm.part[i].w = ws[i];
+        f.mm.part[i].out = outs[i]->data;
+        f.mm.part[i].r8 = ws[i]->device;
+    }
+    _Atomic int done[FUSE_MAX_KV_HEADS];
+    struct fused_unit units[FUSE_MAX_UNITS];
+    int nu = 0;
+    for (int g = 0; g < n_kv_heads; g++) {
+        atomic_init(&done[g], 0);
+        for (int lo = 0; lo < qg; lo += FUSE_CHUNK)
+            units[nu++] = (struct fused_unit){ 0, 0, (int16_t)g, g * qg + lo, g * qg + VM_MIN(lo + FUSE_CHUNK, qg) };
+        for (int part = 1; part < 3; part++)
+            for (int lo = 0; lo < kg; lo += FUSE_CHUNK)
+                units[nu++] = (struct fused_unit){ 0, (int16_t)part, (int16_t)g, g * kg + lo, g * kg + VM_MIN(lo + FUSE_CHUNK, kg) };
+        if (g == 0) units[nu++] = (struct fused_unit){ 1, 0, 0, 0, 0 };
+    }
+    for (int g = 1; g < n_kv_heads; g++) units[nu++] = (struct fused_unit){ 1, 0, (int16_t)g, 0, 0 };
+    f.units = units;
+    f.n_units = nu;
+    f.done = done;
+    vm_parallel_items(c->pool, nu, fused_units, &f);
 }
 
 // ---- elementwise ---------------------------------------------------------------
@@ -989,6 +1129,8 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     c->q8_activations = !(q8 && strcmp(q8, "0") == 0);
     const char *rp = getenv("VLLM_METAL_CPU_REPACK");
     c->repack = !(rp && strcmp(rp, "0") == 0);
+    const char *fa = getenv("VLLM_METAL_CPU_FUSE_ATTN");
+    c->fuse_attn = !(fa && strcmp(fa, "0") == 0);
     const char *tl = getenv("VLLM_METAL_CPU_TILE");
     c->tile = !(tl && strcmp(tl, "0") == 0);
 #ifdef VM_HAVE_OPENBLAS
@@ -1014,6 +1156,7 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     be->rope = cpu_rope;
     be->cache_write = cpu_cache_write;
     be->attention = cpu_attention;
+    be->qkv_attention = cpu_qkv_attention;
     be->swiglu = cpu_swiglu;
     be->add = cpu_add;
     be->get_rows = cpu_get_rows;

@@ -120,6 +120,8 @@ void vm_thread_pool_free(vm_thread_pool *p) {
 
 int vm_thread_pool_size(const vm_thread_pool *p) { return p->n_threads; }
 
+static void run_job(vm_thread_pool *p, int n, int chunk, vm_parallel_fn fn, void *ctx);
+
 void vm_parallel_for(vm_thread_pool *p, int n, int grain, vm_parallel_fn fn, void *ctx) {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
@@ -128,6 +130,19 @@ void vm_parallel_for(vm_thread_pool *p, int n, int grain, vm_parallel_fn fn, voi
     int chunk = (n + nt * 4 - 1) / (nt * 4);
     if (chunk < grain) chunk = grain;
     if (nt == 1 || chunk >= n) { fn(ctx, 0, n, 0); return; }
+    run_job(p, n, chunk, fn, ctx);
+}
+
+void vm_parallel_items(vm_thread_pool *p, int n, vm_parallel_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (p->n_threads == 1 || n == 1) {
+        for (int i = 0; i < n; i++) fn(ctx, i, i + 1, 0);
+        return;
+    }
+    run_job(p, n, 1, fn, ctx);
+}
+
+static void run_job(vm_thread_pool *p, int n, int chunk, vm_parallel_fn fn, void *ctx) {
     // Close the previous job first (its number + 1, no chunks left): a late
     // worker still holding the previous job's claim value then fails its
     // compare-exchange instead of claiming a chunk with the fields being

@@ -14,5 +14,9 @@ int vm_thread_pool_size(const vm_thread_pool *p);
 // Splits [0, n) into chunks of at least `grain` items and runs them on all
 // threads (the caller's thread included); returns when every chunk is done.
 void vm_parallel_for(vm_thread_pool *p, int n, int grain, vm_parallel_fn fn, void *ctx);
+// The same with every item its own chunk, claimed in increasing order: an
+// item may wait for work of lower items (claimed before it, so running or
+// done), never of higher ones.
+void vm_parallel_items(vm_thread_pool *p, int n, vm_parallel_fn fn, void *ctx);
 
 #endif
