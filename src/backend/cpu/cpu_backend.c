@@ -650,8 +650,6 @@ static int rope_table_holds(const cpu_impl *c, const vm_rope *r, const int32_t *
            !memcmp(c->rope_pos, pos, (size_t)n * 4);
 }
 
-// The cos/sin table of the last call's positions is kept: a forward pass
-// ropes q and k of every layer at the same positions, so it is made once.
 // The cos/sin table for these positions: c->rope_tab, kept from the last
 // call when it holds them (*fill 0), else to be filled (*fill 1); NULL where
 // there is no memory for it (pair by pair then).
@@ -922,11 +920,11 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
 // they are one job of units claimed in order: for each KV head g, the
 // 8-row groups of its q heads', k's and v's rows (a few chunks), and per
 // KV head an item: RoPE of its q heads and k, the cache write of its k and
-// v, then its attention. Head 0's item comes right after head
-// 0's chunks, the others after all chunks: with 3 heads on 2 threads one
-// thread takes items 0 and 2, the other the remaining chunks and item 1.
-// An item waits (only for chunks claimed before it) until its head's rows
-// are done. Every number is the one the separate ops make.
+// v, then its attention. Head 0's item comes right after head 0's chunks,
+// the others after all chunks: with 3 heads on 2 threads one thread takes
+// items 0 and 2, the other the remaining chunks and item 1. An item waits
+// (only for chunks claimed before it) until its head's rows are done.
+// Every number is the one the separate ops make.
 #define FUSE_CHUNK 8   // 8-row groups a matmul unit
 #define FUSE_MAX_KV_HEADS 64
 #define FUSE_MAX_UNITS 1024
@@ -940,7 +938,6 @@ typedef struct fused_job {
     const float *rope_tab;         // [n][2][half]: cos, then sin
     float *q, *kx;
     int n_heads, n_kv_heads, head_dim, group;
-    int n_units;
     struct fused_unit { int16_t kind, part, g; int lo, hi; } *units;   // kind 0: matmul groups [lo, hi) of part; 1: item g
     _Atomic int *done;             // [n_kv_heads]: 8-row groups finished
     int want;                      // groups of one KV head: (group + 2) * head_dim / 8
@@ -1023,7 +1020,6 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
     }
     for (int g = 1; g < n_kv_heads; g++) units[nu++] = (struct fused_unit){ 1, 0, (int16_t)g, 0, 0 };
     f.units = units;
-    f.n_units = nu;
     f.done = done;
     vm_parallel_items(c->pool, nu, fused_units, &f);
 }
