@@ -33,6 +33,8 @@ typedef struct cpu_impl {
     int tile;              // dense and MLX weights through the tile kernels (VLLM_METAL_CPU_TILE=0: pair by pair)
     int blas;              // steps of more than 64 tokens through OpenBLAS (VLLM_METAL_CPU_BLAS=0: not)
     int fuse_attn;         // q/k/v, RoPE, cache write and attention in one job (VLLM_METAL_CPU_FUSE_ATTN=0: not)
+    float *fgsum;          // that job's group sums of x (MLX weights; the scratch holds attention's)
+    size_t fgsum_floats;
     float **wtile;         // per thread (n_wtile): a block of weight rows as f32 for sgemm
     int n_wtile;
     size_t wtile_floats;
@@ -917,15 +919,16 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
 // A decode step of one sequence has few attention items (3 KV heads on 2
 // threads: one thread takes two, the other waits), and each op of the
 // attention block is a job that ends when its slowest thread does. Here
-// they are one job of units claimed in order: for each KV head g, the
-// 8-row groups of its q heads', k's and v's rows (a few chunks), and per
+// they are one job of units claimed in order: for each KV head g, its q
+// heads', k's and v's rows in chunks of 64 (run as cpu_matmul runs them for
+// one token: repacked GGUF groups, MLX tiles or dense rows), and per
 // KV head an item: RoPE of its q heads and k, the cache write of its k and
 // v, then its attention. Head 0's item comes right after head 0's chunks,
 // the others after all chunks: with 3 heads on 2 threads one thread takes
 // items 0 and 2, the other the remaining chunks and item 1. An item waits
 // (only for chunks claimed before it) until its head's rows are done.
 // Every number is the one the separate ops make.
-#define FUSE_CHUNK 8   // 8-row groups a matmul unit
+#define FUSE_CHUNK 8   // 8-row groups (64 rows) a matmul unit
 #define FUSE_MAX_KV_HEADS 64
 #define FUSE_MAX_UNITS 1024
 
@@ -938,17 +941,24 @@ typedef struct fused_job {
     const float *rope_tab;         // [n][2][half]: cos, then sin
     float *q, *kx;
     int n_heads, n_kv_heads, head_dim, group;
-    struct fused_unit { int16_t kind, part, g; int lo, hi; } *units;   // kind 0: matmul groups [lo, hi) of part; 1: item g
-    _Atomic int *done;             // [n_kv_heads]: 8-row groups finished
-    int want;                      // groups of one KV head: (group + 2) * head_dim / 8
+    struct fused_unit { int16_t kind, part, g; int lo, hi; } *units;   // kind 0: rows [lo, hi) of part; 1: item g
+    _Atomic int *done;             // [n_kv_heads]: rows finished
+    int want;                      // rows of one KV head: (group + 2) * head_dim
 } fused_job;
 
 static void fused_units(void *ctx, int begin, int end, int thread_index) {
     fused_job *f = ctx;
     for (int u = begin; u < end; u++) {
         const struct fused_unit *un = &f->units[u];
-        if (un->kind == 0) {
-            matmul_groups_r8((void *)&f->mm.part[un->part], un->lo, un->hi, thread_index);
+        if (un->kind == 0) {   // rows [lo, hi) of a part, as cpu_matmul runs them for one token
+            const matmul_job *mj = &f->mm.part[un->part];
+            if (mj->r8)
+                matmul_groups_r8((void *)mj, un->lo / 8, un->hi / 8, thread_index);
+            else if (mj->w->dtype == VM_DTYPE_MLX_AFFINE)
+                mj->k->matmul_tile_mlx(mj->w, un->lo, un->hi - un->lo, mj->x, (size_t)mj->w->cols, mj->gsum,
+                                       (size_t)mj->groups, 1, mj->out + un->lo, (size_t)mj->w->rows);
+            else
+                matmul_rows((void *)mj, un->lo, un->hi, thread_index);
             atomic_fetch_add_explicit(&f->done[un->g], un->hi - un->lo, memory_order_release);
             continue;
         }
@@ -963,19 +973,38 @@ static void fused_units(void *ctx, int begin, int end, int thread_index) {
     }
 }
 
+// How the fused job runs a weight's rows for one token: 1 repacked GGUF
+// groups (8-bit activations), 2 MLX affine tiles, 3 dense rows; 0: it does not.
+static int fused_kind(const cpu_impl *c, const vm_weight *w) {
+    if (c->q8_activations && is_gguf_block(w->dtype)) return w->device ? 1 : 0;
+    if (w->dtype == VM_DTYPE_MLX_AFFINE) return c->tile && c->k->matmul_tile_mlx && w->group_size > 0 ? 2 : 0;
+    return w->dtype == VM_DTYPE_F32 || w->dtype == VM_DTYPE_F16 || w->dtype == VM_DTYPE_BF16 ? 3 : 0;
+}
+
 static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], const vm_buf *x, int n, vm_buf *q,
                               vm_buf *k, vm_buf *v, const vm_rope *rope, const vm_attn_meta *m, vm_buf *k_cache,
                               vm_buf *v_cache, int n_heads, int n_kv_heads, int head_dim, float scale, vm_buf *out) {
     cpu_impl *c = impl_of(be);
     const int nt = vm_thread_pool_size(c->pool), G = n_heads / n_kv_heads;
-    const int qg = G * head_dim / 8, kg = head_dim / 8;   // 8-row groups of a KV head's q rows, of its k (and v) rows
-    int fuse = c->fuse_attn && nt > 1 && c->q8_activations && n == 1 && m->n_tokens == 1 &&
-               n_kv_heads < 2 * nt && n_heads == G * n_kv_heads && head_dim % 8 == 0 &&
-               rope->rot_dim <= head_dim && n_kv_heads <= FUSE_MAX_KV_HEADS &&
-               n_kv_heads * ((qg + FUSE_CHUNK - 1) / FUSE_CHUNK + 2 * ((kg + FUSE_CHUNK - 1) / FUSE_CHUNK) + 1) <= FUSE_MAX_UNITS;
-    for (int i = 0; i < 3 && fuse; i++)
-        fuse = is_gguf_block(ws[i]->dtype) && ws[i]->device && ws[i]->cols == ws[0]->cols &&
-               ws[i]->rows == (int64_t)(i ? n_kv_heads : n_heads) * head_dim;
+    const int qr = G * head_dim;   // q rows of a KV head (its k and v rows: head_dim each)
+    const int chunk = FUSE_CHUNK * 8;
+    int fuse = c->fuse_attn && nt > 1 && n == 1 && m->n_tokens == 1 && n_kv_heads < 2 * nt &&
+               n_heads == G * n_kv_heads && head_dim % 8 == 0 && rope->rot_dim <= head_dim &&
+               n_kv_heads <= FUSE_MAX_KV_HEADS &&
+               n_kv_heads * ((qr + chunk - 1) / chunk + 2 * ((head_dim + chunk - 1) / chunk) + 1) <= FUSE_MAX_UNITS;
+    int kinds[3] = { 0, 0, 0 }, any_q8 = 0;
+    size_t gsum_floats = 0;
+    for (int i = 0; i < 3 && fuse; i++) {
+        kinds[i] = fused_kind(c, ws[i]);
+        fuse = kinds[i] && ws[i]->cols == ws[0]->cols && ws[i]->rows == (int64_t)(i ? n_kv_heads : n_heads) * head_dim;
+        any_q8 |= kinds[i] == 1;
+        if (kinds[i] == 2) gsum_floats += (size_t)(ws[i]->cols / ws[i]->group_size);
+    }
+    for (int i = 0; i < 3 && fuse && any_q8; i++) fuse = kinds[i] == 1;   // one activation form for all three
+    if (fuse && gsum_floats > c->fgsum_floats) {
+        float *p = realloc(c->fgsum, gsum_floats * sizeof(float));
+        if (p) { c->fgsum = p; c->fgsum_floats = gsum_floats; } else fuse = 0;
+    }
     int fill = 0;
     float *tab = fuse ? rope_table(c, rope, m->positions->data, n, &fill) : NULL;
     if (tab && fill) {   // the table's rows (no heads to rotate)
@@ -985,7 +1014,7 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
     attn_job at;
     matmul_job j = { c->k, ws[0], x->data, NULL, NULL, NULL, n, 0, NULL, NULL };
     if (!tab || attn_setup(c, q, k_cache, v_cache, m, n_heads, n_kv_heads, head_dim, scale, out, &at) != 0 ||
-        q8_prepare(c, &j, ws[0], n) != 0) {
+        (any_q8 && q8_prepare(c, &j, ws[0], n) != 0)) {
         vm_buf *outs[3] = { q, k, v };
         cpu_matmuls(be, 3, ws, x, n, outs, NULL);
         cpu_rope(be, q, m->positions, n, n_heads, head_dim, rope);
@@ -996,26 +1025,40 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
     }
     fused_job f = { .at = at, .k = c->k, .rope = rope, .rope_tab = tab, .q = q->data, .kx = k->data,
                     .n_heads = n_heads, .n_kv_heads = n_kv_heads, .head_dim = head_dim, .group = G,
-                    .want = (G + 2) * head_dim / 8 };
+                    .want = qr + 2 * head_dim };
     f.cw = (cache_job){ c->k, k->data, v->data, m, k_cache->data, v_cache->data,
                         vm_kv_num_blocks(k_cache->size, m, n_kv_heads, head_dim), n_kv_heads, head_dim };
     vm_buf *outs[3] = { q, k, v };
+    float *gs = c->fgsum;
     for (int i = 0; i < 3; i++) {
         f.mm.part[i] = j;
         f.mm.part[i].w = ws[i];
         f.mm.part[i].out = outs[i]->data;
-        f.mm.part[i].r8 = ws[i]->device;
+        f.mm.part[i].r8 = kinds[i] == 1 ? ws[i]->device : NULL;
+        if (kinds[i] == 2) {   // x's group sums, as cpu_matmul makes them
+            const int group = ws[i]->group_size, groups = (int)(ws[i]->cols / group);
+            const float *xr = x->data;
+            for (int g = 0; g < groups; g++) {
+                float s = 0;
+                for (int e = 0; e < group; e++) s += xr[g * group + e];
+                gs[g] = s;
+            }
+            f.mm.part[i].gsum = gs;
+            f.mm.part[i].groups = groups;
+            gs += groups;
+        }
     }
     _Atomic int done[FUSE_MAX_KV_HEADS];
     struct fused_unit units[FUSE_MAX_UNITS];
     int nu = 0;
     for (int g = 0; g < n_kv_heads; g++) {
         atomic_init(&done[g], 0);
-        for (int lo = 0; lo < qg; lo += FUSE_CHUNK)
-            units[nu++] = (struct fused_unit){ 0, 0, (int16_t)g, g * qg + lo, g * qg + VM_MIN(lo + FUSE_CHUNK, qg) };
+        for (int lo = 0; lo < qr; lo += chunk)
+            units[nu++] = (struct fused_unit){ 0, 0, (int16_t)g, g * qr + lo, g * qr + VM_MIN(lo + chunk, qr) };
         for (int part = 1; part < 3; part++)
-            for (int lo = 0; lo < kg; lo += FUSE_CHUNK)
-                units[nu++] = (struct fused_unit){ 0, (int16_t)part, (int16_t)g, g * kg + lo, g * kg + VM_MIN(lo + FUSE_CHUNK, kg) };
+            for (int lo = 0; lo < head_dim; lo += chunk)
+                units[nu++] = (struct fused_unit){ 0, (int16_t)part, (int16_t)g, g * head_dim + lo,
+                                                   g * head_dim + VM_MIN(lo + chunk, head_dim) };
         if (g == 0) units[nu++] = (struct fused_unit){ 1, 0, 0, 0, 0 };
     }
     for (int g = 1; g < n_kv_heads; g++) units[nu++] = (struct fused_unit){ 1, 0, (int16_t)g, 0, 0 };
@@ -1095,6 +1138,7 @@ static void cpu_destroy(vm_backend *be) {
     cpu_impl *c = be->impl;
     if (c) {
         vm_thread_pool_free(c->pool);
+        free(c->fgsum);
         free(c->scratch);
         free(c->xq);
         free(c->x8);
