@@ -82,14 +82,17 @@ struct vm_backend {
     // also swiglu_out = silu(outs[0]) * outs[1], as the swiglu op.
     void (*matmuls)(vm_backend *be, int count, const vm_weight *const *ws, const vm_buf *x, int n,
                     vm_buf *const *outs, vm_buf *swiglu_out);
-    // Optional (NULL: the model calls matmuls, rope, rope, cache_write and
-    // attention). A layer's attention block where q, k and v take no bias, no
-    // norm and one RoPE: q, k, v = x @ ws^T (ws: q, k, v); RoPE of q and k at
-    // m->positions; k and v into the caches; out = attention. The same
-    // numbers as those ops, in whatever jobs suit the backend.
-    void (*qkv_attention)(vm_backend *be, const vm_weight *const ws[3], const vm_buf *x, int n, vm_buf *q,
-                          vm_buf *k, vm_buf *v, const vm_rope *rope, const vm_attn_meta *m, vm_buf *k_cache,
-                          vm_buf *v_cache, int n_heads, int n_kv_heads, int head_dim, float scale, vm_buf *out);
+    // Optional (NULL: the model calls the ops below one by one). A layer's
+    // attention block with one RoPE: q, k, v = x @ ws^T (ws: q, k, v), plus
+    // bias[i] where not NULL (add_bias); q and k rmsnormed per head where
+    // q_norm / k_norm are not NULL (eps); RoPE of q and k at m->positions;
+    // k and v into the caches; out = attention. The same numbers as those
+    // ops, in whatever jobs suit the backend.
+    void (*qkv_attention)(vm_backend *be, const vm_weight *const ws[3], const vm_tensor *const bias[3],
+                          const vm_tensor *q_norm, const vm_tensor *k_norm, float eps, const vm_buf *x, int n,
+                          vm_buf *q, vm_buf *k, vm_buf *v, const vm_rope *rope, const vm_attn_meta *m,
+                          vm_buf *k_cache, vm_buf *v_cache, int n_heads, int n_kv_heads, int head_dim, float scale,
+                          vm_buf *out);
     // x (n, dim) += bias [dim]
     void (*add_bias)(vm_backend *be, vm_buf *x, const vm_tensor *bias, int n, int dim);
     // rotate x (n, n_heads, head_dim) in place at positions (i32 [n])

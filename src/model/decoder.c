@@ -322,10 +322,11 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
     for (int l = 0; l < c->n_layers; l++) {
         const vm_layer *L = &m->layers[l];
         be->rmsnorm(be, m->x, L->attn_norm, c->rms_norm_eps, n, H, m->xn);
-        if (be->qkv_attention && !L->q_bias && !L->q_norm && !mrope_pos) {   // the attention block in one op
+        if (be->qkv_attention && !mrope_pos) {                   // the attention block in one op
             const vm_weight *ws[3] = { &L->q, &L->k, &L->v };
-            be->qkv_attention(be, ws, m->xn, n, m->q, m->k, m->v, &m->rope, &meta, kv->k[l], kv->v[l], c->n_heads,
-                              c->n_kv_heads, hd, scale, m->attn);
+            const vm_tensor *bias[3] = { L->q_bias, L->k_bias, L->v_bias };
+            be->qkv_attention(be, ws, bias, L->q_norm, L->k_norm, c->rms_norm_eps, m->xn, n, m->q, m->k, m->v, &m->rope,
+                              &meta, kv->k[l], kv->v[l], c->n_heads, c->n_kv_heads, hd, scale, m->attn);
         } else {
             if (be->matmuls) {                                        // q (n, heads*hd), k and v (n, kv_heads*hd)
                 const vm_weight *ws[3] = { &L->q, &L->k, &L->v };

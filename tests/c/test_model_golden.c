@@ -134,9 +134,10 @@ Test(model_golden, session_greedy_ids) {
 }
 
 // The CPU backend's one-job attention block (qkv_attention, one-token steps)
-// against the separate ops (VLLM_METAL_CPU_FUSE_ATTN=0) on the tiny models it
-// takes (dense f32/bf16/f16 and MLX affine weights, GQA and not): the same
-// logits, bit for bit, over a 7-token prompt and 9 one-token steps.
+// against the separate ops (VLLM_METAL_CPU_FUSE_ATTN=0) on tiny models of
+// dense f32/bf16/f16 and MLX affine weights, with q/k/v biases (Qwen2) and
+// q/k norms (Qwen3): the same logits, bit for bit, over a 7-token prompt and
+// 9 one-token steps.
 static float *fused_run(const char *dir, int fused, int *vocab) {
     enum { NP = 7, STEPS = 9 };
     setenv("VLLM_METAL_CPU_FUSE_ATTN", fused ? "1" : "0", 1);
@@ -163,7 +164,8 @@ static float *fused_run(const char *dir, int fused, int *vocab) {
 
 Test(model_golden, cpu_fused_attention_block_bit_identical) {
     const char *names[] = { "llama_gqa_tied", "llama_gqa_tied_bf16", "llama_gqa_tied_f16", "llama_gqa_tied_mlx_q4g64",
-                            "llama_gqa_tied_mlx_mixed", "llama_gqa_tied_mlx_q8g32", "llama3_untied", "mistral_bf16" };
+                            "llama_gqa_tied_mlx_mixed", "llama_gqa_tied_mlx_q8g32", "llama3_untied", "mistral_bf16",
+                            "qwen2", "qwen2_bf16", "qwen2_mlx_q4g64", "qwen3", "qwen3_f16", "qwen3_mlx_mixed" };
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         char dir[512];
         snprintf(dir, sizeof dir, "%s/%s", TINY_DIR, names[i]);

@@ -921,9 +921,9 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
 // attention block is a job that ends when its slowest thread does. Here
 // they are one job of units claimed in order: for each KV head g, its q
 // heads', k's and v's rows in chunks of 64 (run as cpu_matmul runs them for
-// one token: repacked GGUF groups, MLX tiles or dense rows), and per
-// KV head an item: RoPE of its q heads and k, the cache write of its k and
-// v, then its attention. Head 0's item comes right after head 0's chunks,
+// one token: repacked GGUF groups, MLX tiles or dense rows; biases added
+// there), and per KV head an item: the q/k norms (Qwen3) and RoPE of its q
+// heads and k, the cache write of its k and v, then its attention. Head 0's item comes right after head 0's chunks,
 // the others after all chunks: with 3 heads on 2 threads one thread takes
 // items 0 and 2, the other the remaining chunks and item 1. An item waits
 // (only for chunks claimed before it) until its head's rows are done.
@@ -939,6 +939,9 @@ typedef struct fused_job {
     const vm_cpu_kernels *k;
     const vm_rope *rope;
     const float *rope_tab;         // [n][2][half]: cos, then sin
+    const vm_tensor *bias[3];      // added to q, k, v rows (or NULL)
+    const float *qn, *kn;          // per-head RMSNorm weights of q and k as f32 (or NULL)
+    float eps;
     float *q, *kx;
     int n_heads, n_kv_heads, head_dim, group;
     struct fused_unit { int16_t kind, part, g; int lo, hi; } *units;   // kind 0: rows [lo, hi) of part; 1: item g
@@ -959,12 +962,19 @@ static void fused_units(void *ctx, int begin, int end, int thread_index) {
                                        (size_t)mj->groups, 1, mj->out + un->lo, (size_t)mj->w->rows);
             else
                 matmul_rows((void *)mj, un->lo, un->hi, thread_index);
+            if (f->bias[un->part])   // (add_bias's sums)
+                for (int r = un->lo; r < un->hi; r++) mj->out[r] += vec_get(f->bias[un->part], r);
             atomic_fetch_add_explicit(&f->done[un->g], un->hi - un->lo, memory_order_release);
             continue;
         }
         const int g = un->g, hd = f->head_dim, G = f->group, half = f->rope->rot_dim / 2;
         for (int spin = 1; atomic_load_explicit(&f->done[g], memory_order_acquire) < f->want; spin++)
             if (spin % 256 == 0) sched_yield(); else vm_cpu_relax();
+        if (f->qn) {   // rmsnorm_rows on the heads' rows, as cpu_rmsnorm runs it
+            rmsnorm_job qj = { f->q, f->qn, f->eps, hd, f->q }, kj = { f->kx, f->kn, f->eps, hd, f->kx };
+            rmsnorm_rows(&qj, g * G, (g + 1) * G, thread_index);
+            rmsnorm_rows(&kj, g, g + 1, thread_index);
+        }
         const float *cs = f->rope_tab;   // (one token)
         f->k->rope_rotate(f->q + (size_t)g * G * hd, G, hd, cs, cs + half, half, f->rope->interleaved);
         f->k->rope_rotate(f->kx + (size_t)g * hd, 1, hd, cs, cs + half, half, f->rope->interleaved);
@@ -981,9 +991,11 @@ static int fused_kind(const cpu_impl *c, const vm_weight *w) {
     return w->dtype == VM_DTYPE_F32 || w->dtype == VM_DTYPE_F16 || w->dtype == VM_DTYPE_BF16 ? 3 : 0;
 }
 
-static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], const vm_buf *x, int n, vm_buf *q,
-                              vm_buf *k, vm_buf *v, const vm_rope *rope, const vm_attn_meta *m, vm_buf *k_cache,
-                              vm_buf *v_cache, int n_heads, int n_kv_heads, int head_dim, float scale, vm_buf *out) {
+static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], const vm_tensor *const bias[3],
+                              const vm_tensor *q_norm, const vm_tensor *k_norm, float eps, const vm_buf *x, int n,
+                              vm_buf *q, vm_buf *k, vm_buf *v, const vm_rope *rope, const vm_attn_meta *m,
+                              vm_buf *k_cache, vm_buf *v_cache, int n_heads, int n_kv_heads, int head_dim, float scale,
+                              vm_buf *out) {
     cpu_impl *c = impl_of(be);
     const int nt = vm_thread_pool_size(c->pool), G = n_heads / n_kv_heads;
     const int qr = G * head_dim;   // q rows of a KV head (its k and v rows: head_dim each)
@@ -1001,6 +1013,8 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
         if (kinds[i] == 2) gsum_floats += (size_t)(ws[i]->cols / ws[i]->group_size);
     }
     for (int i = 0; i < 3 && fuse && any_q8; i++) fuse = kinds[i] == 1;   // one activation form for all three
+    fuse = fuse && !q_norm == !k_norm;
+    gsum_floats += q_norm ? 2 * (size_t)head_dim : 0;   // (and the norms' weights as f32)
     if (fuse && gsum_floats > c->fgsum_floats) {
         float *p = realloc(c->fgsum, gsum_floats * sizeof(float));
         if (p) { c->fgsum = p; c->fgsum_floats = gsum_floats; } else fuse = 0;
@@ -1017,15 +1031,19 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
         (any_q8 && q8_prepare(c, &j, ws[0], n) != 0)) {
         vm_buf *outs[3] = { q, k, v };
         cpu_matmuls(be, 3, ws, x, n, outs, NULL);
+        for (int i = 0; i < 3; i++)
+            if (bias[i]) cpu_add_bias(be, outs[i], bias[i], n, (int)ws[i]->rows);
+        if (q_norm) cpu_rmsnorm(be, q, q_norm, eps, n * n_heads, head_dim, q);
+        if (k_norm) cpu_rmsnorm(be, k, k_norm, eps, n * n_kv_heads, head_dim, k);
         cpu_rope(be, q, m->positions, n, n_heads, head_dim, rope);
         cpu_rope(be, k, m->positions, n, n_kv_heads, head_dim, rope);
         cpu_cache_write(be, k, v, m, k_cache, v_cache, n_kv_heads, head_dim);
         cpu_attention(be, q, k_cache, v_cache, m, n_heads, n_kv_heads, head_dim, scale, out);
         return;
     }
-    fused_job f = { .at = at, .k = c->k, .rope = rope, .rope_tab = tab, .q = q->data, .kx = k->data,
-                    .n_heads = n_heads, .n_kv_heads = n_kv_heads, .head_dim = head_dim, .group = G,
-                    .want = qr + 2 * head_dim };
+    fused_job f = { .at = at, .k = c->k, .rope = rope, .rope_tab = tab, .bias = { bias[0], bias[1], bias[2] },
+                    .eps = eps, .q = q->data, .kx = k->data, .n_heads = n_heads, .n_kv_heads = n_kv_heads,
+                    .head_dim = head_dim, .group = G, .want = qr + 2 * head_dim };
     f.cw = (cache_job){ c->k, k->data, v->data, m, k_cache->data, v_cache->data,
                         vm_kv_num_blocks(k_cache->size, m, n_kv_heads, head_dim), n_kv_heads, head_dim };
     vm_buf *outs[3] = { q, k, v };
@@ -1047,6 +1065,12 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
             f.mm.part[i].groups = groups;
             gs += groups;
         }
+    }
+    if (q_norm) {   // the norms' weights as f32 (exact), after the group sums
+        float *qn = gs, *kn = gs + head_dim;
+        for (int i = 0; i < head_dim; i++) { qn[i] = vec_get(q_norm, i); kn[i] = vec_get(k_norm, i); }
+        f.qn = qn;
+        f.kn = kn;
     }
     _Atomic int done[FUSE_MAX_KV_HEADS];
     struct fused_unit units[FUSE_MAX_UNITS];
