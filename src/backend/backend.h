@@ -82,13 +82,14 @@ struct vm_backend {
     // also swiglu_out = silu(outs[0]) * outs[1], as the swiglu op.
     void (*matmuls)(vm_backend *be, int count, const vm_weight *const *ws, const vm_buf *x, int n,
                     vm_buf *const *outs, vm_buf *swiglu_out);
-    // Optional (NULL: the model calls the ops below one by one). A layer's
-    // attention block with one RoPE: q, k, v = x @ ws^T (ws: q, k, v), plus
-    // bias[i] where not NULL (add_bias); q and k rmsnormed per head where
-    // q_norm / k_norm are not NULL (eps); RoPE of q and k at m->positions;
-    // k and v into the caches; out = attention. The same numbers as those
-    // ops, in whatever jobs suit the backend.
-    void (*qkv_attention)(vm_backend *be, const vm_weight *const ws[3], const vm_tensor *const bias[3],
+    // Optional (NULL, or a return of 0 before anything is written: the model
+    // calls the ops below one by one). A layer's attention block with one
+    // RoPE: q, k, v = x @ ws^T (ws: q, k, v), plus bias[i] where not NULL
+    // (add_bias); q and k rmsnormed per head where q_norm / k_norm are not
+    // NULL (eps); RoPE of q and k at m->positions; k and v into the caches;
+    // out = attention. The same numbers as those ops, in whatever jobs suit
+    // the backend; 1 when done.
+    int (*qkv_attention)(vm_backend *be, const vm_weight *const ws[3], const vm_tensor *const bias[3],
                           const vm_tensor *q_norm, const vm_tensor *k_norm, float eps, const vm_buf *x, int n,
                           vm_buf *q, vm_buf *k, vm_buf *v, const vm_rope *rope, const vm_attn_meta *m,
                           vm_buf *k_cache, vm_buf *v_cache, int n_heads, int n_kv_heads, int head_dim, float scale,

@@ -322,16 +322,14 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
     for (int l = 0; l < c->n_layers; l++) {
         const vm_layer *L = &m->layers[l];
         be->rmsnorm(be, m->x, L->attn_norm, c->rms_norm_eps, n, H, m->xn);
-        if (be->qkv_attention && !mrope_pos) {                   // the attention block in one op
-            const vm_weight *ws[3] = { &L->q, &L->k, &L->v };
-            const vm_tensor *bias[3] = { L->q_bias, L->k_bias, L->v_bias };
-            be->qkv_attention(be, ws, bias, L->q_norm, L->k_norm, c->rms_norm_eps, m->xn, n, m->q, m->k, m->v, &m->rope,
-                              &meta, kv->k[l], kv->v[l], c->n_heads, c->n_kv_heads, hd, scale, m->attn);
-        } else {
+        const vm_weight *qkv[3] = { &L->q, &L->k, &L->v };
+        const vm_tensor *qkv_bias[3] = { L->q_bias, L->k_bias, L->v_bias };
+        if (!be->qkv_attention || mrope_pos ||                    // the attention block in one op, or op by op
+            !be->qkv_attention(be, qkv, qkv_bias, L->q_norm, L->k_norm, c->rms_norm_eps, m->xn, n, m->q, m->k, m->v,
+                               &m->rope, &meta, kv->k[l], kv->v[l], c->n_heads, c->n_kv_heads, hd, scale, m->attn)) {
             if (be->matmuls) {                                        // q (n, heads*hd), k and v (n, kv_heads*hd)
-                const vm_weight *ws[3] = { &L->q, &L->k, &L->v };
                 vm_buf *outs[3] = { m->q, m->k, m->v };
-                be->matmuls(be, 3, ws, m->xn, n, outs, NULL);
+                be->matmuls(be, 3, qkv, m->xn, n, outs, NULL);
             } else {
                 be->matmul(be, &L->q, m->xn, n, m->q);
                 be->matmul(be, &L->k, m->xn, n, m->k);

@@ -928,12 +928,12 @@ static void cpu_attention(vm_backend *be, const vm_buf *q, const vm_buf *k_cache
 // items 0 and 2, the other the remaining chunks and item 1. An item waits
 // (only for chunks claimed before it) until its head's rows are done.
 // Every number is the one the separate ops make.
-#define FUSE_CHUNK 8   // 8-row groups (64 rows) a matmul unit
+#define FUSE_ROWS 64   // rows a matmul unit (8 repacked groups)
 #define FUSE_MAX_KV_HEADS 64
 #define FUSE_MAX_UNITS 1024
 
 typedef struct fused_job {
-    multi_job mm;                  // q, k, v (parts 0, 1, 2)
+    matmul_job part[3];            // q, k, v
     attn_job at;
     cache_job cw;
     const vm_cpu_kernels *k;
@@ -954,7 +954,7 @@ static void fused_units(void *ctx, int begin, int end, int thread_index) {
     for (int u = begin; u < end; u++) {
         const struct fused_unit *un = &f->units[u];
         if (un->kind == 0) {   // rows [lo, hi) of a part, as cpu_matmul runs them for one token
-            const matmul_job *mj = &f->mm.part[un->part];
+            const matmul_job *mj = &f->part[un->part];
             if (mj->r8)
                 matmul_groups_r8((void *)mj, un->lo / 8, un->hi / 8, thread_index);
             else if (mj->w->dtype == VM_DTYPE_MLX_AFFINE)
@@ -991,7 +991,7 @@ static int fused_kind(const cpu_impl *c, const vm_weight *w) {
     return w->dtype == VM_DTYPE_F32 || w->dtype == VM_DTYPE_F16 || w->dtype == VM_DTYPE_BF16 ? 3 : 0;
 }
 
-static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], const vm_tensor *const bias[3],
+static int cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], const vm_tensor *const bias[3],
                               const vm_tensor *q_norm, const vm_tensor *k_norm, float eps, const vm_buf *x, int n,
                               vm_buf *q, vm_buf *k, vm_buf *v, const vm_rope *rope, const vm_attn_meta *m,
                               vm_buf *k_cache, vm_buf *v_cache, int n_heads, int n_kv_heads, int head_dim, float scale,
@@ -999,8 +999,8 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
     cpu_impl *c = impl_of(be);
     const int nt = vm_thread_pool_size(c->pool), G = n_heads / n_kv_heads;
     const int qr = G * head_dim;   // q rows of a KV head (its k and v rows: head_dim each)
-    const int chunk = FUSE_CHUNK * 8;
-    int fuse = c->fuse_attn && nt > 1 && n == 1 && m->n_tokens == 1 && n_kv_heads < 2 * nt &&
+    const int chunk = FUSE_ROWS;
+    int fuse = c->fuse_attn && nt > 1 && n == 1 && n_kv_heads < 2 * nt &&
                n_heads == G * n_kv_heads && head_dim % 8 == 0 && rope->rot_dim <= head_dim &&
                n_kv_heads <= FUSE_MAX_KV_HEADS &&
                n_kv_heads * ((qr + chunk - 1) / chunk + 2 * ((head_dim + chunk - 1) / chunk) + 1) <= FUSE_MAX_UNITS;
@@ -1028,19 +1028,8 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
     attn_job at;
     matmul_job j = { c->k, ws[0], x->data, NULL, NULL, NULL, n, 0, NULL, NULL };
     if (!tab || attn_setup(c, q, k_cache, v_cache, m, n_heads, n_kv_heads, head_dim, scale, out, &at) != 0 ||
-        (any_q8 && q8_prepare(c, &j, ws[0], n) != 0)) {
-        vm_buf *outs[3] = { q, k, v };
-        cpu_matmuls(be, 3, ws, x, n, outs, NULL);
-        for (int i = 0; i < 3; i++)
-            if (bias[i]) cpu_add_bias(be, outs[i], bias[i], n, (int)ws[i]->rows);
-        if (q_norm) cpu_rmsnorm(be, q, q_norm, eps, n * n_heads, head_dim, q);
-        if (k_norm) cpu_rmsnorm(be, k, k_norm, eps, n * n_kv_heads, head_dim, k);
-        cpu_rope(be, q, m->positions, n, n_heads, head_dim, rope);
-        cpu_rope(be, k, m->positions, n, n_kv_heads, head_dim, rope);
-        cpu_cache_write(be, k, v, m, k_cache, v_cache, n_kv_heads, head_dim);
-        cpu_attention(be, q, k_cache, v_cache, m, n_heads, n_kv_heads, head_dim, scale, out);
-        return;
-    }
+        (any_q8 && q8_prepare(c, &j, ws[0], n) != 0))
+        return 0;   // the separate ops (the table, if made, holds these positions)
     fused_job f = { .at = at, .k = c->k, .rope = rope, .rope_tab = tab, .bias = { bias[0], bias[1], bias[2] },
                     .eps = eps, .q = q->data, .kx = k->data, .n_heads = n_heads, .n_kv_heads = n_kv_heads,
                     .head_dim = head_dim, .group = G, .want = qr + 2 * head_dim };
@@ -1049,10 +1038,10 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
     vm_buf *outs[3] = { q, k, v };
     float *gs = c->fgsum;
     for (int i = 0; i < 3; i++) {
-        f.mm.part[i] = j;
-        f.mm.part[i].w = ws[i];
-        f.mm.part[i].out = outs[i]->data;
-        f.mm.part[i].r8 = kinds[i] == 1 ? ws[i]->device : NULL;
+        f.part[i] = j;
+        f.part[i].w = ws[i];
+        f.part[i].out = outs[i]->data;
+        f.part[i].r8 = kinds[i] == 1 ? ws[i]->device : NULL;
         if (kinds[i] == 2) {   // x's group sums, as cpu_matmul makes them
             const int group = ws[i]->group_size, groups = (int)(ws[i]->cols / group);
             const float *xr = x->data;
@@ -1061,8 +1050,8 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
                 for (int e = 0; e < group; e++) s += xr[g * group + e];
                 gs[g] = s;
             }
-            f.mm.part[i].gsum = gs;
-            f.mm.part[i].groups = groups;
+            f.part[i].gsum = gs;
+            f.part[i].groups = groups;
             gs += groups;
         }
     }
@@ -1089,6 +1078,7 @@ static void cpu_qkv_attention(vm_backend *be, const vm_weight *const ws[3], cons
     f.units = units;
     f.done = done;
     vm_parallel_items(c->pool, nu, fused_units, &f);
+    return 1;
 }
 
 // ---- elementwise ---------------------------------------------------------------
