@@ -13,7 +13,7 @@ set -euo pipefail
 CACHE="${VLLM_METAL_CACHE:-$HOME/.cache/vllm-metal}"
 V="$CACHE/venv-bench"
 REF="$CACHE/venv-ref"
-LLAMA_CPP="llama-cpp-python==0.3.36"
+LLAMA_CPP_SERVER="llama-cpp-python[server]==0.3.36"   # (the extra goes before the version)
 MLX="mlx==0.32.4 mlx-cpu==0.32.4 mlx-lm==0.32.2"
 # The server extra of llama-cpp-python, spelled out for the layered case.
 SERVER_EXTRA="uvicorn>=0.22.0 fastapi>=0.100.0 pydantic-settings>=2.0.1 sse-starlette>=1.6.1 starlette-context>=0.3.6,<0.4 PyYAML>=5.1"
@@ -49,10 +49,10 @@ if [ "$ref_ok" = 1 ]; then
     echo "$refsite" > "$site/zz-venv-ref.pth"
     "$V/bin/pip" install -q $SERVER_EXTRA aiohttp
 else
-    echo "venv-bench: installing $LLAMA_CPP[server] (builds llama.cpp for this CPU: minutes) and mlx-lm"
+    echo "venv-bench: installing $LLAMA_CPP_SERVER (builds llama.cpp for this CPU: minutes) and mlx-lm"
     "$V/bin/pip" install -q --upgrade pip
     "$V/bin/pip" install -q $MLX $TOOLS
     CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-        "$V/bin/pip" install -q --no-cache-dir "$LLAMA_CPP[server]"
+        "$V/bin/pip" install -q --no-cache-dir "$LLAMA_CPP_SERVER"
 fi
 check
