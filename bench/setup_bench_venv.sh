@@ -9,7 +9,14 @@
 # llama-cpp-python and mlx-lm, venv-bench layers on it through a .pth file
 # (no 10-minute llama.cpp rebuild) and installs only the server extras; pip
 # never touches venv-ref (it refuses to uninstall outside its environment).
+# With the model file as $1, llama.cpp must also decode a few tokens of it: on
+# a machine where its AMX matmul faults (seen in a sandbox VM whose Xeon lists
+# AMX: a segfault at its first tile-config load), llama-cpp-python is rebuilt
+# without AMX, and the marker $CACHE/llama-cpp-no-amx tells
+# build_llama_server.sh to build the server the same way.
+#   setup_bench_venv.sh [MODEL.gguf]
 set -euo pipefail
+MODEL="${1:-}"
 CACHE="${VLLM_METAL_CACHE:-$HOME/.cache/vllm-metal}"
 V="$CACHE/venv-bench"
 REF="$CACHE/venv-ref"
@@ -29,8 +36,32 @@ print("venv-bench ok: llama-cpp-python", llama_cpp.__version__, "mlx", mx.__vers
 PY
 }
 
+# llama.cpp decodes 64 tokens of the model in a child process (0: ok or no
+# model to try; 1: it died)
+smoke() {
+    [ -n "$MODEL" ] && [ -f "$MODEL" ] || return 0
+    "$V/bin/python" - "$MODEL" <<'PY' >/dev/null 2>&1
+import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=128, n_batch=64, n_threads=2, verbose=False)
+llm.eval(list(range(100, 164)))
+PY
+}
+NO_AMX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"   # (GCC: explicit -mno-* win over -march=native)
+rebuild_without_amx() {
+    echo "venv-bench: llama.cpp died decoding $MODEL (its AMX matmul faults on this machine);" \
+         "rebuilding llama-cpp-python without AMX (minutes)"
+    CFLAGS="$NO_AMX_FLAGS" CXXFLAGS="$NO_AMX_FLAGS" CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" \
+        CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+        "$V/bin/pip" install -q --no-cache-dir --force-reinstall --no-deps "$LLAMA_CPP_SERVER"
+    touch "$CACHE/llama-cpp-no-amx"
+    smoke || { echo "venv-bench: llama.cpp still dies decoding $MODEL" >&2; exit 1; }
+}
+
 mkdir -p "$CACHE"
-if [ -x "$V/bin/python" ] && check 2>/dev/null; then exit 0; fi
+if [ -x "$V/bin/python" ] && check 2>/dev/null; then
+    smoke || rebuild_without_amx
+    exit 0
+fi
 [ -x "$V/bin/python" ] || /usr/bin/python3 -m venv "$V" 2>/dev/null || python3 -m venv "$V"
 
 ref_ok=0
@@ -56,3 +87,5 @@ else
         "$V/bin/pip" install -q --no-cache-dir "$LLAMA_CPP_SERVER"
 fi
 check
+# (layered on venv-ref, the rebuilt package lands in venv-bench and shadows venv-ref's)
+smoke || rebuild_without_amx

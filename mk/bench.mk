@@ -17,7 +17,7 @@ $(BENCH_BUILD)/bench/membw: bench/membw.c
 bench: $(BENCH_BUILD)/bench/membw
 	$(MAKE) BUILD=$(BENCH_BUILD) all
 	@[ -f $(MODEL) ] || scripts/setup.sh model
-	bench/setup_bench_venv.sh
+	bench/setup_bench_venv.sh $(MODEL)
 	bench/build_llama_server.sh || echo "bench: llama-server build failed; its rows are skipped"
 	$(BENCH_VENV)/bin/python bench/make_mlx_model.py
 	$(BENCH_VENV)/bin/python bench/bench.py --bin $(BENCH_BUILD)/vllm-metal \
