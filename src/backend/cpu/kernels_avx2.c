@@ -530,14 +530,6 @@ static float dot_f16_chain8(const uint16_t *a, const uint16_t *b, int n) {
     return hsum8(acc);
 }
 
-// dot_f16_acc32's reduction of its summed accumulators: low half + high
-// half, then two horizontal adds
-static inline float hsum_acc32(__m256 s) {
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    t = _mm_hadd_ps(t, t);
-    return _mm_cvtss_f32(_mm_hadd_ps(t, t));
-}
-
 static float dot_f16_acc32(const uint16_t *a, const uint16_t *b, int n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     const int np = n - n % 32;
@@ -617,15 +609,6 @@ static void round_f16(float *dst, const float *src, float scale, int n) {
 }
 
 // 8 vectors' horizontal sums at once, vector i's in lane i, in the order of
-// dot_f16_acc32's reduction: t = low half + high half, then (t0+t1) + (t2+t3)
-static inline __m256 hsum_pairs8x8(const __m256 v[8]) {
-#define HALVES(x, y) _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31))
-    __m256 s01 = HALVES(v[0], v[1]), s23 = HALVES(v[2], v[3]), s45 = HALVES(v[4], v[5]), s67 = HALVES(v[6], v[7]);
-#undef HALVES
-    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s01, s23), _mm256_hadd_ps(s45, s67));   // 0 2 4 6 | 1 3 5 7
-    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-}
-
 // nq (<= 4) queries (f32, 256 apart in qf) against rows 8 at a time: each
 // row's f16 chunks are converted once for all the queries.
 static inline __attribute__((always_inline)) void dots_f16_q(const uint16_t *const *rows, int n, const float *qf,

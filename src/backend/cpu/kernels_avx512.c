@@ -1,7 +1,8 @@
 // kernels_avx512.c - x86-64 AVX-512 (F, BW, VL, VNNI) versions of the one-token
-// matvec kernels over repacked 8-row groups (gemv8_*) and of the 8-token row
-// kernels (dot8_*, prefill and batched decode); every other entry is the
-// AVX2 set's. Compiled with AVX-512 flags; only called when the CPU has
+// matvec kernels over repacked 8-row groups (gemv8_*), of the 8-token row
+// kernels (dot8_*, prefill and batched decode) and of decode attention's
+// f16-cache kernels (dots_f16 with 32 partial sums, axpy_lanes_f16); every
+// other entry is the AVX2 set's. Compiled with AVX-512 flags; only called when the CPU has
 // them (vm_cpu_kernels_select).
 //
 // A zmm holds two of the AVX2 kernels' 8-lane vectors (lanes 0-7 one 4-byte
@@ -168,6 +169,116 @@ static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
 #undef DOT8_STEP
 #undef DOT8_HSUM
 
+// ---- decode attention over an f16 cache ----
+// The AVX2 set's dots_f16 (acc32) keeps a row's 32 partial sums in four
+// 8-lane accumulators s0..s3 (dims 32i + 0-7, 8-15, 16-23, 24-31) and ends
+// with (s0 + s2) + (s1 + s3). Here [s0|s1] and [s2|s3] are two zmm, so every
+// lane runs the same chain; [s0+s2 | s1+s3] halves added give the same sum.
+static inline __m512 f16x16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+static inline __attribute__((always_inline)) void dots_f16_acc32_q(const uint16_t *const *rows, int n, const float *qf,
+                                                                   const int nq, int hd, float *out, size_t ostride) {
+    __m256 sv[4][8];
+    for (int p = 0; p < n; p += 8) {
+        const int m = n - p < 8 ? n - p : 8;
+        for (int u = 0; u < m; u++) {
+            const uint16_t *r = rows[p + u];
+            __m512 a[4], b[4];
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < nq; j++) a[j] = b[j] = _mm512_setzero_ps();
+            for (int i = 0; i < hd; i += 32) {
+                const __m512 k01 = f16x16(r + i), k23 = f16x16(r + i + 16);
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < nq; j++) {
+                    a[j] = _mm512_fmadd_ps(k01, _mm512_load_ps(qf + 256 * j + i), a[j]);
+                    b[j] = _mm512_fmadd_ps(k23, _mm512_load_ps(qf + 256 * j + i + 16), b[j]);
+                }
+            }
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < nq; j++) {
+                const __m512 t = _mm512_add_ps(a[j], b[j]);
+                sv[j][u] = _mm256_add_ps(lo8(t), hi8(t));
+            }
+        }
+        _Pragma("GCC unroll 4")
+        for (int j = 0; j < nq; j++) {
+            float *o = out + j * ostride + p;
+            if (m == 8) _mm256_storeu_ps(o, hsum_pairs8x8(sv[j]));
+            else for (int u = 0; u < m; u++) o[u] = hsum_acc32(sv[j][u]);
+        }
+    }
+}
+
+static void dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int nq, int hd, int acc32, float *out,
+                     size_t ostride) {
+    if (!acc32 || hd > 256 || hd % 32) {   // (one 8-lane chain: the AVX2 set's)
+        vm_kernels_avx2.dots_f16(rows, n, q, nq, hd, acc32, out, ostride);
+        return;
+    }
+    _Alignas(64) float qf[4 * 256];
+    for (int j0 = 0; j0 < nq; j0 += 4) {
+        const int g = nq - j0 < 4 ? nq - j0 : 4;
+        for (int j = 0; j < g; j++)
+            for (int i = 0; i < hd; i += 16) _mm512_store_ps(qf + 256 * j + i, f16x16(q + (size_t)(j0 + j) * hd + i));
+        float *o = out + j0 * ostride;
+        switch (g) {   // constant query counts: the loops over them unroll
+        case 1: dots_f16_acc32_q(rows, n, qf, 1, hd, o, ostride); break;
+        case 2: dots_f16_acc32_q(rows, n, qf, 2, hd, o, ostride); break;
+        case 3: dots_f16_acc32_q(rows, n, qf, 3, hd, o, ostride); break;
+        default: dots_f16_acc32_q(rows, n, qf, 4, hd, o, ostride); break;
+        }
+    }
+}
+
+// The AVX2 set's axpy_lanes_f16 with 16 columns a register: lane l's partial
+// sums stay in registers over its positions, each a fused chain in increasing p.
+static inline __attribute__((always_inline)) void axpy_lanes_f16_q(float *acc, size_t astride, const float *w,
+                                                                   size_t wstride, const int nq, int lanes, int p0,
+                                                                   const uint16_t *const *rows, int n, int hd) {
+    for (int l = 0; l < lanes; l++) {
+        const int first = (l - p0 % lanes + lanes) & (lanes - 1);   // first p with (p0 + p) % lanes == l
+        if (first >= n) continue;
+        const size_t lane_off = (size_t)((p0 + first) & (lanes - 1)) * hd;
+        for (int d = 0; d < hd; d += 32) {
+            __m512 a[3][2];
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < nq; j++)
+                for (int c = 0; c < 2; c++) a[j][c] = _mm512_loadu_ps(acc + j * astride + lane_off + d + 16 * c);
+            for (int p = first; p < n; p += lanes) {
+                const uint16_t *r = rows[p] + d;
+                const __m512 v0 = f16x16(r), v1 = f16x16(r + 16);
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < nq; j++) {
+                    const __m512 wv = _mm512_set1_ps(w[j * wstride + p]);
+                    a[j][0] = _mm512_fmadd_ps(wv, v0, a[j][0]);
+                    a[j][1] = _mm512_fmadd_ps(wv, v1, a[j][1]);
+                }
+            }
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < nq; j++)
+                for (int c = 0; c < 2; c++) _mm512_storeu_ps(acc + j * astride + lane_off + d + 16 * c, a[j][c]);
+        }
+    }
+}
+
+static void axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
+                           const uint16_t *const *rows, int n, int hd) {
+    if (hd % 32) {
+        vm_kernels_avx2.axpy_lanes_f16(acc, astride, w, wstride, nq, lanes, p0, rows, n, hd);
+        return;
+    }
+    for (int j0 = 0; j0 < nq; j0 += 3) {
+        const int g = nq - j0 < 3 ? nq - j0 : 3;
+        float *a = acc + j0 * astride;
+        const float *wj = w + j0 * wstride;
+        switch (g) {
+        case 1: axpy_lanes_f16_q(a, astride, wj, wstride, 1, lanes, p0, rows, n, hd); break;
+        case 2: axpy_lanes_f16_q(a, astride, wj, wstride, 2, lanes, p0, rows, n, hd); break;
+        default: axpy_lanes_f16_q(a, astride, wj, wstride, 3, lanes, p0, rows, n, hd); break;
+        }
+    }
+}
+
 static vm_cpu_kernels table;
 static pthread_once_t table_once = PTHREAD_ONCE_INIT;
 static void table_init(void) {
@@ -179,6 +290,8 @@ static void table_init(void) {
     table.dot8_q4_0_q8 = dot8_q4_0_q8;
     table.dot8_q4_1_q8 = dot8_q4_1_q8;
     table.dot8_q8_0_q8 = dot8_q8_0_q8;
+    table.dots_f16 = dots_f16;
+    table.axpy_lanes_f16 = axpy_lanes_f16;
 }
 
 const vm_cpu_kernels *vm_kernels_avx512(void) {
