@@ -76,21 +76,26 @@ static inline __m512i sign_by(__m512i x, __mmask64 neg, __mmask64 nz) {
     return _mm512_maskz_mov_epi8(nz, _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x));
 }
 
-// Q8_0: |w| (as u8) against x with w's sign, as the AVX2 kernel's sign trick.
+// Q8_0: w + 128 (as u8) against x, less 128 * (x's word sums), started from
+// in VPDPBUSD's accumulator: exactly sum(w * x), as the AVX2 kernel's sign
+// trick gives it for every x the quantizer makes (|x| <= 127), in fewer
+// instructions than the sign trick in zmm.
 static void gemv8_q8_0_q8(const void *g, const vm_q8_block *x, int n, float out[8]) {
     const vm_block_q8_0x8 *b = g;
-    const __m512i zero = _mm512_setzero_si512();
+    const __m512i c80 = _mm512_set1_epi8((char)0x80);
     __m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
     for (int ib = 0; ib < n / 32; ib++) {
         VM_PF5(b + ib);
         const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b[ib].d)), _mm256_set1_ps(x[ib].d));
         const __m512 dd2 = twice(dd);
         const __m512i xb = x_block(&x[ib]);
+        // -128 * (sum of each 4-byte word of x), word k in lane k
+        const __m256i ws = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm512_castsi512_si256(c80), _mm512_castsi512_si256(xb));
+        const __m512i negc = _mm512_castsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), ws));
         for (int j = 0; j < 4; j++) {   // chunks 2j, 2j+1
-            const __m512i wq = _mm512_loadu_si512((const void *)(b[ib].q + 64 * j));
-            const __m512i xs = words2(xb, 2 * j, 2 * j + 1);
-            const __m512i xw = sign_by(xs, _mm512_movepi8_mask(wq), _mm512_test_epi8_mask(wq, wq));
-            acc[j] = _mm512_fmadd_ps(dd2, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, _mm512_abs_epi8(wq), xw)), acc[j]);
+            const __m512i wu = _mm512_xor_si512(_mm512_loadu_si512((const void *)(b[ib].q + 64 * j)), c80);
+            const __m512i is = _mm512_dpbusd_epi32(words2(negc, 2 * j, 2 * j + 1), wu, words2(xb, 2 * j, 2 * j + 1));
+            acc[j] = _mm512_fmadd_ps(dd2, _mm512_cvtepi32_ps(is), acc[j]);
         }
     }
     // acc[j] = [a(2j) | a(2j+1)]
