@@ -689,41 +689,31 @@ static void dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int 
     }
 }
 
-// Lane by lane: lane l's partial sums (32 columns at a time, for nq <= 3
-// queries) stay in registers over its positions p (p0 + p = l mod lanes),
-// each a fused chain in increasing p, as the position-by-position loop would
-// make them; each row chunk is converted once for the queries.
-static inline __attribute__((always_inline)) void axpy_lanes_f16_q(float *acc, size_t astride, const float *w,
-                                                                   size_t wstride, const int nq, int lanes, int p0,
-                                                                   const uint16_t *const *rows, int n, int hd) {
-    for (int l = 0; l < lanes; l++) {
-        const int first = (l - p0 % lanes + lanes) & (lanes - 1);   // first p with (p0 + p) % lanes == l
-        if (first >= n) continue;
-        const size_t lane_off = (size_t)((p0 + first) & (lanes - 1)) * hd;
-        for (int d = 0; d < hd; d += 32) {
-            __m256 a[3][4];
+// axpy_lanes_f16's registers: 4 x 8 columns a query
+static inline __attribute__((always_inline)) void lanes_slice(float *a, size_t astride, const float *w, size_t wstride,
+                                                              const int nq, const uint16_t *const *rows, int first,
+                                                              int n, int lanes, int d) {
+    __m256 s[3][4];
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < nq; j++)
+        _Pragma("GCC unroll 4")
+        for (int c = 0; c < 4; c++) s[j][c] = _mm256_loadu_ps(a + j * astride + 8 * c);
+    for (int p = first; p < n; p += lanes) {
+        const uint16_t *r = rows[p] + d;
+        __m256 wv[3];
+        _Pragma("GCC unroll 4")
+        for (int j = 0; j < nq; j++) wv[j] = _mm256_set1_ps(w[j * wstride + p]);
+        _Pragma("GCC unroll 4")
+        for (int c = 0; c < 4; c++) {
+            const __m256 v = f16x8(r + 8 * c);
             _Pragma("GCC unroll 4")
-            for (int j = 0; j < nq; j++)
-                _Pragma("GCC unroll 4")
-                for (int c = 0; c < 4; c++) a[j][c] = _mm256_loadu_ps(acc + j * astride + lane_off + d + 8 * c);
-            for (int p = first; p < n; p += lanes) {
-                const uint16_t *r = rows[p] + d;
-                __m256 wv[3];
-                _Pragma("GCC unroll 4")
-                for (int j = 0; j < nq; j++) wv[j] = _mm256_set1_ps(w[j * wstride + p]);
-                _Pragma("GCC unroll 4")
-                for (int c = 0; c < 4; c++) {
-                    const __m256 v = f16x8(r + 8 * c);
-                    _Pragma("GCC unroll 4")
-                    for (int j = 0; j < nq; j++) a[j][c] = _mm256_fmadd_ps(wv[j], v, a[j][c]);
-                }
-            }
-            _Pragma("GCC unroll 4")
-            for (int j = 0; j < nq; j++)
-                _Pragma("GCC unroll 4")
-                for (int c = 0; c < 4; c++) _mm256_storeu_ps(acc + j * astride + lane_off + d + 8 * c, a[j][c]);
+            for (int j = 0; j < nq; j++) s[j][c] = _mm256_fmadd_ps(wv[j], v, s[j][c]);
         }
     }
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < nq; j++)
+        _Pragma("GCC unroll 4")
+        for (int c = 0; c < 4; c++) _mm256_storeu_ps(a + j * astride + 8 * c, s[j][c]);
 }
 
 static void axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
@@ -734,16 +724,7 @@ static void axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t ws
                 axpy_f16(acc + j * astride + (size_t)((p0 + p) & (lanes - 1)) * hd, w[j * wstride + p], rows[p], hd);
         return;
     }
-    for (int j0 = 0; j0 < nq; j0 += 3) {
-        const int g = VM_MIN(3, nq - j0);
-        float *a = acc + j0 * astride;
-        const float *wj = w + j0 * wstride;
-        switch (g) {
-        case 1: axpy_lanes_f16_q(a, astride, wj, wstride, 1, lanes, p0, rows, n, hd); break;
-        case 2: axpy_lanes_f16_q(a, astride, wj, wstride, 2, lanes, p0, rows, n, hd); break;
-        default: axpy_lanes_f16_q(a, astride, wj, wstride, 3, lanes, p0, rows, n, hd); break;
-        }
-    }
+    axpy_lanes_x86(acc, astride, w, wstride, nq, lanes, p0, rows, n, hd);
 }
 
 // vm_generic_rope_rotate: pairs (i, i + half) 8 at a time (the same fused

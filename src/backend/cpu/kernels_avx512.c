@@ -235,53 +235,33 @@ static void dots_f16(const uint16_t *const *rows, int n, const uint16_t *q, int 
     }
 }
 
-// The AVX2 set's axpy_lanes_f16 with 16 columns a register: lane l's partial
-// sums stay in registers over its positions, each a fused chain in increasing p.
-static inline __attribute__((always_inline)) void axpy_lanes_f16_q(float *acc, size_t astride, const float *w,
-                                                                   size_t wstride, const int nq, int lanes, int p0,
-                                                                   const uint16_t *const *rows, int n, int hd) {
-    for (int l = 0; l < lanes; l++) {
-        const int first = (l - p0 % lanes + lanes) & (lanes - 1);   // first p with (p0 + p) % lanes == l
-        if (first >= n) continue;
-        const size_t lane_off = (size_t)((p0 + first) & (lanes - 1)) * hd;
-        for (int d = 0; d < hd; d += 32) {
-            __m512 a[3][2];
-            _Pragma("GCC unroll 4")
-            for (int j = 0; j < nq; j++)
-                for (int c = 0; c < 2; c++) a[j][c] = _mm512_loadu_ps(acc + j * astride + lane_off + d + 16 * c);
-            for (int p = first; p < n; p += lanes) {
-                const uint16_t *r = rows[p] + d;
-                const __m512 v0 = f16x16(r), v1 = f16x16(r + 16);
-                _Pragma("GCC unroll 4")
-                for (int j = 0; j < nq; j++) {
-                    const __m512 wv = _mm512_set1_ps(w[j * wstride + p]);
-                    a[j][0] = _mm512_fmadd_ps(wv, v0, a[j][0]);
-                    a[j][1] = _mm512_fmadd_ps(wv, v1, a[j][1]);
-                }
-            }
-            _Pragma("GCC unroll 4")
-            for (int j = 0; j < nq; j++)
-                for (int c = 0; c < 2; c++) _mm512_storeu_ps(acc + j * astride + lane_off + d + 16 * c, a[j][c]);
+// axpy_lanes_f16's registers: 2 x 16 columns a query (the AVX2 set's 4 x 8)
+static inline __attribute__((always_inline)) void lanes_slice(float *a, size_t astride, const float *w, size_t wstride,
+                                                              const int nq, const uint16_t *const *rows, int first,
+                                                              int n, int lanes, int d) {
+    __m512 s[3][2];
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < nq; j++)
+        for (int c = 0; c < 2; c++) s[j][c] = _mm512_loadu_ps(a + j * astride + 16 * c);
+    for (int p = first; p < n; p += lanes) {
+        const uint16_t *r = rows[p] + d;
+        const __m512 v0 = f16x16(r), v1 = f16x16(r + 16);
+        _Pragma("GCC unroll 4")
+        for (int j = 0; j < nq; j++) {
+            const __m512 wv = _mm512_set1_ps(w[j * wstride + p]);
+            s[j][0] = _mm512_fmadd_ps(wv, v0, s[j][0]);
+            s[j][1] = _mm512_fmadd_ps(wv, v1, s[j][1]);
         }
     }
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < nq; j++)
+        for (int c = 0; c < 2; c++) _mm512_storeu_ps(a + j * astride + 16 * c, s[j][c]);
 }
 
 static void axpy_lanes_f16(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes, int p0,
                            const uint16_t *const *rows, int n, int hd) {
-    if (hd % 32) {
-        vm_kernels_avx2.axpy_lanes_f16(acc, astride, w, wstride, nq, lanes, p0, rows, n, hd);
-        return;
-    }
-    for (int j0 = 0; j0 < nq; j0 += 3) {
-        const int g = nq - j0 < 3 ? nq - j0 : 3;
-        float *a = acc + j0 * astride;
-        const float *wj = w + j0 * wstride;
-        switch (g) {
-        case 1: axpy_lanes_f16_q(a, astride, wj, wstride, 1, lanes, p0, rows, n, hd); break;
-        case 2: axpy_lanes_f16_q(a, astride, wj, wstride, 2, lanes, p0, rows, n, hd); break;
-        default: axpy_lanes_f16_q(a, astride, wj, wstride, 3, lanes, p0, rows, n, hd); break;
-        }
-    }
+    if (hd % 32) vm_kernels_avx2.axpy_lanes_f16(acc, astride, w, wstride, nq, lanes, p0, rows, n, hd);
+    else axpy_lanes_x86(acc, astride, w, wstride, nq, lanes, p0, rows, n, hd);
 }
 
 static vm_cpu_kernels table;

@@ -74,4 +74,41 @@ static inline __m256 hsum_pairs8x8(const __m256 v[8]) {
     return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+// ---- axpy_lanes_f16's loops (kernels.h), for both x86 sets ----
+// Lane l of the reference's partial sums takes the positions p with
+// p0 + p = l mod lanes; its sums stay in registers over them, 32 columns at a
+// time, each a fused chain in increasing p (as the position-by-position loop
+// makes them). Each set defines lanes_slice, the registers' part: lane
+// positions first, first + lanes, ... (< n) of rows, columns [d, d + 32), for
+// nq queries (at most 3, a constant after inlining), accumulators
+// a + j * astride (the lane's row already added), weights w[j * wstride + p].
+static inline __attribute__((always_inline)) void lanes_slice(float *a, size_t astride, const float *w, size_t wstride,
+                                                              const int nq, const uint16_t *const *rows, int first,
+                                                              int n, int lanes, int d);
+
+static inline __attribute__((always_inline)) void axpy_lanes_q(float *acc, size_t astride, const float *w,
+                                                               size_t wstride, const int nq, int lanes, int p0,
+                                                               const uint16_t *const *rows, int n, int hd) {
+    for (int l = 0; l < lanes; l++) {
+        const int first = (l - p0 % lanes + lanes) & (lanes - 1);   // first p with (p0 + p) % lanes == l
+        if (first >= n) continue;
+        const size_t lane_off = (size_t)((p0 + first) & (lanes - 1)) * hd;
+        for (int d = 0; d < hd; d += 32) lanes_slice(acc + lane_off + d, astride, w, wstride, nq, rows, first, n, lanes, d);
+    }
+}
+
+// hd a multiple of 32: the queries 3 at a time, each count its own copy
+static inline void axpy_lanes_x86(float *acc, size_t astride, const float *w, size_t wstride, int nq, int lanes,
+                                  int p0, const uint16_t *const *rows, int n, int hd) {
+    for (int j0 = 0; j0 < nq; j0 += 3) {
+        float *a = acc + j0 * astride;
+        const float *wj = w + j0 * wstride;
+        switch (nq - j0 < 3 ? nq - j0 : 3) {
+        case 1: axpy_lanes_q(a, astride, wj, wstride, 1, lanes, p0, rows, n, hd); break;
+        case 2: axpy_lanes_q(a, astride, wj, wstride, 2, lanes, p0, rows, n, hd); break;
+        default: axpy_lanes_q(a, astride, wj, wstride, 3, lanes, p0, rows, n, hd); break;
+        }
+    }
+}
+
 #endif
