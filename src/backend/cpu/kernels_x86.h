@@ -16,15 +16,18 @@
 #ifndef VM_PF_DIST
 #define VM_PF_DIST 8192
 #endif
-// The three cache lines VM_PF_DIST past p (a repacked group's scales and
-// first quants, one block column ahead or so).
-#define VM_PF3(p) do { _mm_prefetch((const char *)(p) + VM_PF_DIST, _MM_HINT_T0);       \
-                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 64, _MM_HINT_T0);  \
-                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 128, _MM_HINT_T0); } while (0)
-// ... and two more: a repacked Q8_0 group's block column (scales and 256 quants)
-#define VM_PF5(p) do { VM_PF3(p);                                                       \
-                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 192, _MM_HINT_T0); \
-                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 256, _MM_HINT_T0); } while (0)
+#ifndef VM_PF_HINT
+#define VM_PF_HINT _MM_HINT_T0
+#endif
+// The three cache lines VM_PF_DIST past p (a repacked Q4 group's block:
+// scales and quants)
+#define VM_PF3(p) do { _mm_prefetch((const char *)(p) + VM_PF_DIST, VM_PF_HINT);       \
+                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 64, VM_PF_HINT);  \
+                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 128, VM_PF_HINT); } while (0)
+// ... and two more: a repacked Q8_0 group's block (scales and 256 quants)
+#define VM_PF5(p) do { VM_PF3(p);                                                      \
+                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 192, VM_PF_HINT); \
+                       _mm_prefetch((const char *)(p) + VM_PF_DIST + 256, VM_PF_HINT); } while (0)
 
 // 32 nibbles in element order as unsigned bytes: one 16-byte load into both
 // halves, the high half shifted by 4
