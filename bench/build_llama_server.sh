@@ -15,7 +15,8 @@ D="$CACHE/llama-server-0.3.36"
 flavor=native
 if [ -f "$CACHE/llama-cpp-no-amx" ]; then
     flavor=no-amx
-    export CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    export CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"   # (as setup_bench_venv.sh's rebuild)
+    export CXXFLAGS="$CFLAGS"
 fi
 if [ -x "$D/bin/llama-server" ] && [ "$(cat "$D/bin/flavor" 2>/dev/null || echo native)" = "$flavor" ]; then
     echo "$D/bin/llama-server"; exit 0

@@ -608,7 +608,6 @@ static void round_f16(float *dst, const float *src, float scale, int n) {
     for (; i < n; i++) dst[i] = _cvtsh_ss(_cvtss_sh(src[i] * scale, _MM_FROUND_TO_NEAREST_INT));
 }
 
-// 8 vectors' horizontal sums at once, vector i's in lane i, in the order of
 // nq (<= 4) queries (f32, 256 apart in qf) against rows 8 at a time: each
 // row's f16 chunks are converted once for all the queries.
 static inline __attribute__((always_inline)) void dots_f16_q(const uint16_t *const *rows, int n, const float *qf,

@@ -73,6 +73,7 @@ static inline float hsum_acc32(__m256 s) {
     return _mm_cvtss_f32(_mm_hadd_ps(t, t));
 }
 
+// 8 vectors' horizontal sums at once, vector i's in lane i, in the order of
 // dot_f16_acc32's reduction: t = low half + high half, then (t0+t1) + (t2+t3)
 static inline __m256 hsum_pairs8x8(const __m256 v[8]) {
 #define HALVES(x, y) _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31))
