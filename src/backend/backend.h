@@ -82,6 +82,10 @@ struct vm_backend {
     // also swiglu_out = silu(outs[0]) * outs[1], as the swiglu op.
     void (*matmuls)(vm_backend *be, int count, const vm_weight *const *ws, const vm_buf *x, int n,
                     vm_buf *const *outs, vm_buf *swiglu_out);
+    // Optional (NULL): a hint, queued in call order, that a coming matmul or
+    // matmuls call of one token reads ws (n <= 2); a backend may bring them
+    // in with threads that would otherwise wait. Changes no number.
+    void (*prefetch)(vm_backend *be, const vm_weight *const *ws, int n);
     // Optional (NULL, or a return of 0 before anything is written: the model
     // calls the ops below one by one). A layer's attention block with one
     // RoPE: q, k, v = x @ ws^T (ws: q, k, v), plus bias[i] where not NULL

@@ -322,6 +322,13 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
     for (int l = 0; l < c->n_layers; l++) {
         const vm_layer *L = &m->layers[l];
         be->rmsnorm(be, m->x, L->attn_norm, c->rms_norm_eps, n, H, m->xn);
+        if (be->prefetch && n == 1) {   // hints: the layer's matmuls after the attention block, in order
+            const vm_weight *o = &L->o, *gate_up[2] = { &L->gate, &L->up }, *down = &L->down, *lm = &m->lm_head;
+            be->prefetch(be, &o, 1);
+            be->prefetch(be, gate_up, be->matmuls ? 2 : 1);
+            be->prefetch(be, &down, 1);
+            if (l + 1 == c->n_layers && b->n_logits == 1) be->prefetch(be, &lm, 1);
+        }
         const vm_weight *qkv[3] = { &L->q, &L->k, &L->v };
         const vm_tensor *qkv_bias[3] = { L->q_bias, L->k_bias, L->v_bias };
         if (!be->qkv_attention || mrope_pos ||                    // the attention block in one op, or op by op

@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
@@ -628,6 +629,78 @@ Test(thread_pool, every_item_once) {
         vm_parallel_for(p, 1000, 7, sum_range, hits);
         for (int i = 0; i < 1000; i++) cr_assert_eq(hits[i], 1);
     }
+    vm_thread_pool_free(p);
+}
+
+typedef struct { _Atomic int seq[2][64]; _Atomic int n[2]; } order_job;
+
+static void record_order(void *ctx, int begin, int end, int thread_index) {
+    order_job *j = ctx;
+    int k = atomic_fetch_add(&j->n[thread_index], 1);
+    atomic_store(&j->seq[thread_index][k], begin);
+    for (volatile int spin = 0; spin < 20000; spin++) {}   // (long enough for both threads to take chunks)
+}
+
+// vm_parallel_for's caller's thread runs chunks from the first on, the worker
+// from the last back (what the prefetch hints count on), each chunk once.
+Test(thread_pool, chunks_from_both_ends) {
+    vm_thread_pool *p = vm_thread_pool_create(2);
+    int worker_chunks = 0;
+    for (int round = 0; round < 50; round++) {
+        order_job j = { { { 0 } }, { 0 } };
+        const int n = 40 + round, chunk = vm_parallel_chunk(p, n, 1);
+        vm_parallel_for(p, n, 1, record_order, &j);
+        const int n0 = atomic_load(&j.n[0]), n1 = atomic_load(&j.n[1]);
+        cr_assert_eq((n0 + n1) * chunk >= n && (n0 + n1 - 1) * chunk < n, 1, "round %d: %d + %d chunks", round, n0, n1);
+        for (int k = 0; k < n0; k++) cr_assert_eq(atomic_load(&j.seq[0][k]), k * chunk);
+        const int last = (n - 1) / chunk;
+        for (int k = 0; k < n1; k++) cr_assert_eq(atomic_load(&j.seq[1][k]), (last - k) * chunk);
+        worker_chunks += n1;
+    }
+    cr_expect_gt(worker_chunks, 0, "the worker never took a chunk");
+    vm_thread_pool_free(p);
+}
+
+typedef struct { _Atomic int done[64]; _Atomic int bad; } chain_job;
+
+static void chain_item(void *ctx, int begin, int end, int thread_index) {
+    chain_job *j = ctx;
+    for (int i = begin; i < end; i++) {
+        if (i > 0) while (!atomic_load(&j->done[i - 1])) {}   // (claimed before it: running or done)
+        atomic_store(&j->done[i], 1);
+    }
+}
+
+typedef struct { _Atomic int calls[4]; _Atomic int left; } idle_count;
+
+static int count_idle(void *ctx, int thread_index) {
+    idle_count *c = ctx;
+    atomic_fetch_add(&c->calls[thread_index & 3], 1);
+    return atomic_fetch_sub(&c->left, 1) > 1;
+}
+
+// vm_parallel_items claims in increasing order only (an item waiting for the
+// one before it never deadlocks), and idle work posted between jobs runs on
+// the waiting workers until it reports none left, without disturbing jobs.
+Test(thread_pool, items_in_order_and_idle_work, .timeout = 60) {
+    vm_thread_pool *p = vm_thread_pool_create(3);
+    static idle_count ic[3];   // (a post's context is reused two posts later)
+    for (int round = 0; round < 2000; round++) {
+        idle_count *c = &ic[round % 3];
+        memset(c, 0, sizeof *c);
+        atomic_store(&c->left, 50);
+        vm_thread_pool_idle(p, count_idle, c);
+        chain_job j = { { 0 }, 0 };
+        vm_parallel_items(p, 64, chain_item, &j);
+        for (int i = 0; i < 64; i++) cr_assert_eq(atomic_load(&j.done[i]), 1);
+    }
+    idle_count *c = &ic[2000 % 3];
+    memset(c, 0, sizeof *c);
+    atomic_store(&c->left, 1000);
+    vm_thread_pool_idle(p, count_idle, c);
+    for (int spin = 0; spin < 2000 && atomic_load(&c->left) > 0; spin++) usleep(1000);
+    cr_expect_leq(atomic_load(&c->left), 0, "idle work left: %d", atomic_load(&c->left));
+    cr_expect_eq(atomic_load(&c->calls[0]), 0, "the caller's thread ran idle work outside a job");
     vm_thread_pool_free(p);
 }
 

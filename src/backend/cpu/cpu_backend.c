@@ -32,7 +32,9 @@ typedef struct cpu_impl {
     int repack;            // GGUF weights repacked 8 rows at a time (VLLM_METAL_CPU_REPACK=0: off)
     int tile;              // dense and MLX weights through the tile kernels (VLLM_METAL_CPU_TILE=0: pair by pair)
     int blas;              // steps of more than 64 tokens through OpenBLAS (VLLM_METAL_CPU_BLAS=0: not)
+    int prefetch;          // workers fetch the next matmul's weights while they wait (VLLM_METAL_CPU_PREFETCH=0: not)
     int fuse_attn;         // q/k/v, RoPE, cache write and attention in one job (VLLM_METAL_CPU_FUSE_ATTN=0: not)
+    struct pf_queue *pf;   // the prefetch hints (cpu_prefetch; NULL: none yet)
     float *fgsum;          // that job's group sums of x (MLX weights; the scratch holds attention's)
     size_t fgsum_floats;
     float **wtile;         // per thread (n_wtile): a block of weight rows as f32 for sgemm
@@ -55,6 +57,102 @@ typedef struct cpu_impl {
 } cpu_impl;
 
 static cpu_impl *impl_of(vm_backend *be) { return be->impl; }
+
+// ---- prefetch hints ------------------------------------------------------------
+//
+// Between two matmul jobs of a decode step the caller's thread runs small
+// serial ops (a norm, a residual add, quantizing the activations) while the
+// workers only wait, and at the end of each job the thread that ran out of
+// chunks first waits for the other. The model tells the backend which
+// weights the coming matmuls read (cpu_prefetch, in call order); waiting
+// threads then fetch into their caches the chunks they will most likely run
+// of the first of them whose job has not started: the caller's thread the
+// first chunks, worker t the t-th from the end and every (nt-1)-th before it
+// (vm_parallel_for's workers claim from the end). A job pops its hint when
+// it starts. Only prefetch instructions read the queue's weights, so a slot
+// rewritten under a reader costs time, never a wrong number.
+#define PF_MAX_THREADS 16
+#define PF_SLOTS 8
+#define PF_MAX_BYTES ((size_t)256 << 10)   // a thread's share of one hint at most
+typedef struct pf_queue {
+    struct pf_hint {
+        const char *base[2];    // the weights' repacked groups
+        size_t gb[2];           // bytes a group of each
+        int nw, groups, chunk, n_chunks;
+    } slot[PF_SLOTS];           // hint i in slot[i % PF_SLOTS]
+    _Atomic unsigned head, tail;   // hints [head, tail) are waiting for their jobs
+    int nt;
+    struct pf_cursor { unsigned hint; int i, wi; size_t off, bytes; char pad[40]; } cur[PF_MAX_THREADS];
+} pf_queue;
+
+static int pf_step(void *ctx, int t) {
+    pf_queue *q = ctx;
+    if (t < 0 || t >= q->nt || t >= PF_MAX_THREADS) return 0;
+    struct pf_cursor *cu = &q->cur[t];
+    const unsigned head = atomic_load_explicit(&q->head, memory_order_acquire);
+    const unsigned tail = atomic_load_explicit(&q->tail, memory_order_acquire);
+    if ((int)(cu->hint - head) < 0) *cu = (struct pf_cursor){ .hint = head };
+    for (int lines = 16; lines > 0;) {
+        if (cu->hint == tail) return 0;
+        const struct pf_hint *h = &q->slot[cu->hint % PF_SLOTS];
+        const int ch = t ? h->n_chunks - t - cu->i * (q->nt - 1) : cu->i;
+        if ((t ? ch < h->n_chunks / q->nt : ch >= (h->n_chunks + q->nt - 1) / q->nt) || ch < 0 ||
+            cu->bytes >= PF_MAX_BYTES) {   // its share done: the next hint
+            *cu = (struct pf_cursor){ .hint = cu->hint + 1 };
+            continue;
+        }
+        const size_t lo = (size_t)ch * h->chunk * h->gb[cu->wi];
+        const size_t hi = (size_t)VM_MIN((ch + 1) * h->chunk, h->groups) * h->gb[cu->wi];
+        for (; lines > 0 && lo + cu->off < hi; lines--, cu->off += 64, cu->bytes += 64)
+            __builtin_prefetch(h->base[cu->wi] + lo + cu->off, 0, 2);
+        if (lo + cu->off >= hi) {
+            cu->off = 0;
+            if (++cu->wi == h->nw) { cu->wi = 0; cu->i++; }
+        }
+    }
+    return 1;
+}
+
+static size_t repack8_group_bytes(const vm_weight *w);
+static int is_gguf_block(vm_dtype t);
+
+// A coming matmul or matmuls call (one token) reads ws (n <= 2, equal rows)
+static void cpu_prefetch(vm_backend *be, const vm_weight *const *ws, int n) {
+    cpu_impl *c = impl_of(be);
+    const int nt = vm_thread_pool_size(c->pool);
+    if (!c->prefetch || nt < 2 || nt > PF_MAX_THREADS || n < 1 || n > 2 || !c->q8_activations) return;
+    for (int i = 0; i < n; i++)
+        if (!ws[i]->device || !is_gguf_block(ws[i]->dtype) || ws[i]->rows != ws[0]->rows || ws[i]->rows % 8) return;
+    if (!c->pf) {
+        if (!(c->pf = aligned_alloc(64, (sizeof *c->pf + 63) & ~(size_t)63))) return;
+        memset(c->pf, 0, sizeof *c->pf);
+        c->pf->nt = nt;
+    }
+    pf_queue *q = c->pf;
+    const unsigned tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    if (tail - atomic_load_explicit(&q->head, memory_order_relaxed) >= PF_SLOTS / 2)   // (full: drop the oldest)
+        atomic_store_explicit(&q->head, tail - (PF_SLOTS / 2 - 1), memory_order_release);
+    struct pf_hint *h = &q->slot[tail % PF_SLOTS];
+    h->nw = n;
+    for (int i = 0; i < n; i++) { h->base[i] = ws[i]->device; h->gb[i] = repack8_group_bytes(ws[i]); }
+    h->groups = (int)(ws[0]->rows / 8);
+    h->chunk = vm_parallel_chunk(c->pool, h->groups, 2);   // (cpu_matmul's and cpu_matmuls' grain)
+    h->n_chunks = (h->groups + h->chunk - 1) / h->chunk;
+    atomic_store_explicit(&q->tail, tail + 1, memory_order_release);
+    vm_thread_pool_idle(c->pool, pf_step, q);
+}
+
+// A job over w starts: its hint (and any older) leaves the queue
+static void pf_pop(cpu_impl *c, const vm_weight *w) {
+    pf_queue *q = c->pf;
+    if (!q || !w->device) return;
+    const unsigned tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    for (unsigned i = atomic_load_explicit(&q->head, memory_order_relaxed); i != tail; i++)
+        if (q->slot[i % PF_SLOTS].base[0] == (const char *)w->device) {
+            atomic_store_explicit(&q->head, i + 1, memory_order_release);
+            return;
+        }
+}
 
 static float *scratch_get(cpu_impl *c, size_t floats) {
     if (floats > c->scratch_floats) {
@@ -481,6 +579,7 @@ static void cpu_matmul(vm_backend *be, const vm_weight *w, const vm_buf *x, int 
     if (c->q8_activations && is_gguf_block(w->dtype)) {
         if (q8_prepare(c, &j, w, n) != 0) { memset(out->data, 0, (size_t)n * w->rows * 4); return; }
         if ((j.r8 = w->device)) {
+            pf_pop(c, w);
             vm_parallel_for(c->pool, (int)(w->rows / 8), 2, matmul_groups_r8, &j);
             return;
         }
@@ -584,6 +683,7 @@ static void cpu_matmuls(vm_backend *be, int count, const vm_weight *const *ws, c
         m.part[i].r8 = ws[i]->device;
         m.first[i + 1] = m.first[i] + (int)(ws[i]->rows / 8);
     }
+    pf_pop(c, ws[0]);
     vm_parallel_for(c->pool, swiglu_out ? m.first[1] : m.first[count], 2, matmul_groups_multi, &m);
 }
 
@@ -1153,6 +1253,7 @@ static void cpu_destroy(vm_backend *be) {
     if (c) {
         vm_thread_pool_free(c->pool);
         free(c->fgsum);
+        free(c->pf);
         free(c->scratch);
         free(c->xq);
         free(c->x8);
@@ -1183,6 +1284,8 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     c->q8_activations = !(q8 && strcmp(q8, "0") == 0);
     const char *rp = getenv("VLLM_METAL_CPU_REPACK");
     c->repack = !(rp && strcmp(rp, "0") == 0);
+    const char *pfe = getenv("VLLM_METAL_CPU_PREFETCH");
+    c->prefetch = !(pfe && strcmp(pfe, "0") == 0);
     const char *fa = getenv("VLLM_METAL_CPU_FUSE_ATTN");
     c->fuse_attn = !(fa && strcmp(fa, "0") == 0);
     const char *tl = getenv("VLLM_METAL_CPU_TILE");
@@ -1211,6 +1314,7 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     be->cache_write = cpu_cache_write;
     be->attention = cpu_attention;
     be->qkv_attention = cpu_qkv_attention;
+    be->prefetch = cpu_prefetch;
     be->swiglu = cpu_swiglu;
     be->add = cpu_add;
     be->get_rows = cpu_get_rows;
