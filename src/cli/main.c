@@ -82,25 +82,23 @@ static int cmd_generate(int argc, char **argv) {
     int rc = 1;
     if (!s) { fprintf(stderr, "error: %s\n", e.msg); goto done; }
     double t_load = vm_now_seconds();
-    int vocab = vm_model_get_config(m)->vocab_size;
-    float *logits = malloc(sizeof(float) * vocab);
-    if (!logits) { fprintf(stderr, "error: out of memory\n"); goto done; }
-    if (vm_session_eval(s, ids, n, 0, logits, &e) != 0) { fprintf(stderr, "error: %s\n", e.msg); free(logits); goto done; }
+    // Greedy on the backend: each step hands back the next token's id, not
+    // its logits (the argmax of the same logits)
+    int32_t tok;
+    if (vm_session_eval_greedy(s, ids, n, &tok, &e) != 0) { fprintf(stderr, "error: %s\n", e.msg); goto done; }
     double t_first = vm_now_seconds();
     printf("tokens:");
     for (int i = 0; i < max_tokens; i++) {
-        int32_t tok = vm_argmax(logits, vocab);
         printf("%s%d", i ? "," : " ", tok);
         fflush(stdout);
-        if (i + 1 < max_tokens && vm_session_eval(s, &tok, 1, 0, logits, &e) != 0) {
-            fprintf(stderr, "\nerror: %s\n", e.msg); free(logits); goto done;
+        if (i + 1 < max_tokens && vm_session_eval_greedy(s, &tok, 1, &tok, &e) != 0) {
+            fprintf(stderr, "\nerror: %s\n", e.msg); goto done;
         }
     }
     double t_end = vm_now_seconds();
     printf("\nload %.3f s, prompt %d tokens %.3f s (%.1f tok/s), first token at %.3f s, decode %.2f ms/token\n",
            t_load - t0, n, t_first - t_load, n / (t_first - t_load), t_first - t0,
            max_tokens > 1 ? (t_end - t_first) * 1000 / (max_tokens - 1) : 0.0);
-    free(logits);
     rc = 0;
 done:
     vm_session_free(s);
