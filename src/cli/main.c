@@ -91,7 +91,8 @@ static int cmd_generate(int argc, char **argv) {
     for (int i = 0; i < max_tokens; i++) {
         printf("%s%d", i ? "," : " ", tok);
         fflush(stdout);
-        if (i + 1 < max_tokens && vm_session_eval_greedy(s, &tok, 1, &tok, &e) != 0) {
+        const int32_t in = tok;
+        if (i + 1 < max_tokens && vm_session_eval_greedy(s, &in, 1, &tok, &e) != 0) {
             fprintf(stderr, "\nerror: %s\n", e.msg); goto done;
         }
     }
