@@ -32,7 +32,7 @@ typedef struct cpu_impl {
     int repack;            // GGUF weights repacked 8 rows at a time (VLLM_METAL_CPU_REPACK=0: off)
     int tile;              // dense and MLX weights through the tile kernels (VLLM_METAL_CPU_TILE=0: pair by pair)
     int blas;              // steps of more than 64 tokens through OpenBLAS (VLLM_METAL_CPU_BLAS=0: not)
-    int prefetch;          // workers fetch the next matmul's weights while they wait (VLLM_METAL_CPU_PREFETCH=0: not)
+    int prefetch;          // waiting threads fetch the coming matmuls' weights (VLLM_METAL_CPU_PREFETCH=0: not)
     int fuse_attn;         // q/k/v, RoPE, cache write and attention in one job (VLLM_METAL_CPU_FUSE_ATTN=0: not)
     struct pf_queue *pf;   // the prefetch hints (cpu_prefetch; NULL: none yet)
     float *fgsum;          // that job's group sums of x (MLX weights; the scratch holds attention's)
