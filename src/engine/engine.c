@@ -171,8 +171,26 @@ struct vm_engine {
     bool thread_running, stop;
     pthread_t thread;
     pthread_mutex_t step_mu; // one step at a time
-    vm_engine_stats stats;
+    vm_engine_stats stats;   // (mu) the counters, and the scheduler's and pool's state as of the last step
 };
+
+// The scheduler's and the pool's numbers into stats, with step_mu held: a
+// reader of the stats then takes only mu, never waiting for a step (the
+// engine thread takes step_mu again right after letting it go, so a reader
+// queued on it could wait for many steps).
+static void publish_stats(vm_engine *eng) {
+    pthread_mutex_lock(&eng->mu);
+    vm_engine_stats *st = &eng->stats;
+    st->num_running = eng->sched->n_running;
+    st->num_waiting = eng->sched->n_waiting;
+    st->num_kv_blocks = eng->pool->num_blocks;
+    st->num_free_blocks = vm_kv_pool_num_free(eng->pool);
+    st->kv_usage = vm_kv_pool_usage(eng->pool);
+    st->prefix_cache_queries = eng->pool->queries;
+    st->prefix_cache_hits = eng->pool->hits;
+    st->num_preemptions = eng->sched->num_preemptions;
+    pthread_mutex_unlock(&eng->mu);
+}
 
 void vm_engine_args_init(vm_engine_args *a) {
     memset(a, 0, sizeof *a);
@@ -228,6 +246,7 @@ vm_engine *vm_engine_create_with(const vm_engine_args *args, vm_executor exec, v
     eng->sctx.idx = malloc((size_t)eng->vocab_size * sizeof(int));
     eng->lsm = malloc((size_t)eng->vocab_size * sizeof(float));
     if (!eng->sctx.idx || !eng->lsm) { vm_errf(e, "out of memory"); goto fail; }
+    publish_stats(eng);
     return eng;
 fail:
     vm_engine_free(eng);
@@ -772,11 +791,13 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
     int n = vm_scheduler_schedule(s);
     if (prof) { double t = vm_prof_now(); vm_prof_add(VM_PROF_SCHED, t - t_mark); t_mark = t; }
     if (n == 0) {
+        publish_stats(eng);   // (aborts may have freed blocks)
         pthread_mutex_unlock(&eng->step_mu);
         return 0;
     }
     if (vm_grow((void **)&eng->seqs, &eng->cap_seqs, n, sizeof *eng->seqs) ||
         vm_grow((void **)&eng->jobs, &eng->cap_jobs, n, sizeof *eng->jobs)) {
+        publish_stats(eng);
         pthread_mutex_unlock(&eng->step_mu);
         return vm_errf(e, "out of memory");
     }
@@ -824,6 +845,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
         // the step's requests cannot go on
         for (int i = n - 1; i >= 0; i--) finish_request(eng, s->step[i].req, VM_FINISH_ERROR, fe.msg);
         s->n_step = 0;
+        publish_stats(eng);
         pthread_mutex_unlock(&eng->step_mu);
         return vm_errf(e, "%s", fe.msg);
     }
@@ -893,6 +915,7 @@ int vm_engine_step(vm_engine *eng, vm_err *e) {
     eng->stats.prompt_tokens += prompt_tokens;
     eng->stats.generation_tokens += gen;
     pthread_mutex_unlock(&eng->mu);
+    publish_stats(eng);
     pthread_mutex_unlock(&eng->step_mu);
     return n;
 }
@@ -945,17 +968,8 @@ void vm_engine_stop(vm_engine *eng) {
 }
 
 void vm_engine_get_stats(vm_engine *eng, vm_engine_stats *st) {
-    pthread_mutex_lock(&eng->step_mu);
     pthread_mutex_lock(&eng->mu);
     *st = eng->stats;
-    st->num_running = eng->sched->n_running;
-    st->num_waiting = eng->sched->n_waiting + eng->n_inbox;
-    st->num_kv_blocks = eng->pool->num_blocks;
-    st->num_free_blocks = vm_kv_pool_num_free(eng->pool);
-    st->kv_usage = vm_kv_pool_usage(eng->pool);
-    st->prefix_cache_queries = eng->pool->queries;
-    st->prefix_cache_hits = eng->pool->hits;
-    st->num_preemptions = eng->sched->num_preemptions;
+    st->num_waiting += eng->n_inbox;
     pthread_mutex_unlock(&eng->mu);
-    pthread_mutex_unlock(&eng->step_mu);
 }
