@@ -427,6 +427,60 @@ Test(cpu_backend, matmuls_bit_identical) {
     free(mem_up);
 }
 
+// RMSNorm sums its squares eight at a time and falls back to the ordered
+// chain only where that could change the f32 mean: every row must match the
+// ordered f64 sum of f32 squares (ggml's) bit for bit, in place and not, for
+// plain, heavy-tailed, tiny and huge rows, and rows built so that the mean
+// lies on a rounding midpoint (1 + 2^-24 over 16: the fallback's case).
+Test(cpu_backend, rmsnorm_matches_the_ordered_sum) {
+    vm_err e = {{0}};
+    vm_backend *be = vm_backend_cpu_create(2, &e);
+    cr_assert(be, "%s", e.msg);
+    const int dims[] = { 2, 16, 64, 100, 576, 1536, 4099 };
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+        const int dim = dims[d], rows = 9;
+        float *xs = malloc(sizeof(float) * rows * dim), *ws = malloc(sizeof(float) * dim);
+        float *want = malloc(sizeof(float) * rows * dim), *got = malloc(sizeof(float) * rows * dim);
+        for (int i = 0; i < dim; i++) ws[i] = 0.5f + frand();
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < dim; i++) {
+                float v = frand();
+                if (r == 1) v = v * v * v * v * v * 300.0f;           // heavy tails
+                if (r == 2) v *= 1e-20f;                              // tiny squares (f32 subnormal)
+                if (r == 3) v *= 1e18f;                               // huge squares
+                if (r == 4) v = i == 0 ? 1.0f : i == 1 ? 0x1p-12f : 0.0f;   // mean on a midpoint
+                if (r == 5) v = i % 7 == 0 ? 1e4f : v * 1e-4f;        // outliers over small values
+                if (r == 6) v = 0.0f;
+                xs[(size_t)r * dim + i] = v;
+            }
+        for (int r = 0; r < rows; r++) {
+            const float *x = xs + (size_t)r * dim;
+            double sum = 0;
+            for (int i = 0; i < dim; i++) sum += (double)(x[i] * x[i]);
+            const float inv = 1.0f / sqrtf((float)(sum / dim) + 1e-5f);
+            for (int i = 0; i < dim; i++) want[(size_t)r * dim + i] = x[i] * inv * ws[i];
+        }
+        vm_tensor w = { 0 };
+        w.dtype = VM_DTYPE_F32; w.data = ws;
+        w.shape[0] = dim; w.ndim = 1; w.nbytes = sizeof(float) * dim;
+        vm_buf *x = buf_of(be, xs, (size_t)rows * dim), *o = buf_of(be, NULL, (size_t)rows * dim);
+        for (int in_place = 0; in_place < 2; in_place++)
+            for (int n = 1; n <= rows; n += rows - 1) {   // one row (decode), then all of them
+                vm_buf *dst = in_place ? x : o;
+                be->buf_write(be, x, 0, xs, sizeof(float) * rows * dim);
+                be->rmsnorm(be, x, &w, 1e-5f, n, dim, dst);
+                be->buf_read(be, dst, 0, got, sizeof(float) * n * dim);
+                for (int r = 0; r < n; r++)
+                    cr_expect(!memcmp(got + (size_t)r * dim, want + (size_t)r * dim, sizeof(float) * dim),
+                              "rmsnorm dim %d row %d of %d (in place %d) differs from the ordered sum's", dim, r, n,
+                              in_place);
+            }
+        be->buf_free(be, x); be->buf_free(be, o);
+        free(xs); free(ws); free(want); free(got);
+    }
+    be->destroy(be);
+}
+
 // cpu_rope keeps the cos/sin table of its last call: a call with other
 // positions, or the same vm_rope changed in place, must not reuse it. Each
 // result is held to a backend that has seen no rope before.

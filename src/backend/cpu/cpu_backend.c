@@ -241,30 +241,43 @@ typedef struct rmsnorm_job {
     float *out;
 } rmsnorm_job;
 
-// Rows four at a time: each row's sum of squares is its own f64 chain in
-// element order (f32 squares, as ggml), the four chains side by side so the
-// adds overlap instead of waiting on each other.
+// (float)(s / n) for s the f64 sum of the f32 squares x[i] * x[i] in element
+// order, the way ggml's RMSNorm sums them, without that order's chain of n
+// dependent adds. Eight partial sums side by side give s'. Summed in any
+// order, n terms >= 0 (every one 0 or a normal f64: f32 squares are at least
+// 2^-149) lie within (n-1)u / (1-(n-1)u) of their exact sum (u = 2^-53), so
+// the ordered sum lies within e = n * 2^-50 * s' of s' (four times that bound
+// and more). Rounding to f32 is monotonic: where s' - e and s' + e give the
+// same f32, that f32 is the ordered sum's. Otherwise (a rounding boundary
+// within e: about one call in 2^16 at n = 576), or when s' is not finite, the
+// ordered chain runs. Either way the result is the ordered sum's, bit for bit.
+static float mean_sq(const float *x, int n) {
+    double a[8] = { 0 };
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += (double)(x[i + k] * x[i + k]);
+    double s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < n; i++) s += (double)(x[i] * x[i]);
+    const double e = s * ((double)n * 0x1p-50);
+    const float lo = (float)((s - e) / n), hi = (float)((s + e) / n);
+    if (lo == hi && isfinite(s)) return lo;
+    double t = 0;
+    for (i = 0; i < n; i++) t += (double)(x[i] * x[i]);
+    return (float)(t / n);
+}
+
+// out may be x: each element is read before it is written, index by index.
 static void rmsnorm_rows(void *ctx, int begin, int end, int thread_index) {
     const rmsnorm_job *j = ctx;
     const int dim = j->dim;
-    for (int r0 = begin; r0 < end; r0 += 4) {
-        const int nr = VM_MIN(4, end - r0);
-        const float *x0 = j->x + (size_t)r0 * dim, *x1 = j->x + (size_t)(r0 + VM_MIN(1, nr - 1)) * dim,
-                    *x2 = j->x + (size_t)(r0 + VM_MIN(2, nr - 1)) * dim, *x3 = j->x + (size_t)(r0 + VM_MIN(3, nr - 1)) * dim;
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        for (int i = 0; i < dim; i++) {
-            s0 += (double)(x0[i] * x0[i]);
-            s1 += (double)(x1[i] * x1[i]);
-            s2 += (double)(x2[i] * x2[i]);
-            s3 += (double)(x3[i] * x3[i]);
-        }
-        const double ss[4] = { s0, s1, s2, s3 };
-        for (int k = 0; k < nr; k++) {   // (out may be x: row k is read whole before it is written)
-            const float *xr = j->x + (size_t)(r0 + k) * dim;
-            float *orow = j->out + (size_t)(r0 + k) * dim;
-            const float inv = 1.0f / sqrtf((float)(ss[k] / dim) + j->eps);
-            for (int i = 0; i < dim; i++) orow[i] = xr[i] * inv * j->w[i];
-        }
+    for (int b = 0; b < dim * 4; b += 64) __builtin_prefetch((const char *)j->w + b, 0, 3);
+    for (int r = begin; r < end; r++) {
+        const float *xr = j->x + (size_t)r * dim;
+        float *orow = j->out + (size_t)r * dim;
+        const float inv = 1.0f / sqrtf(mean_sq(xr, dim) + j->eps);
+        const float *w = j->w;
+#pragma GCC ivdep
+        for (int i = 0; i < dim; i++) orow[i] = xr[i] * inv * w[i];
     }
 }
 
