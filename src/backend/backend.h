@@ -73,6 +73,10 @@ struct vm_backend {
     // out (rows, dim) = x / rms(x) * w   (w: F32/F16/BF16 vector [dim]); out may equal x
     void (*rmsnorm)(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
                     int dim, vm_buf *out);
+    // Optional (NULL: add, then rmsnorm): x (rows, dim) += y, then out = x / rms(x) * w, the
+    // numbers the two ops give; out is not x (the residual stream and its norm).
+    void (*add_rmsnorm)(vm_backend *be, vm_buf *x, const vm_buf *y, const vm_tensor *w, float eps, int rows,
+                        int dim, vm_buf *out);
     // out (n, W.rows) = x (n, W.cols) @ W^T
     void (*matmul)(vm_backend *be, const vm_weight *w, const vm_buf *x, int n, vm_buf *out);
     // Optional (NULL: the model calls matmul for each weight, then swiglu).

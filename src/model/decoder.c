@@ -243,6 +243,17 @@ void vm_kv_cache_free(vm_model *m, vm_kv_cache *kv) {
 }
 
 // Grows *b to at least `bytes`.
+// x += y, then out = rmsnorm(x) * w: in one op where the backend has it.
+static void add_norm(vm_backend *be, vm_buf *x, const vm_buf *y, const vm_tensor *w, float eps, int rows, int dim,
+                     vm_buf *out) {
+    if (be->add_rmsnorm) {
+        be->add_rmsnorm(be, x, y, w, eps, rows, dim, out);
+        return;
+    }
+    be->add(be, x, y, (size_t)rows * dim);
+    be->rmsnorm(be, x, w, eps, rows, dim, out);
+}
+
 static int ensure_buf(vm_backend *be, vm_buf **b, size_t *cap, size_t bytes, vm_err *e) {
     if (*b && *cap >= bytes) return 0;
     if (*b) be->buf_free(be, *b);
@@ -319,9 +330,11 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
         be->buf_write(be, m->x, (size_t)embed_rows[i] * H * 4, embeds + (size_t)i * H, (size_t)H * 4);
     if (mrope_pos)
         for (int a = 0; a < 3; a++) be->buf_write(be, m->mrope_pos[a], 0, mrope_pos + (size_t)a * n, (size_t)n * 4);
+    int every_row = b->n_logits == n;   // logits of rows 0..n-1 (a decode step): no gather
+    for (int i = 0; every_row && i < n; i++) every_row = b->logit_rows[i] == i;
     for (int l = 0; l < c->n_layers; l++) {
         const vm_layer *L = &m->layers[l];
-        be->rmsnorm(be, m->x, L->attn_norm, c->rms_norm_eps, n, H, m->xn);
+        if (l == 0) be->rmsnorm(be, m->x, L->attn_norm, c->rms_norm_eps, n, H, m->xn);   // (then at each layer's end)
         if (be->prefetch && n == 1) {   // hints: the layer's matmuls after the attention block, in order
             const vm_weight *o = &L->o, *gate_up[2] = { &L->gate, &L->up }, *down = &L->down, *lm = &m->lm_head;
             be->prefetch(be, &o, 1);
@@ -364,8 +377,7 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
             be->attention(be, m->q, kv->k[l], kv->v[l], &meta, c->n_heads, c->n_kv_heads, hd, scale, m->attn);
         }
         be->matmul(be, &L->o, m->attn, n, m->proj);               // (n, H)
-        be->add(be, m->x, m->proj, (size_t)n * H);
-        be->rmsnorm(be, m->x, L->mlp_norm, c->rms_norm_eps, n, H, m->xn);
+        add_norm(be, m->x, m->proj, L->mlp_norm, c->rms_norm_eps, n, H, m->xn);
         if (be->matmuls) {                                        // gate = silu(gate) * up (n, F)
             const vm_weight *ws[2] = { &L->gate, &L->up };
             vm_buf *outs[2] = { m->gate, m->up };
@@ -376,14 +388,15 @@ int vm_model_forward_embeds(vm_model *m, vm_kv_cache *kv, const vm_batch *b, con
             be->swiglu(be, m->gate, m->up, (size_t)n * c->intermediate_size, m->gate);
         }
         be->matmul(be, &L->down, m->gate, n, m->proj);            // (n, H)
-        be->add(be, m->x, m->proj, (size_t)n * H);
+        if (l + 1 < c->n_layers)                                  // and the next layer's input norm
+            add_norm(be, m->x, m->proj, m->layers[l + 1].attn_norm, c->rms_norm_eps, n, H, m->xn);
+        else if (b->n_logits > 0 && every_row)                    // or the final one
+            add_norm(be, m->x, m->proj, m->final_norm, c->rms_norm_eps, n, H, m->xn);
+        else
+            be->add(be, m->x, m->proj, (size_t)n * H);
     }
     if (b->n_logits > 0) {
-        int every_row = b->n_logits == n;   // logits of rows 0..n-1 (a decode step): no gather
-        for (int i = 0; every_row && i < n; i++) every_row = b->logit_rows[i] == i;
-        if (every_row) {
-            be->rmsnorm(be, m->x, m->final_norm, c->rms_norm_eps, n, H, m->xn);
-        } else {
+        if (!every_row) {
             be->buf_write(be, m->logit_rows, 0, b->logit_rows, (size_t)b->n_logits * 4);
             be->get_rows(be, m->x, m->logit_rows, b->n_logits, H, m->xn);
             be->rmsnorm(be, m->xn, m->final_norm, c->rms_norm_eps, b->n_logits, H, m->xn);

@@ -431,12 +431,14 @@ Test(cpu_backend, matmuls_bit_identical) {
 // chain only where that could change the f32 mean: every row must match the
 // ordered f64 sum of f32 squares (ggml's) bit for bit, in place and not, for
 // plain, heavy-tailed, tiny and huge rows, and rows built so that the mean
-// lies on a rounding midpoint (1 + 2^-24 over 16: the fallback's case).
+// lies on a rounding midpoint (1 + 2^-24 over 16: the fallback's case); and
+// add_rmsnorm gives add's sums and then rmsnorm's numbers.
 Test(cpu_backend, rmsnorm_matches_the_ordered_sum) {
     vm_err e = {{0}};
     vm_backend *be = vm_backend_cpu_create(2, &e);
     cr_assert(be, "%s", e.msg);
     const int dims[] = { 2, 16, 64, 100, 576, 1536, 4099 };
+    cr_assert(be->add_rmsnorm, "the CPU backend has add_rmsnorm");
     for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
         const int dim = dims[d], rows = 9;
         float *xs = malloc(sizeof(float) * rows * dim), *ws = malloc(sizeof(float) * dim);
@@ -475,6 +477,25 @@ Test(cpu_backend, rmsnorm_matches_the_ordered_sum) {
                               "rmsnorm dim %d row %d of %d (in place %d) differs from the ordered sum's", dim, r, n,
                               in_place);
             }
+        // add_rmsnorm: x += y, then the norm of the sums, the numbers of add then rmsnorm
+        float *ys = malloc(sizeof(float) * rows * dim), *sums = malloc(sizeof(float) * rows * dim);
+        for (int i = 0; i < rows * dim; i++) ys[i] = frand() * 4.0f;
+        vm_buf *y = buf_of(be, ys, (size_t)rows * dim), *x2 = buf_of(be, NULL, (size_t)rows * dim);
+        for (int n = 1; n <= rows; n += rows - 1) {
+            be->buf_write(be, x, 0, xs, sizeof(float) * rows * dim);
+            be->buf_write(be, x2, 0, xs, sizeof(float) * rows * dim);
+            be->add(be, x2, y, (size_t)n * dim);
+            be->rmsnorm(be, x2, &w, 1e-5f, n, dim, x2);
+            be->buf_read(be, x2, 0, want, sizeof(float) * n * dim);
+            be->add_rmsnorm(be, x, y, &w, 1e-5f, n, dim, o);
+            be->buf_read(be, o, 0, got, sizeof(float) * n * dim);
+            cr_expect(!memcmp(got, want, sizeof(float) * n * dim), "add_rmsnorm dim %d, %d rows: norm differs", dim, n);
+            be->buf_read(be, x, 0, got, sizeof(float) * n * dim);
+            for (int i = 0; i < n * dim; i++) sums[i] = xs[i] + ys[i];
+            cr_expect(!memcmp(got, sums, sizeof(float) * n * dim), "add_rmsnorm dim %d, %d rows: sums differ", dim, n);
+        }
+        be->buf_free(be, y); be->buf_free(be, x2);
+        free(ys); free(sums);
         be->buf_free(be, x); be->buf_free(be, o);
         free(xs); free(ws); free(want); free(got);
     }

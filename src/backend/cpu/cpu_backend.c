@@ -239,6 +239,8 @@ typedef struct rmsnorm_job {
     float eps;
     int dim;
     float *out;
+    float *res;        // add_rmsnorm: the residual rows x += y first (x is then res), else NULL
+    const float *y;
 } rmsnorm_job;
 
 // (float)(s / n) for s the f64 sum of the f32 squares x[i] * x[i] in element
@@ -274,6 +276,12 @@ static void rmsnorm_rows(void *ctx, int begin, int end, int thread_index) {
     for (int r = begin; r < end; r++) {
         const float *xr = j->x + (size_t)r * dim;
         float *orow = j->out + (size_t)r * dim;
+        if (j->res) {   // (the add op's sums)
+            float *rr = j->res + (size_t)r * dim;
+            const float *yr = j->y + (size_t)r * dim;
+            for (int i = 0; i < dim; i++) rr[i] += yr[i];
+            xr = rr;
+        }
         const float inv = 1.0f / sqrtf(mean_sq(xr, dim) + j->eps);
         const float *w = j->w;
 #pragma GCC ivdep
@@ -281,18 +289,29 @@ static void rmsnorm_rows(void *ctx, int begin, int end, int thread_index) {
     }
 }
 
-static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
-                        int dim, vm_buf *out) {
-    cpu_impl *c = impl_of(be);
-    const float *wf = w->data;
+static void rmsnorm_run(cpu_impl *c, rmsnorm_job *j, const vm_tensor *w, int rows) {
+    const int dim = j->dim;
     if (w->dtype != VM_DTYPE_F32) {   // the weight as f32 (exact), once per call
         float *t = scratch_get(c, (size_t)dim);
-        if (!t) { memset(out->data, 0, (size_t)rows * dim * 4); return; }
+        if (!t) { memset(j->out, 0, (size_t)rows * dim * 4); return; }
         for (int i = 0; i < dim; i++) t[i] = vec_get(w, i);
-        wf = t;
+        j->w = t;
     }
-    rmsnorm_job j = { x->data, wf, eps, dim, out->data };
-    vm_parallel_for(c->pool, rows, VM_MAX(4, 8192 / VM_MAX(dim, 1)), rmsnorm_rows, &j);
+    vm_parallel_for(c->pool, rows, VM_MAX(4, 8192 / VM_MAX(dim, 1)), rmsnorm_rows, j);
+}
+
+static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
+                        int dim, vm_buf *out) {
+    rmsnorm_job j = { x->data, w->data, eps, dim, out->data, NULL, NULL };
+    rmsnorm_run(impl_of(be), &j, w, rows);
+}
+
+// One pass instead of two: the sum's rows are this core's when the norm reads
+// them, and the norm weight comes in while the sums are made.
+static void cpu_add_rmsnorm(vm_backend *be, vm_buf *x, const vm_buf *y, const vm_tensor *w, float eps, int rows,
+                            int dim, vm_buf *out) {
+    rmsnorm_job j = { x->data, w->data, eps, dim, out->data, x->data, y->data };
+    rmsnorm_run(impl_of(be), &j, w, rows);
 }
 
 // ---- matmul: out (n, rows) = x (n, cols) @ W^T -----------------------------
@@ -1084,7 +1103,8 @@ static void fused_units(void *ctx, int begin, int end, int thread_index) {
         for (int spin = 1; atomic_load_explicit(&f->done[g], memory_order_acquire) < f->want; spin++)
             if (spin % 256 == 0) sched_yield(); else vm_cpu_relax();
         if (f->qn) {   // rmsnorm_rows on the heads' rows, as cpu_rmsnorm runs it
-            rmsnorm_job qj = { f->q, f->qn, f->eps, hd, f->q }, kj = { f->kx, f->kn, f->eps, hd, f->kx };
+            rmsnorm_job qj = { f->q, f->qn, f->eps, hd, f->q, NULL, NULL };
+            rmsnorm_job kj = { f->kx, f->kn, f->eps, hd, f->kx, NULL, NULL };
             rmsnorm_rows(&qj, g * G, (g + 1) * G, thread_index);
             rmsnorm_rows(&kj, g, g + 1, thread_index);
         }
@@ -1320,6 +1340,7 @@ vm_backend *vm_backend_cpu_create(int n_threads, vm_err *e) {
     be->weight_prepare = cpu_weight_prepare;
     be->embed = cpu_embed;
     be->rmsnorm = cpu_rmsnorm;
+    be->add_rmsnorm = cpu_add_rmsnorm;
     be->matmul = cpu_matmul;
     be->matmuls = cpu_matmuls;
     be->add_bias = cpu_add_bias;
