@@ -118,6 +118,44 @@ static void check_dtype(vm_dtype t, int bits, int gs) {
     if (t == VM_DTYPE_MLX_AFFINE) { free((void *)w.scales); free((void *)w.biases); }
 }
 
+// Activation quantization, bit for bit the generic kernel's in every x86 set
+// (the AVX-512 one takes eight blocks at a time: lengths with and without a
+// tail of fewer), over blocks of zeros, halves that round to even, tiny and
+// large values.
+Test(kernels, quantize_q8_every_set) {
+    const vm_cpu_kernels *sets[3] = { vm_cpu_kernels_select(), NULL, NULL };
+#if defined(__x86_64__)
+    sets[1] = &vm_kernels_avx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        sets[2] = vm_kernels_avx512();
+#endif
+    static float x[64 * 32];
+    static vm_q8_block qa[64], qb[64];
+    const int lens[] = { 32, 96, 256, 288, 576, 1536, 1568, 64 * 32 };
+    for (int round = 0; round < 4; round++) {
+        for (int i = 0; i < 64 * 32; i++) {
+            float v = frand();
+            if (round == 1) v *= (i / 32) % 5 == 0 ? 0.0f : 1e-30f;
+            if (round == 2) v = (float)((int)(v * 16)) * 0.25f;   // quarters: times id = 2, halves (ties to even)
+            if (round == 3) v *= (i % 97 == 0) ? 3e4f : 1.0f;
+            x[i] = v;
+        }
+        if (round == 2) for (int b = 0; b < 64; b++) x[b * 32 + 31] = 63.5f;   // amax 63.5: id = 127 / 63.5 = 2
+        for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+            const int n = lens[l];
+            vm_kernels_generic.quantize_q8(x, qa, n);
+            for (int k = 0; k < 3; k++) {
+                if (!sets[k]) continue;
+                memset(qb, 0x5a, sizeof qb);
+                sets[k]->quantize_q8(x, qb, n);
+                cr_expect(memcmp(qa, qb, sizeof(vm_q8_block) * (size_t)(n / 32)) == 0,
+                          "quantize_q8 of %s differs from generic (round %d, %d values)", sets[k]->name, round, n);
+            }
+        }
+    }
+}
+
 Test(kernels, f32) { check_dtype(VM_DTYPE_F32, 0, 0); }
 Test(kernels, f16) { check_dtype(VM_DTYPE_F16, 0, 0); }
 Test(kernels, bf16) { check_dtype(VM_DTYPE_BF16, 0, 0); }

@@ -174,6 +174,53 @@ static void dot8_q8_0_q8(const void *w, const vm_q8_x8 *x, int n, float out[8]) 
 #undef DOT8_STEP
 #undef DOT8_HSUM
 
+// ---- activations to 8-bit blocks ----
+// The AVX2 set's quantize_q8, eight blocks at a time: each block's maximum
+// and integer sum (exact in any order), then the eight scales' divisions
+// and f16 roundings as one vector each (the same IEEE operations as the
+// scalar ones); q = round-to-nearest-even(x * id) as there.
+static void quantize_q8(const float *x, vm_q8_block *out, int n) {
+    const int nb = n / 32;
+    int ib = 0;
+    for (; ib + 8 <= nb; ib += 8) {
+        __m512 v[8][2];
+        _Alignas(32) float amax[8];
+        for (int b = 0; b < 8; b++) {
+            const float *xb = x + (size_t)(ib + b) * 32;
+            v[b][0] = _mm512_loadu_ps(xb);
+            v[b][1] = _mm512_loadu_ps(xb + 16);
+            amax[b] = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[b][0]), _mm512_abs_ps(v[b][1])));
+        }
+        const __m256 am = _mm256_load_ps(amax), c127 = _mm256_set1_ps(127.0f);
+        const __m256 d = _mm256_div_ps(am, c127);
+        const __m256 id = _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_div_ps(c127, am),
+                                           _mm256_cmp_ps(am, _mm256_setzero_ps(), _CMP_GT_OQ));
+        _Alignas(32) float idv[8];
+        _Alignas(32) int32_t isum[8];
+        _mm256_store_ps(idv, id);
+        for (int b = 0; b < 8; b++) {
+            const __m512 mul = _mm512_set1_ps(idv[b]);
+            const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v[b][0], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v[b][1], mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm_storeu_si128((__m128i *)out[ib + b].q, _mm512_cvtsepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(out[ib + b].q + 16), _mm512_cvtsepi32_epi8(q1));
+            isum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        }
+        const __m256 dr = _mm256_cvtph_ps(_mm256_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT));
+        const __m256 sr = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_load_si256((const __m256i *)isum))),
+                                                          _MM_FROUND_TO_NEAREST_INT));
+        _Alignas(32) float dv[8], sv[8];
+        _mm256_store_ps(dv, dr);
+        _mm256_store_ps(sv, sr);
+        for (int b = 0; b < 8; b++) {
+            out[ib + b].d = dv[b];
+            out[ib + b].s = sv[b];
+            out[ib + b].isum = isum[b];
+        }
+    }
+    if (ib < nb) vm_kernels_avx2.quantize_q8(x + (size_t)ib * 32, out + ib, n - ib * 32);
+}
+
 // ---- decode attention over an f16 cache ----
 // The AVX2 set's dots_f16 (acc32) keeps a row's 32 partial sums in four
 // 8-lane accumulators s0..s3 (dims 32i + 0-7, 8-15, 16-23, 24-31) and ends
@@ -277,6 +324,7 @@ static void table_init(void) {
     table.dot8_q8_0_q8 = dot8_q8_0_q8;
     table.dots_f16 = dots_f16;
     table.axpy_lanes_f16 = axpy_lanes_f16;
+    table.quantize_q8 = quantize_q8;
 }
 
 const vm_cpu_kernels *vm_kernels_avx512(void) {
