@@ -233,7 +233,8 @@ void vm_generic_axpy_lanes_f16(float *acc, size_t astride, const float *w, size_
 extern const vm_cpu_kernels vm_kernels_generic;
 #if defined(__x86_64__)
 extern const vm_cpu_kernels vm_kernels_avx2;
-// kernels_avx512.c: the AVX2 set with AVX-512 (F, BW, VL, VNNI) gemv8_* and dot8_*
+// kernels_avx512.c: the AVX2 set with AVX-512 (F, BW, VL, VNNI) gemv8_*, dot8_*, dots_f16,
+// axpy_lanes_f16 and quantize_q8
 const vm_cpu_kernels *vm_kernels_avx512(void);
 #endif
 #if defined(__aarch64__)

@@ -1,8 +1,8 @@
 // kernels_avx512.c - x86-64 AVX-512 (F, BW, VL, VNNI) versions of the one-token
 // matvec kernels over repacked 8-row groups (gemv8_*), of the 8-token row
 // kernels (dot8_*, prefill and batched decode) and of decode attention's
-// f16-cache kernels (dots_f16 with 32 partial sums, axpy_lanes_f16); every
-// other entry is the AVX2 set's. Compiled with AVX-512 flags; only called
+// f16-cache kernels (dots_f16 with 32 partial sums, axpy_lanes_f16) and of
+// the activations' quantizer (quantize_q8); every other entry is the AVX2 set's. Compiled with AVX-512 flags; only called
 // when the CPU has them (vm_cpu_kernels_select).
 //
 // A zmm holds two of the AVX2 kernels' 8-lane vectors (lanes 0-7 one 4-byte
