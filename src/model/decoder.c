@@ -242,7 +242,6 @@ void vm_kv_cache_free(vm_model *m, vm_kv_cache *kv) {
     free(kv);
 }
 
-// Grows *b to at least `bytes`.
 // x += y, then out = rmsnorm(x) * w: in one op where the backend has it.
 static void add_norm(vm_backend *be, vm_buf *x, const vm_buf *y, const vm_tensor *w, float eps, int rows, int dim,
                      vm_buf *out) {
@@ -254,6 +253,7 @@ static void add_norm(vm_backend *be, vm_buf *x, const vm_buf *y, const vm_tensor
     be->rmsnorm(be, x, w, eps, rows, dim, out);
 }
 
+// Grows *b to at least `bytes`.
 static int ensure_buf(vm_backend *be, vm_buf **b, size_t *cap, size_t bytes, vm_err *e) {
     if (*b && *cap >= bytes) return 0;
     if (*b) be->buf_free(be, *b);

@@ -2,8 +2,9 @@
 // matvec kernels over repacked 8-row groups (gemv8_*), of the 8-token row
 // kernels (dot8_*, prefill and batched decode) and of decode attention's
 // f16-cache kernels (dots_f16 with 32 partial sums, axpy_lanes_f16) and of
-// the activations' quantizer (quantize_q8); every other entry is the AVX2 set's. Compiled with AVX-512 flags; only called
-// when the CPU has them (vm_cpu_kernels_select).
+// the activations' quantizer (quantize_q8); every other entry is the AVX2
+// set's. Compiled with AVX-512 flags; only called when the CPU has them
+// (vm_cpu_kernels_select).
 //
 // A zmm holds two of the AVX2 kernels' 8-lane vectors (lanes 0-7 one 4-byte
 // chunk of each row's block, lanes 8-15 the next), so every lane runs the
