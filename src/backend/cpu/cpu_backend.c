@@ -239,8 +239,7 @@ typedef struct rmsnorm_job {
     float eps;
     int dim;
     float *out;
-    float *res;        // add_rmsnorm: the residual rows x += y first (x is then res), else NULL
-    const float *y;
+    const float *y;    // add_rmsnorm: x += y first (x is then written), else NULL
 } rmsnorm_job;
 
 // (float)(s / n) for s the f64 sum of the f32 squares x[i] * x[i] in element
@@ -276,11 +275,10 @@ static void rmsnorm_rows(void *ctx, int begin, int end, int thread_index) {
     for (int r = begin; r < end; r++) {
         const float *xr = j->x + (size_t)r * dim;
         float *orow = j->out + (size_t)r * dim;
-        if (j->res) {   // (the add op's sums)
-            float *rr = j->res + (size_t)r * dim;
+        if (j->y) {   // (the add op's sums; x is add_rmsnorm's writable residual stream)
+            float *xw = (float *)xr;
             const float *yr = j->y + (size_t)r * dim;
-            for (int i = 0; i < dim; i++) rr[i] += yr[i];
-            xr = rr;
+            for (int i = 0; i < dim; i++) xw[i] += yr[i];
         }
         const float inv = 1.0f / sqrtf(mean_sq(xr, dim) + j->eps);
         const float *w = j->w;
@@ -302,7 +300,7 @@ static void rmsnorm_run(cpu_impl *c, rmsnorm_job *j, const vm_tensor *w, int row
 
 static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, float eps, int rows,
                         int dim, vm_buf *out) {
-    rmsnorm_job j = { x->data, w->data, eps, dim, out->data, NULL, NULL };
+    rmsnorm_job j = { x->data, w->data, eps, dim, out->data, NULL };
     rmsnorm_run(impl_of(be), &j, w, rows);
 }
 
@@ -310,7 +308,7 @@ static void cpu_rmsnorm(vm_backend *be, const vm_buf *x, const vm_tensor *w, flo
 // them, and the norm weight comes in while the sums are made.
 static void cpu_add_rmsnorm(vm_backend *be, vm_buf *x, const vm_buf *y, const vm_tensor *w, float eps, int rows,
                             int dim, vm_buf *out) {
-    rmsnorm_job j = { x->data, w->data, eps, dim, out->data, x->data, y->data };
+    rmsnorm_job j = { x->data, w->data, eps, dim, out->data, y->data };
     rmsnorm_run(impl_of(be), &j, w, rows);
 }
 
@@ -1103,8 +1101,8 @@ static void fused_units(void *ctx, int begin, int end, int thread_index) {
         for (int spin = 1; atomic_load_explicit(&f->done[g], memory_order_acquire) < f->want; spin++)
             if (spin % 256 == 0) sched_yield(); else vm_cpu_relax();
         if (f->qn) {   // rmsnorm_rows on the heads' rows, as cpu_rmsnorm runs it
-            rmsnorm_job qj = { f->q, f->qn, f->eps, hd, f->q, NULL, NULL };
-            rmsnorm_job kj = { f->kx, f->kn, f->eps, hd, f->kx, NULL, NULL };
+            rmsnorm_job qj = { f->q, f->qn, f->eps, hd, f->q, NULL };
+            rmsnorm_job kj = { f->kx, f->kn, f->eps, hd, f->kx, NULL };
             rmsnorm_rows(&qj, g * G, (g + 1) * G, thread_index);
             rmsnorm_rows(&kj, g, g + 1, thread_index);
         }
