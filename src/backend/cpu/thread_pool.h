@@ -17,9 +17,10 @@ void vm_parallel_for(vm_thread_pool *p, int n, int grain, vm_parallel_fn fn, voi
 // The chunk size vm_parallel_for uses for n items: the caller's thread runs
 // chunks from the first on, the workers from the last one back.
 int vm_parallel_chunk(const vm_thread_pool *p, int n, int grain);
-// The same with every item its own chunk, claimed in increasing order: an
-// item may wait for work of lower items (claimed before it, so running or
-// done), never of higher ones.
+// The same with every item its own chunk (beyond 65535 items, runs of
+// consecutive items, each run in order), claimed in increasing order: an item
+// may wait for work of lower items (claimed before it, so running or done),
+// never of higher ones.
 void vm_parallel_items(vm_thread_pool *p, int n, vm_parallel_fn fn, void *ctx);
 
 // Optional work for waiting threads (bringing a later job's data into their
